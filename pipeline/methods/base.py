@@ -1,0 +1,55 @@
+"""The method interface every SSL method implements.
+
+A method owns its heads, its loss and its views; the training loop, the data and the
+evaluations are shared. The loop calls, per batch:
+
+    out = method.training_step(images)    # dict with 'loss' (+ scalars worth logging)
+    ... backward, optimizer step ...
+    method.after_optimizer_step(progress)  # EMA / momentum targets, 0 <= progress <= 1
+
+and the evaluations use only ``method.encoder``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from pipeline.config import AugmentParams, Strict
+from pipeline.data.augment import ViewMaker
+from pipeline.models.encoder import Encoder
+
+
+class Method(nn.Module):
+    name: ClassVar[str]
+    Params: ClassVar[type[Strict]]
+
+    def __init__(self, encoder: Encoder, params: Strict, augment: AugmentParams, seed: int, device: torch.device):
+        super().__init__()
+        self.encoder = encoder
+        self.params = params
+        self.views = ViewMaker(augment, seed, device)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The loop (and DDP) call the module; labels are never passed on to the method."""
+        return self.training_step(images)
+
+    def training_step(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """images: uint8 ``[N, C, H, W]`` on the training device -> ``{'loss': scalar, ...}``."""
+        raise NotImplementedError
+
+    def after_optimizer_step(self, progress: float) -> None:
+        """Hook for momentum/EMA target updates; ``progress`` runs from 0 to 1 over training."""
+
+    def optimized_parameters(self) -> list[nn.Parameter]:
+        """Parameters the optimizer updates (EMA targets are excluded by overriding this)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def extra_state(self) -> dict:
+        """State beyond ``state_dict`` that an exact resume needs (RNG of the views)."""
+        return {"views": self.views.state_dict()}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.views.load_state_dict(state["views"])

@@ -1,0 +1,120 @@
+"""The one training loop: device, DDP, autocast, schedule, checkpoint/resume, logging.
+
+It trains any ``nn.Module`` whose ``forward(*batch)`` returns a dict with a ``loss``: an
+SSL method (``forward(images)``) or a supervised classifier (``forward(images, labels)``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from pipeline import dist
+from pipeline.config import OptimParams
+from pipeline.train import checkpoint as ckpt
+from pipeline.train.optim import build_optimizer
+from pipeline.train.schedule import warmup_cosine
+
+
+def pick_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+@dataclass
+class TrainJob:
+    """What to train and how. ``batches(epoch)`` yields tuples of CPU tensors."""
+
+    module: nn.Module
+    param_groups: list[dict]
+    batches: Callable[[int], Iterable[tuple[torch.Tensor, ...]]]
+    steps_per_epoch: int
+    optim: OptimParams
+    after_optimizer_step: Callable[[float], None] = lambda progress: None
+    extra_state: Callable[[], dict] = dict
+    load_extra_state: Callable[[dict], None] = lambda state: None
+    on_epoch_end: Callable[[int, dict], dict] = lambda epoch, stats: {}
+    checkpoint_path: Path | None = None
+    checkpoint_every: int = 1
+    fingerprint: str = ""
+    amp: bool = True
+    history: list[dict] = field(default_factory=list)
+
+
+def fit(job: TrainJob, device: torch.device, desc: str = "train") -> list[dict]:
+    """Train for ``job.optim.epochs`` epochs; returns one stats dict per epoch.
+
+    Resumes from ``job.checkpoint_path`` when it holds a checkpoint of the same fingerprint.
+    A checkpoint is written every ``checkpoint_every`` epochs and after the last one.
+    """
+    if job.steps_per_epoch < 1:
+        raise ValueError("an epoch has no full batch: lower the batch size or use more images")
+    model = job.module.to(device)
+    if dist.world_size() > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = build_optimizer(job.param_groups, job.optim, dist.world_size())
+    total = job.optim.epochs * job.steps_per_epoch
+    lr_mult = warmup_cosine(total, round(job.optim.warmup_epochs * job.steps_per_epoch))
+    use_amp = job.amp and device.type == "cuda"
+
+    start_epoch, history = 0, []
+    state = ckpt.load_matching(job.checkpoint_path, job.fingerprint)
+    if state is not None:
+        job.module.load_state_dict(state["module"])
+        optimizer.load_state_dict(state["optimizer"])
+        job.load_extra_state(state["extra"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch, history = state["epoch"] + 1, state["history"]
+        print(f"[{desc}] resumed from {job.checkpoint_path} after epoch {start_epoch}")
+
+    for epoch in range(start_epoch, job.optim.epochs):
+        model.train()
+        t0, sums, n = time.time(), {}, 0
+        bar = tqdm(job.batches(epoch), total=job.steps_per_epoch, desc=f"[{desc}] epoch {epoch + 1}/{job.optim.epochs}",
+                   disable=not dist.is_main(), leave=False, mininterval=5)
+        for i, batch in enumerate(bar):
+            if i >= job.steps_per_epoch:  # equal step counts on every rank keep DDP in lockstep
+                break
+            step = epoch * job.steps_per_epoch + i
+            for g in optimizer.param_groups:
+                g["lr"] = g["base_lr"] * lr_mult[step]
+            batch = tuple(t.to(device, non_blocking=True) for t in batch)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                out = model(*batch)
+            loss = out["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"[{desc}] loss became {loss.item()} at epoch {epoch + 1} step {i}; lower the lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            job.after_optimizer_step((step + 1) / total)
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            n += 1
+        stats = {k: v / max(n, 1) for k, v in sums.items()}
+        stats.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"], seconds=time.time() - t0,
+                     images_per_s=n * job.optim.batch_size / max(time.time() - t0, 1e-9))
+        model.eval()
+        stats.update(job.on_epoch_end(epoch, stats))
+        history.append(stats)
+        if dist.is_main():
+            shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()}
+            print(f"[{desc}] {shown}", flush=True)
+        last = epoch + 1 == job.optim.epochs
+        if job.checkpoint_path is not None and dist.is_main() and ((epoch + 1) % job.checkpoint_every == 0 or last):
+            ckpt.save(job.checkpoint_path, {
+                "module": job.module.state_dict(), "optimizer": optimizer.state_dict(), "extra": job.extra_state(),
+                "torch_rng": torch.get_rng_state(), "epoch": epoch, "history": history, "fingerprint": job.fingerprint,
+            })
+    if not all(math.isfinite(h.get("loss", 0.0)) for h in history):
+        raise FloatingPointError(f"[{desc}] non-finite loss in history")
+    return history

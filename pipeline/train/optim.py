@@ -1,0 +1,34 @@
+"""Optimizers with the conventions of the SSL literature."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipeline.config import OptimParams
+
+
+def param_groups(module: nn.Module, lr_mult: float = 1.0, params: list[nn.Parameter] | None = None) -> list[dict]:
+    """Split into decayed weights and undecayed biases/norm parameters (1-D tensors),
+    as SimCLR/BYOL/MAE do; ``lr_mult`` scales this module's lr (e.g. a finetuned encoder)."""
+    chosen = {id(p) for p in (params if params is not None else module.parameters())}
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad and id(p) in chosen:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [
+        {"params": decay, "lr_mult": lr_mult},
+        {"params": no_decay, "lr_mult": lr_mult, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(groups: list[dict], cfg: OptimParams, world_size: int) -> torch.optim.Optimizer:
+    """``cfg.lr`` is the lr for a global batch of 256 (linear scaling rule)."""
+    lr = cfg.lr * cfg.batch_size * world_size / 256
+    for g in groups:
+        g["base_lr"] = lr * g.get("lr_mult", 1.0)
+        g["lr"] = g["base_lr"]
+        g.setdefault("weight_decay", cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)

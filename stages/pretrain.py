@@ -1,0 +1,100 @@
+"""DVC stage `pretrain@<method>`: self-supervised pretraining of the encoder."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline import dist
+from pipeline.config import load_params
+from pipeline.data.shards import load_split, read_manifest, stream_batches
+from pipeline.errors import exit_on_user_error
+from pipeline.eval.features import encoder_features
+from pipeline.eval.knn import knn_accuracy
+from pipeline.eval.protocols import seed_everything
+from pipeline.methods import registry
+from pipeline.models.encoder import build_encoder, save_encoder
+from pipeline.provenance import provenance, write_json
+from pipeline.train.checkpoint import fingerprint
+from pipeline.train.loop import TrainJob, fit, pick_device
+from pipeline.train.optim import param_groups
+
+
+@exit_on_user_error
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--method", required=True)
+    ap.add_argument("--shards", required=True)
+    ap.add_argument("--out", required=True, help="folder for encoder.pt and checkpoint.pt")
+    ap.add_argument("--metrics", required=True)
+    ap.add_argument("--live", required=True, help="DVCLive folder for the training curves")
+    args = ap.parse_args()
+    params = load_params(args.params)
+    method_cls = registry.get(args.method)
+    manifest = read_manifest(args.shards)
+    dist.init_from_env()
+    seed_everything(params.seed)
+    device = pick_device()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    p = params.pretrain
+    method = method_cls(build_encoder(params.encoder, manifest), params.method_params[args.method], params.augment,
+                        params.seed + dist.rank(), device)
+    n_images = manifest["splits"]["pretrain"]["count"]
+    bank_x, bank_y = load_split(args.shards, "train")
+    query_x, query_y = load_split(args.shards, "val")
+    bank_x, bank_y = bank_x[: p.knn_bank_size], bank_y[: p.knn_bank_size].numpy()
+    query_x, query_y = query_x[: p.knn_query_size], query_y[: p.knn_query_size].numpy()
+
+    def monitor(epoch: int, stats: dict) -> dict:
+        if (epoch + 1) % p.knn_every and epoch + 1 != p.epochs:
+            return {}
+        featurize = encoder_features(method.encoder, device)
+        return {"knn_top1": knn_accuracy(featurize(bank_x), bank_y, featurize(query_x), query_y, 20, params.knn.temperature)}
+
+    run_fingerprint = fingerprint(args.method, params.model_dump(include={"seed", "encoder", "augment", "pretrain"}),
+                                  params.method_params[args.method].model_dump(), manifest["splits"]["pretrain"]["shards"])
+    job = TrainJob(
+        module=method, param_groups=param_groups(method, params=method.optimized_parameters()), optim=p,
+        batches=lambda epoch: stream_batches(args.shards, "pretrain", p.batch_size, p.shuffle_buffer, params.seed * 1000 + epoch),
+        steps_per_epoch=n_images // (p.batch_size * dist.world_size()),
+        after_optimizer_step=method.after_optimizer_step, extra_state=method.extra_state,
+        load_extra_state=method.load_extra_state, on_epoch_end=monitor,
+        checkpoint_path=out / "checkpoint.pt", checkpoint_every=p.checkpoint_every, fingerprint=run_fingerprint, amp=p.amp,
+    )
+    t0 = time.time()
+    history = fit(job, device, desc=f"pretrain {args.method}")
+    if not dist.is_main():
+        return
+    _log_curves(args.live, history)
+    prov = provenance(params.model_dump(include={"seed", "encoder", "augment", "pretrain"}) | {args.method: params.method_params[args.method].model_dump()},
+                      method=args.method, device=str(device), world_size=dist.world_size())
+    save_encoder(method.encoder, out / "encoder.pt", prov)
+    write_json(out / "provenance.json", prov)
+    last = history[-1]
+    write_json(args.metrics, {
+        "loss": last["loss"], "knn_top1": last["knn_top1"], "epochs": p.epochs,
+        "wall_seconds": round(time.time() - t0, 1), "images_per_second": round(sum(h["images_per_s"] for h in history) / len(history), 1),
+    })
+
+
+def _log_curves(live_dir: str, history: list[dict]) -> None:
+    """Write the per-epoch curves with DVCLive (replayed from the history, so a resumed run
+    draws the same curves as an uninterrupted one)."""
+    from dvclive import Live
+
+    with Live(dir=live_dir, save_dvc_exp=False, dvcyaml=None, report=None) as live:
+        for h in history:
+            live.step = h["epoch"]
+            for key in ("loss", "lr", "knn_top1"):
+                if key in h:
+                    live.log_metric(key, h[key])
+
+
+if __name__ == "__main__":
+    main()
