@@ -150,7 +150,18 @@ class Params(Strict):
     finetune: FinetuneParams
     few_shot: FewShotParams
     transfer: TransferParams
-    method_params: dict[str, Any] = Field(default_factory=dict)  # filled by load_params
+    # filled by parse_params from the per-method sections:
+    method_params: dict[str, Any] = Field(default_factory=dict)
+    method_pretrain: dict[str, PretrainParams] = Field(default_factory=dict)
+    method_encoder: dict[str, EncoderParams] = Field(default_factory=dict)
+
+    def pretrain_for(self, method: str) -> PretrainParams:
+        """The pretrain section with the method's own ``pretrain:`` overrides applied."""
+        return self.method_pretrain.get(method, self.pretrain)
+
+    def encoder_for(self, method: str) -> EncoderParams:
+        """The encoder section with the method's own ``encoder:`` overrides applied."""
+        return self.method_encoder.get(method, self.encoder)
 
 
 def _describe(err: ValidationError, source: str) -> str:
@@ -183,13 +194,22 @@ def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
         raise UserError(
             f"{source}: methods: unknown method(s) {unknown}; valid methods are {registry.names()}"
         )
-    validated = {}
+    validated, pretrain, encoder = {}, {}, {}
     for name in registry.names():
+        section = dict(method_sections.get(name) or {})
+        # A method may override shared sections, e.g. MAE's AdamW recipe or its ViT encoder.
+        shared = {"pretrain": (params.pretrain, pretrain), "encoder": (params.encoder, encoder)}
         try:
-            validated[name] = registry.get(name).Params.model_validate(method_sections.get(name, {}))
+            for key, (base, out) in shared.items():
+                if key in section:
+                    override = section.pop(key)
+                    if not isinstance(override, dict):
+                        raise UserError(f"{source}: {name}.{key} must be a mapping of {key} keys to override")
+                    out[name] = type(base).model_validate(base.model_dump() | override)
+            validated[name] = registry.get(name).Params.model_validate(section)
         except ValidationError as err:
             raise UserError(_describe(err, f"{source} (section '{name}')")) from None
-    return params.model_copy(update={"method_params": validated})
+    return params.model_copy(update={"method_params": validated, "method_pretrain": pretrain, "method_encoder": encoder})
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

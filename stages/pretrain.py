@@ -22,6 +22,8 @@ from pipeline.train.checkpoint import fingerprint
 from pipeline.train.loop import TrainJob, fit, pick_device
 from pipeline.train.optim import param_groups
 
+PREPARE_SAMPLE = 5000  # pretrain images a method may fit data-dependent parts on (BEiT's tokenizer)
+
 
 @exit_on_user_error
 def main() -> None:
@@ -42,10 +44,12 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    p = params.pretrain
-    method = method_cls(build_encoder(params.encoder, manifest), params.method_params[args.method], params.augment,
+    p = params.pretrain_for(args.method)
+    method = method_cls(build_encoder(params.encoder_for(args.method), manifest), params.method_params[args.method], params.augment,
                         params.seed + dist.rank(), device)
     n_images = manifest["splits"]["pretrain"]["count"]
+    method.to(device)
+    method.prepare(next(stream_batches(args.shards, "pretrain", min(n_images, PREPARE_SAMPLE), 1, params.seed))[0].to(device))
     bank_x, bank_y = load_split(args.shards, "train")
     query_x, query_y = load_split(args.shards, "val")
     bank_x, bank_y = bank_x[: p.knn_bank_size], bank_y[: p.knn_bank_size].numpy()
@@ -57,8 +61,9 @@ def main() -> None:
         featurize = encoder_features(method.encoder, device)
         return {"knn_top1": knn_accuracy(featurize(bank_x), bank_y, featurize(query_x), query_y, 20, params.knn.temperature)}
 
-    run_fingerprint = fingerprint(args.method, params.model_dump(include={"seed", "encoder", "augment", "pretrain"}),
-                                  params.method_params[args.method].model_dump(), manifest["splits"]["pretrain"]["shards"])
+    resolved = {"seed": params.seed, "encoder": params.encoder_for(args.method).model_dump(), "augment": params.augment.model_dump(),
+                "pretrain": p.model_dump(), args.method: params.method_params[args.method].model_dump()}
+    run_fingerprint = fingerprint(args.method, resolved, manifest["splits"]["pretrain"]["shards"])
     job = TrainJob(
         module=method, param_groups=param_groups(method, params=method.optimized_parameters()), optim=p,
         batches=lambda epoch: stream_batches(args.shards, "pretrain", p.batch_size, p.shuffle_buffer, params.seed * 1000 + epoch),
@@ -72,8 +77,7 @@ def main() -> None:
     if not dist.is_main():
         return
     _log_curves(args.live, history)
-    prov = provenance(params.model_dump(include={"seed", "encoder", "augment", "pretrain"}) | {args.method: params.method_params[args.method].model_dump()},
-                      method=args.method, device=str(device), world_size=dist.world_size())
+    prov = provenance(resolved, method=args.method, device=str(device), world_size=dist.world_size())
     save_encoder(method.encoder, out / "encoder.pt", prov)
     write_json(out / "provenance.json", prov)
     last = history[-1]

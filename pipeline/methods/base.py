@@ -40,6 +40,13 @@ class Method(nn.Module):
         """images: uint8 ``[N, C, H, W]`` on the training device -> ``{'loss': scalar, ...}``."""
         raise NotImplementedError
 
+    def prepare(self, sample: torch.Tensor) -> None:
+        """Fit anything learned from data before training (e.g. BEiT's visual tokenizer).
+
+        sample: uint8 ``[N, C, H, W]`` pretrain images on the training device. Whatever is
+        fitted must live in parameters or buffers so checkpoints carry it.
+        """
+
     def after_optimizer_step(self, progress: float) -> None:
         """Hook for momentum/EMA target updates; ``progress`` runs from 0 to 1 over training."""
 

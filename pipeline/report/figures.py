@@ -1,0 +1,62 @@
+"""Report figures (PNG, matplotlib's non-interactive backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+_META = {"Software": None}  # no version string in the PNG: same numbers, same bytes
+
+
+def training_curves(live_dirs: dict[str, Path], out: Path) -> None:
+    """Loss, learning rate and kNN monitor per epoch for every method (from DVCLive TSVs)."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    for method, live in live_dirs.items():
+        for ax, key in zip(axes, ("loss", "lr", "knn_top1")):
+            tsv = live / "plots" / "metrics" / f"{key}.tsv"
+            if tsv.is_file():
+                df = pd.read_csv(tsv, sep="\t")
+                ax.plot(df["step"], df[key], marker="o", ms=3, label=method)
+    for ax, title in zip(axes, ("pretraining loss", "learning rate", "kNN-20 top-1 (val monitor)")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100, metadata=_META)
+    plt.close(fig)
+
+
+def method_by_metric(df: pd.DataFrame, out: Path) -> None:
+    """Grouped bars: each metric column, one bar per encoder (methods and baselines)."""
+    ax = (100 * df.T).plot.bar(figsize=(max(8, 0.9 * len(df.columns)), 4), width=0.8)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    plt.xticks(rotation=35, ha="right")
+    plt.tight_layout()
+    plt.savefig(out, dpi=100, metadata=_META)
+    plt.close()
+
+
+def few_shot_curve(results: dict[str, dict], out: Path) -> None:
+    """Few-shot accuracy (with 95% CI) against K, one line per encoder."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, fs in results.items():
+        ks = sorted(fs, key=lambda key: int(key.split("_")[1].removesuffix("shot")))
+        x = [int(k.split("_")[1].removesuffix("shot")) for k in ks]
+        ax.errorbar(x, [100 * fs[k]["mean"] for k in ks], yerr=[100 * fs[k]["ci95"] for k in ks], marker="o", capsize=3, label=name)
+    ax.set_xlabel("shots per class (K)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("few-shot, nearest prototype")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100, metadata=_META)
+    plt.close(fig)

@@ -1,0 +1,51 @@
+"""Collect metric files into one method-by-metric table (rows: encoders, columns: metrics)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+STAGES = ("pretrain", "linear-eval", "finetune", "few-shot", "transfer")
+
+
+def load_method_metrics(metrics_dir: Path, method: str) -> dict[str, dict]:
+    out = {}
+    for stage in STAGES:
+        path = metrics_dir / stage / f"{method}.json"
+        if path.is_file():
+            out[stage] = json.loads(path.read_text())
+    return out
+
+
+def _eval_row(linear_knn: dict, few_shot: dict, transfer: dict) -> dict:
+    row = {"linear top-1": linear_knn["linear"]["top1"]}
+    row.update({f"kNN-{k[3:-5]} top-1": v for k, v in linear_knn.items() if k.startswith("knn")})
+    row.update({f"few-shot {k.replace('way_', '-way ').replace('shot', '-shot')}": v["mean"] for k, v in few_shot.items()})
+    row.update({f"transfer {name}": v["top1"] for name, v in transfer.items()})
+    return row
+
+
+def summary_table(metrics_dir: Path, methods: list[str], baselines: dict) -> pd.DataFrame:
+    """One row per pretrained method and per baseline; accuracies as fractions."""
+    rows = {}
+    for m in methods:
+        mm = load_method_metrics(metrics_dir, m)
+        row = _eval_row(mm["linear-eval"], mm["few-shot"], mm["transfer"])
+        row["finetune top-1"] = mm["finetune"]["top1"]
+        rows[m] = row
+    for name, label in (("random_init", "random init (baseline)"), ("raw_pixels", "raw pixels (baseline)")):
+        b = baselines[name]
+        rows[label] = _eval_row(b, b["few_shot"], b["transfer"])
+    rows["random init (baseline)"]["finetune top-1"] = baselines["supervised_scratch"]["top1"]
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def to_markdown(df: pd.DataFrame, percent: bool = True) -> str:
+    """GitHub table; accuracies shown as percentages with one decimal, missing as '-'."""
+    shown = df.map(lambda v: "-" if pd.isna(v) else (f"{100 * v:.1f}" if percent else f"{v:g}"))
+    header = "| encoder | " + " | ".join(shown.columns) + " |"
+    sep = "|---|" + "---:|" * len(shown.columns)
+    lines = [header, sep] + [f"| {idx} | " + " | ".join(row) + " |" for idx, row in shown.iterrows()]
+    return "\n".join(lines)

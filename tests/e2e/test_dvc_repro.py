@@ -1,0 +1,102 @@
+"""`dvc repro` end to end on a copy of the repository with tiny params (real images)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+TINY = {
+    "data": {"pretrain_size": 300, "train_size": 300, "val_size": 200, "test_size": 300, "shard_size": 200},
+    "encoder": {"layers": [1, 1], "width": 8},
+    "pretrain": {"epochs": 1, "batch_size": 64, "knn_bank_size": 200, "knn_query_size": 100},
+    "finetune": {"epochs": 1, "batch_size": 64},
+    "few_shot": {"shots": [1, 5], "queries": 5, "episodes": 30},
+    "linear_eval": {"c_grid": [0.1, 1.0], "max_iter": 100},
+}
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # stages run with this venv's python
+    return env
+
+
+def _run(args: list[str], cwd: Path) -> str:
+    res = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True)
+    assert res.returncode == 0, f"{args} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return res.stdout + res.stderr
+
+
+def _set(params_path: Path, updates: dict) -> None:
+    params = yaml.safe_load(params_path.read_text())
+    for section, values in updates.items():
+        params[section].update(values)
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def repo_copy(tmp_path_factory) -> Path:
+    dst = tmp_path_factory.mktemp("repo")
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if f.startswith(("metrics/", "reports/")) or f == "dvc.lock" or not (REPO / f).is_file():
+            continue  # start with no results, as on a fresh clone without them
+        (dst / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, dst / f)
+    _set(dst / "params.yaml", TINY)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"]):
+        _run(cmd, dst)
+    return dst
+
+
+def _ran(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+def test_repro_writes_every_metric_and_the_report(repo_copy):
+    out = _run(["dvc", "repro"], repo_copy)
+    assert _ran(out) == {"shard", "baselines", "pretrain@simclr", "linear-eval@simclr", "finetune@simclr",
+                         "few-shot@simclr", "transfer@simclr", "report"}
+    metrics = {p.relative_to(repo_copy / "metrics").as_posix(): json.loads(p.read_text()) for p in (repo_copy / "metrics").rglob("*.json")}
+    assert set(metrics) == {"baselines.json", "pretrain/simclr.json", "linear-eval/simclr.json", "finetune/simclr.json",
+                            "few-shot/simclr.json", "transfer/simclr.json"}
+    lin = metrics["linear-eval/simclr.json"]
+    assert 0.1 < lin["linear"]["top1"] <= 1 and 0.1 < lin["knn20_top1"] <= 1
+    assert set(metrics["few-shot/simclr.json"]) == {"5way_1shot", "5way_5shot"}
+    assert set(metrics["transfer/simclr.json"]) == {"digits", "mnist-sample"}
+    assert set(metrics["baselines.json"]) == {"raw_pixels", "random_init", "supervised_scratch"}
+    report = (repo_copy / "reports" / "report.md").read_text()
+    for needle in ("| simclr |", "| raw pixels (baseline) |", "| random init (baseline) |", "linear top-1", "transfer digits"):
+        assert needle in report
+    for fig in ("training_curves.png", "method_by_metric.png", "few_shot.png"):
+        assert (repo_copy / "reports" / "figures" / fig).stat().st_size > 1000
+    assert (repo_copy / "models" / "simclr" / "encoder.pt").is_file()
+    loss_tsv = repo_copy / "dvclive" / "pretrain" / "simclr" / "plots" / "metrics" / "loss.tsv"
+    assert loss_tsv.read_text().startswith("step\tloss")
+    shown = _run(["dvc", "metrics", "show", "--json"], repo_copy)
+    assert "linear" in shown and "knn20_top1" in shown
+
+
+def test_second_repro_runs_nothing(repo_copy):
+    out = _run(["dvc", "repro"], repo_copy)
+    assert _ran(out) == set(), out
+
+
+def test_pretrain_param_change_reruns_downstream_not_shard(repo_copy):
+    _set(repo_copy / "params.yaml", {"pretrain": {"lr": 0.3}})
+    out = _run(["dvc", "repro"], repo_copy)
+    ran = _ran(out)
+    assert "shard" not in ran and "baselines" not in ran
+    assert {"pretrain@simclr", "linear-eval@simclr", "finetune@simclr", "few-shot@simclr", "transfer@simclr"} <= ran
+    diff = _run(["dvc", "params", "diff", "--md"], repo_copy)
+    assert "pretrain.lr" in diff

@@ -1,0 +1,29 @@
+import torch
+
+from pipeline.config import EncoderParams
+from pipeline.models.encoder import Encoder, load_encoder, save_encoder
+from pipeline.models.heads import mlp
+from pipeline.models.resnet import SmallResNet
+
+
+def test_resnet_shapes_and_stem():
+    net = SmallResNet(1, [2, 2, 2, 2], width=16, stem_stride=1)
+    assert net(torch.randn(2, 1, 28, 28)).shape == (2, 128) and net.feature_dim == 128
+    fast = SmallResNet(3, [1, 1], width=8, stem_stride=2)
+    assert fast(torch.randn(3, 3, 32, 32)).shape == (3, 16)
+    assert sum(isinstance(m, torch.nn.Module) and m.__class__.__name__ == "BasicBlock" for m in net.modules()) == 8
+
+
+def test_mlp_dims():
+    head = mlp(32, 64, 16, layers=3, last_bn=True)
+    assert head(torch.randn(4, 32)).shape == (4, 16)
+    assert sum(isinstance(m, torch.nn.Linear) for m in head) == 3
+
+
+def test_encoder_normalises_and_roundtrips(tmp_path):
+    enc = Encoder(EncoderParams(width=8), 1, [0.5], [0.25]).eval()
+    x = torch.rand(4, 1, 28, 28)
+    save_encoder(enc, tmp_path / "e.pt", {"note": "test"})
+    again = load_encoder(tmp_path / "e.pt")
+    torch.testing.assert_close(enc(x), again(x))
+    assert again.mean.item() == 0.5 and not (tmp_path / "e.pt.tmp").exists()

@@ -1,0 +1,61 @@
+"""Bad input gets a clear error, a non-zero exit, and leaves no output that looks valid."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _stage(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "stages" / script), *args], cwd=cwd, capture_output=True, text=True)
+
+
+def _params(tmp_path: Path, edit) -> Path:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    edit(raw)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_typo_in_params_exits_2_and_writes_nothing(tmp_path):
+    path = _params(tmp_path, lambda r: r["data"].update(shard_sise=10))
+    res = _stage("shard.py", "--params", str(path), "--out", str(tmp_path / "shards"), cwd=tmp_path)
+    assert res.returncode == 2
+    assert "data.shard_sise: unknown key" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "shards").exists()
+
+
+def test_unknown_method_lists_valid(tmp_path):
+    path = _params(tmp_path, lambda r: r.update(methods=["simclr", "nope"]))
+    res = _stage("pretrain.py", "--params", str(path), "--method", "nope", "--shards", "x", "--out", str(tmp_path / "m"),
+                 "--metrics", str(tmp_path / "m.json"), "--live", str(tmp_path / "live"), cwd=tmp_path)
+    assert res.returncode == 2 and "unknown method(s) ['nope']" in res.stderr and "simclr" in res.stderr
+    assert not (tmp_path / "m.json").exists() and not (tmp_path / "m").exists()
+
+
+def test_missing_dataset_names_the_fix(tmp_path):
+    path = _params(tmp_path, lambda r: r["data"].update(root=str(tmp_path / "nowhere")))
+    res = _stage("shard.py", "--params", str(path), "--out", str(tmp_path / "shards"), cwd=tmp_path)
+    assert res.returncode == 2 and "apt-get install dataset-fashion-mnist" in res.stderr
+    assert not (tmp_path / "shards" / "manifest.json").exists()
+
+
+def test_corrupt_shard_fails_evaluation_without_metrics(tiny_shards, tmp_path):
+    from pipeline.config import EncoderParams
+    from pipeline.data.shards import read_manifest
+    from pipeline.models.encoder import build_encoder, save_encoder
+
+    shards = tmp_path / "shards"
+    shutil.copytree(tiny_shards, shards)
+    save_encoder(build_encoder(EncoderParams(width=8), read_manifest(shards)), tmp_path / "enc.pt", {})
+    tar = shards / "test-000000.tar"
+    tar.write_bytes(tar.read_bytes()[:5000])  # truncated
+    res = _stage("evaluate.py", "few-shot", "--params", str(REPO / "params.yaml"), "--encoder", str(tmp_path / "enc.pt"),
+                 "--shards", str(shards), "--metrics", str(tmp_path / "fs.json"), cwd=tmp_path)
+    assert res.returncode == 2 and "test-000000.tar is corrupt" in res.stderr
+    assert not (tmp_path / "fs.json").exists()
