@@ -21,7 +21,8 @@ def load_method_metrics(metrics_dir: Path, method: str) -> dict[str, dict]:
 
 def _eval_row(linear_knn: dict, few_shot: dict, transfer: dict) -> dict:
     row = {"linear top-1": linear_knn["linear"]["top1"]}
-    row.update({f"kNN-{k[3:-5]} top-1": v for k, v in linear_knn.items() if k.startswith("knn")})
+    knn = sorted((int(k[3:-5]), v) for k, v in linear_knn.items() if k.startswith("knn"))  # "knn20_top1" -> 20
+    row.update({f"kNN-{k} top-1": v for k, v in knn})
     row.update({f"few-shot {k.replace('way_', '-way ').replace('shot', '-shot')}": v["mean"] for k, v in few_shot.items()})
     row.update({f"transfer {name}": v["top1"] for name, v in transfer.items()})
     return row

@@ -1,0 +1,75 @@
+"""Wall time of the default `dvc repro`, stage by stage, on a fresh copy of the repository.
+
+    python benchmarks/repro_wall_time.py [--params params.yaml] [--out benchmarks/results/repro_wall_time.json]
+
+Copies the tracked files to a temporary directory (no cached results), then runs each stage
+with `dvc repro -s <stage>` in pipeline order and records its seconds, plus the headline
+metrics the run produced. Not a test: these machines are shared, so read it beside the
+machine's load at the time (recorded as the 1-minute load average before and after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(args, cwd, env):
+    res = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if res.returncode:
+        sys.exit(f"{args} failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
+    return res.stdout
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default=str(REPO / "params.yaml"))
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "repro_wall_time.json"))
+    args = ap.parse_args()
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        files = _run(["git", "ls-files"], REPO, env).split()
+        for f in files:
+            if f.startswith(("metrics/", "reports/", "benchmarks/results/")) or f == "dvc.lock":
+                continue
+            (work / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, work / f)
+        shutil.copy2(args.params, work / "params.yaml")
+        for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "bench"]):
+            _run(cmd, work, env)
+        methods = yaml.safe_load((work / "params.yaml").read_text())["methods"]
+        stages = ["shard", "baselines"] + [f"{s}@{m}" for m in methods for s in ("pretrain", "linear-eval", "finetune", "few-shot", "transfer")] + ["report"]
+        load_before = os.getloadavg()[0]
+        seconds, t_all = {}, time.time()
+        for stage in stages:
+            t0 = time.time()
+            _run(["dvc", "repro", "-s", stage], work, env)
+            seconds[stage] = round(time.time() - t0, 1)
+            print(f"{stage:24s} {seconds[stage]:8.1f} s", flush=True)
+        total = round(time.time() - t_all, 1)
+        metrics = {p.relative_to(work / "metrics").as_posix(): json.loads(p.read_text()) for p in (work / "metrics").rglob("*.json")}
+        report = (work / "reports" / "report.md").read_text()
+    result = {"total_seconds": total, "stage_seconds": seconds, "load_average_before": load_before,
+              "load_average_after": os.getloadavg()[0], "cpus": os.cpu_count(), "platform": platform.platform(),
+              "metrics": metrics}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    Path(args.out).with_suffix(".report.md").write_text(report)
+    print(f"total {total:.1f} s ({total / 60:.1f} min) -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
