@@ -1,0 +1,100 @@
+"""Class-balanced label subsets, and the three label-efficiency arms end to end on tiny data."""
+
+import numpy as np
+import pytest
+import torch
+from threadpoolctl import threadpool_limits
+
+from pipeline.config import EncoderParams, FinetuneParams
+from pipeline.eval.label_efficiency import balanced_subset, label_efficiency, per_class_count, train_classifier
+from pipeline.models.encoder import Encoder
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny problems: one BLAS/torch thread avoids oversubscribing shared CPUs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(threads)
+
+
+def imbalanced_labels(seed=0):
+    counts = [100, 37, 10, 3, 250]  # class 3 has 3 images: 1% of it rounds to 0 -> 1
+    y = np.repeat(np.arange(5), counts)
+    return np.random.default_rng(seed).permutation(y), counts
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.1, 0.25, 0.5, 1.0])
+def test_balanced_subset_per_class_counts(fraction):
+    y, counts = imbalanced_labels()
+    idx = balanced_subset(y, fraction, seed=0)
+    expected = [max(1, int(np.floor(fraction * c + 0.5))) for c in counts]
+    assert np.bincount(y[idx], minlength=5).tolist() == expected
+    assert len(np.unique(idx)) == len(idx) and idx.min() >= 0 and idx.max() < len(y)  # distinct valid indices
+    assert np.all(np.diff(idx) > 0)  # sorted
+
+
+def test_per_class_count_rounding():
+    assert per_class_count(0.01, 50) == 1  # 0.5 rounds up
+    assert per_class_count(0.01, 149) == 1 and per_class_count(0.01, 150) == 2
+    assert per_class_count(0.001, 10) == 1  # at least one per class
+    assert per_class_count(1.0, 7) == 7
+
+
+def test_balanced_subset_is_seeded_and_nested():
+    y, _ = imbalanced_labels()
+    a = balanced_subset(y, 0.1, seed=3)
+    assert np.array_equal(a, balanced_subset(y, 0.1, seed=3))
+    assert not np.array_equal(a, balanced_subset(y, 0.1, seed=4))
+    small, mid, full = (set(balanced_subset(y, f, seed=3)) for f in (0.01, 0.1, 1.0))
+    assert small <= mid <= full and full == set(range(len(y)))
+    with pytest.raises(ValueError):
+        balanced_subset(y, 0.0, seed=0)
+    assert np.array_equal(balanced_subset(torch.from_numpy(y), 0.1, seed=3), a)  # tensors accepted
+
+
+def test_train_classifier_on_in_memory_tensors_is_deterministic():
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(0, 256, (40, 1, 16, 16), dtype=np.uint8))
+    labels = torch.from_numpy(rng.integers(0, 3, 40))
+    cfg = FinetuneParams(epochs=1, batch_size=64, lr=0.1)  # batch capped at the 40 images
+
+    def run():
+        torch.manual_seed(1)
+        enc = Encoder(EncoderParams(width=4, layers=[1]), 1, [0.5], [0.3])
+        model = train_classifier(enc, images, labels, 3, cfg, 0.1, seed=0, device=CPU, desc="t")
+        return model.head.weight.detach().clone()
+
+    assert torch.equal(run(), run())
+
+
+def tensors(data, start, stop):
+    return (torch.from_numpy(data.images[start:stop].copy()).permute(0, 3, 1, 2).contiguous(),
+            torch.from_numpy(data.labels[start:stop].copy()).long())
+
+
+def test_label_efficiency_end_to_end(fmnist_small):
+    train_set, test_set = fmnist_small
+    train, val, test = tensors(train_set, 0, 120), tensors(train_set, 120, 180), tensors(test_set, 0, 100)
+    build = lambda: Encoder(EncoderParams(width=4, layers=[1]), 1, [0.286], [0.353])  # noqa: E731
+    torch.manual_seed(0)
+    ssl = build()
+    before = {k: v.clone() for k, v in ssl.state_dict().items()}
+    cfg = FinetuneParams(epochs=1, batch_size=32, lr=0.1, encoder_lr_mult=0.1)
+    res = label_efficiency(ssl, build, train, val, test, [0.1, 1.0], cfg, c_grid=[0.1, 1.0], max_iter=100, seed=0, device=CPU)
+    assert list(res) == [0.1, 1.0]
+    for fraction, row in res.items():
+        assert set(row) == {"supervised", "linear", "finetune", "n_labels"}
+        assert all(0.0 <= row[arm] <= 1.0 for arm in ("supervised", "linear", "finetune"))
+    # labels used: the train subset + the val subset, the same for every arm
+    n_expected = len(balanced_subset(train[1], 0.1, 0)) + len(balanced_subset(val[1], 0.1, 1))
+    assert res[0.1]["n_labels"] == n_expected and res[1.0]["n_labels"] == 180
+    assert all(torch.equal(before[k], v) for k, v in ssl.state_dict().items())  # fine-tuning trained a copy
+
+    only = label_efficiency(ssl, build, train, val, test, [1.0], cfg, [0.1, 1.0], 100, seed=0, device=CPU, arms=["linear"])
+    assert set(only[1.0]) == {"linear", "n_labels"} and only[1.0]["linear"] == res[1.0]["linear"]
+    assert only[1.0]["linear"] > 0.3  # chance 0.1: frozen random conv features carry signal
