@@ -10,10 +10,10 @@ method registers (see ``pipeline.methods``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import UserError
 
@@ -42,12 +42,25 @@ class DataParams(Strict):
 
 
 class EncoderParams(Strict):
-    """Backbone: a ResNet for small images."""
+    """Backbone: a ResNet for small images, or a small ViT (torchvision's) for masked image
+    modeling (MAE, BEiT). Keys of the other arch are ignored."""
 
-    arch: Literal["resnet"] = "resnet"
+    arch: Literal["resnet", "vit"] = "resnet"
+    # resnet
     layers: list[int] = Field(default_factory=lambda: [1, 1, 1, 1], min_length=1, max_length=6)
     width: int = Field(32, ge=4, le=512)
     stem_stride: Literal[1, 2] = 2
+    # vit: smaller than ViT-Tiny (192-d, 12 blocks, 3 heads) so a 2-core CPU trains it at
+    # 28x28 (patch 4 -> 7x7 = 49 tokens): 128-d, 4 blocks, 4 heads of 32 dims, MLP 4x.
+    # data.image_size must be a multiple of patch_size; that is checked when the encoder is
+    # built (the size comes from the shards).
+    patch_size: int = Field(4, ge=1, le=64)
+    dim: int = Field(128, ge=8, le=4096)
+    depth: int = Field(4, ge=1, le=48)
+    heads: int = Field(4, ge=1, le=64)
+    mlp_ratio: float = Field(4.0, gt=0, le=16)
+    pos_embed: Literal["sincos", "learned"] = "sincos"  # fixed 2-D sin-cos as MAE / MoCo v3, or learned (torchvision)
+    pool: Literal["mean", "cls"] = "mean"  # features: mean of the patch tokens, or the class token
 
     @field_validator("layers")
     @classmethod
@@ -55,6 +68,15 @@ class EncoderParams(Strict):
         if any(b < 1 for b in v):
             raise ValueError("every stage needs at least 1 block")
         return v
+
+    @model_validator(mode="after")
+    def _vit_dims(self) -> "EncoderParams":
+        if self.arch == "vit":
+            if self.dim % self.heads:
+                raise ValueError(f"encoder.dim ({self.dim}) must be divisible by encoder.heads ({self.heads})")
+            if self.pos_embed == "sincos" and self.dim % 4:
+                raise ValueError(f"encoder.dim ({self.dim}) must be divisible by 4 for encoder.pos_embed 'sincos'")
+        return self
 
 
 class AugmentParams(Strict):
@@ -115,6 +137,12 @@ class LinearParams(Strict):
 
     c_grid: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0], min_length=1)
     max_iter: int = Field(300, ge=10)
+    # protocol (b), ImageNet-style: SGD on features of augmented images; 0 epochs switches it off
+    sgd_epochs: int = Field(10, ge=0)
+    sgd_batch_size: int = Field(256, ge=2)
+    sgd_lr: float = Field(0.1, gt=0)  # per 256 images
+    sgd_crop_scale: list[float] = Field(default_factory=lambda: [0.5, 1.0], min_length=2, max_length=2)
+    random_init: bool = True  # also probe the same architecture at its random init (the matched baseline)
 
 
 class FinetuneParams(OptimParams):
@@ -122,14 +150,35 @@ class FinetuneParams(OptimParams):
 
 
 class FewShotParams(Strict):
-    ways: int = Field(5, ge=2)
+    ways: list[Union[int, Literal["all"]]] = Field(default_factory=lambda: [5, "all"], min_length=1)
     shots: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
     queries: int = Field(15, ge=1)
     episodes: int = Field(600, ge=1)
+    classifiers: list[Literal["prototype", "logreg"]] = Field(default_factory=lambda: ["prototype", "logreg"], min_length=1)
+
+
+class LabelEfficiencyParams(Strict):
+    """Supervised from scratch vs linear probe vs finetune on class-balanced label fractions."""
+
+    fractions: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0], min_length=1)
+    min_steps: int = Field(100, ge=1)  # small fractions train for more epochs, at least this many steps
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0 < f <= 1 for f in v):
+            raise ValueError("every fraction must be in (0, 1]")
+        return v
+
+
+class DiagnosticsParams(Strict):
+    images: int = Field(2000, ge=10)  # test images for the diagnostics and the 2-D map
+    tsne: bool = True
+    collapse_threshold: float = Field(0.1, gt=0)  # std * sqrt(dim) below this = collapsed
 
 
 class TransferParams(Strict):
-    datasets: list[Literal["digits", "mnist-sample", "cifar10", "cifar100"]] = Field(
+    datasets: list[Literal["digits", "mnist-sample", "cifar10", "cifar100", "stl10", "food101"]] = Field(
         default_factory=lambda: ["digits", "mnist-sample"], min_length=1
     )
     test_fraction: float = Field(0.3, gt=0, lt=1)
@@ -150,6 +199,8 @@ class Params(Strict):
     finetune: FinetuneParams
     few_shot: FewShotParams
     transfer: TransferParams
+    label_efficiency: LabelEfficiencyParams
+    diagnostics: DiagnosticsParams
     # filled by parse_params from the per-method sections:
     method_params: dict[str, Any] = Field(default_factory=dict)
     method_pretrain: dict[str, PretrainParams] = Field(default_factory=dict)

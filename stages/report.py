@@ -10,17 +10,66 @@ from pipeline.config import load_params
 from pipeline.data.shards import read_manifest
 from pipeline.errors import UserError, exit_on_user_error
 from pipeline.report import figures
-from pipeline.report.tables import load_method_metrics, summary_table, to_markdown
+from pipeline.report.tables import REQUIRED, load_method_metrics, summary_table, to_markdown
 
 
-def _verdict(df, method: str) -> str:
-    ours = df.loc[method, "linear top-1"]
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}"
+
+
+def _verdicts(df, metrics: dict[str, dict]) -> list[str]:
     raw = df.loc["raw pixels (baseline)", "linear top-1"]
-    rnd = df.loc["random init (baseline)", "linear top-1"]
-    beats = ours > raw and ours > rnd
-    word = "beats" if beats else "does NOT beat"
-    return (f"- **{method}** linear top-1 {100 * ours:.1f}% {word} both baselines "
-            f"(raw pixels {100 * raw:.1f}%, random init {100 * rnd:.1f}%).")
+    lines = []
+    for m, mm in metrics.items():
+        ours = df.loc[m, "linear top-1"]
+        rnd = mm["linear-eval"].get("random_init", {}).get("linear", {}).get("top1")
+        rnd_knn = mm["linear-eval"].get("random_init", {}).get("knn20_top1")
+        parts = [f"raw pixels {_pct(raw)}%"]
+        beats = ours > raw
+        if rnd is not None:
+            parts.append(f"its own architecture at random init {_pct(rnd)}% (kNN-20 {_pct(rnd_knn)}% vs {_pct(mm['linear-eval']['knn20_top1'])}%)")
+            beats = beats and ours > rnd and mm["linear-eval"]["knn20_top1"] > rnd_knn
+        lines.append(f"- **{m}** linear top-1 {_pct(ours)}% {'beats' if beats else 'does NOT beat'} " + " and ".join(parts) + ".")
+    return lines
+
+
+def _few_shot_section(fs: dict[str, dict], params) -> list[str]:
+    lines = ["## Few-shot (mean % +- 95% CI)", ""]
+    for clf in params.few_shot.classifiers:
+        keys = list(next(iter(fs.values()))[clf])
+        lines += [f"Classifier: **{clf}**", "", "| encoder | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+        for name, res in fs.items():
+            lines.append(f"| {name} | " + " | ".join(f"{_pct(res[clf][k]['mean'])} +- {_pct(res[clf][k]['ci95'])}" for k in keys) + " |")
+        lines.append("")
+    lines.append(f"{params.few_shot.episodes} episodes per setting, {params.few_shot.queries} queries per class, seed {params.seed}; "
+                 "every classifier sees the same episodes.")
+    return lines + [""]
+
+
+def _label_efficiency_section(le: dict[str, dict]) -> list[str]:
+    lines = ["## Label efficiency (top-1 %, test split)", "",
+             "Class-balanced fractions of the labelled train+val images, fixed seed. Supervised = the same encoder "
+             "trained from scratch on those labels; linear = probe of the frozen SSL encoder; finetune = SSL encoder fine-tuned.", "",
+             "| method | fraction | labels | supervised | linear | finetune |", "|---|---:|---:|---:|---:|---:|"]
+    for m, res in le.items():
+        for frac, r in res.items():
+            lines.append(f"| {m} | {float(frac):g} | {r['n_labels']} | {_pct(r['supervised'])} | {_pct(r['linear'])} | {_pct(r['finetune'])} |")
+    return lines + ["", "![label efficiency](figures/label_efficiency.png)", ""]
+
+
+def _diagnostics_section(diag: dict[str, dict]) -> list[str]:
+    lines = ["## Representation diagnostics (test images)", "",
+             "| method | alignment (lower better) | uniformity (lower better) | effective rank / dim | std x sqrt(dim) | InfoNCE MI bound (nats) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for m, d in diag.items():
+        lines.append(f"| {m} | {d['alignment']:.3f} | {d['uniformity']:.3f} | {d['effective_rank']:.1f} / {d['feature_dim']} | "
+                     f"{d['std_sqrt_dim']:.3f} | {d['mi_lower_bound']:.2f} (log K = {d['infonce_k']} candidates) |")
+    lines.append("")
+    for m, d in diag.items():
+        if d["collapsed"]:
+            lines.append(f"> **WARNING: {m} has collapsed**: the per-dimension std of its normalised embedding x sqrt(dim) is "
+                         f"{d['std_sqrt_dim']:.3f} (about 1 when healthy). Its other numbers are not meaningful.")
+    return lines + [""]
 
 
 def build_report(params_path: str, metrics_dir: Path, shards: str, live_root: Path, out: Path) -> str:
@@ -30,8 +79,9 @@ def build_report(params_path: str, metrics_dir: Path, shards: str, live_root: Pa
     if not baselines_path.is_file():
         raise UserError(f"{baselines_path} missing; run 'dvc repro baselines'")
     baselines = json.loads(baselines_path.read_text())
-    for m in params.methods:
-        missing = {"pretrain", "linear-eval", "finetune", "few-shot", "transfer"} - set(load_method_metrics(metrics_dir, m))
+    metrics = {m: load_method_metrics(metrics_dir, m) for m in params.methods}
+    for m, mm in metrics.items():
+        missing = set(REQUIRED) - set(mm)
         if missing:
             raise UserError(f"metrics of {sorted(missing)} for method {m!r} are missing under {metrics_dir}; run 'dvc repro'")
     df = summary_table(metrics_dir, params.methods, baselines)
@@ -39,42 +89,49 @@ def build_report(params_path: str, metrics_dir: Path, shards: str, live_root: Pa
     fig_dir.mkdir(parents=True, exist_ok=True)
     figures.training_curves({m: live_root / m for m in params.methods}, fig_dir / "training_curves.png")
     figures.method_by_metric(df, fig_dir / "method_by_metric.png")
-    fs = {m: load_method_metrics(metrics_dir, m)["few-shot"] for m in params.methods}
+    fs = {m: mm["few-shot"] for m, mm in metrics.items()}
     fs |= {"random init": baselines["random_init"]["few_shot"], "raw pixels": baselines["raw_pixels"]["few_shot"]}
-    figures.few_shot_curve(fs, fig_dir / "few_shot.png")
+    figures.few_shot_curve({k: v["prototype"] for k, v in fs.items()}, fig_dir / "few_shot.png")
 
     counts = {s: v["count"] for s, v in manifest["splits"].items()}
     lines = [
         "# Self-supervised pretraining report",
         "",
         f"Data: `{params.data.source}` at {manifest['image_size']}x{manifest['image_size']}x{manifest['channels']}, "
-        f"splits {counts} (pretraining uses no labels). Encoder: ResNet layers {list(params.encoder.layers)}, "
-        f"width {params.encoder.width}, stem stride {params.encoder.stem_stride}.",
+        f"splits {counts} (pretraining uses no labels).",
         "",
         "## Method by metric (top-1 %, test split)",
         "",
-        "Baselines use the same splits and protocols. The random-init row's finetune column is "
-        "supervised training from scratch with the same recipe.",
+        "Baselines use the same splits and protocols (shared encoder config: "
+        f"{params.encoder.arch}, layers {list(params.encoder.layers)}, width {params.encoder.width}). The random-init row's "
+        "finetune column is supervised training from scratch with the same recipe. Few-shot columns: 5-way, nearest prototype.",
         "",
         to_markdown(df),
         "",
-        *[_verdict(df, m) for m in params.methods],
+        *_verdicts(df, metrics),
         "",
         "## Pretraining",
         "",
-        "| method | epochs | final loss | kNN-20 val monitor | wall time (s) | images/s |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| method | encoder | epochs | final loss | kNN-20 val monitor | wall time (s) | images/s |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for m in params.methods:
-        p = load_method_metrics(metrics_dir, m)["pretrain"]
-        lines.append(f"| {m} | {p['epochs']} | {p['loss']:.3f} | {100 * p['knn_top1']:.1f} | {p['wall_seconds']:.0f} | {p['images_per_second']:.0f} |")
-    lines += ["", "## Few-shot (nearest prototype, mean % +- 95% CI)", "", "| encoder | " + " | ".join(next(iter(fs.values()))) + " |",
-              "|---|" + "---:|" * len(next(iter(fs.values())))]
-    for name, res in fs.items():
-        lines.append(f"| {name} | " + " | ".join(f"{100 * v['mean']:.1f} +- {100 * v['ci95']:.1f}" for v in res.values()) + " |")
-    lines += ["", f"{params.few_shot.episodes} episodes per K, {params.few_shot.queries} queries per class, fixed seed {params.seed}.", "",
-              "## Figures", "", "![training curves](figures/training_curves.png)", "",
-              "![method by metric](figures/method_by_metric.png)", "", "![few-shot](figures/few_shot.png)", ""]
+    for m, mm in metrics.items():
+        p, enc = mm["pretrain"], params.encoder_for(m)
+        desc = f"{enc.arch} {list(enc.layers)} w{enc.width}" if enc.arch == "resnet" else f"vit p{enc.patch_size} d{enc.dim} x{enc.depth}"
+        lines.append(f"| {m} | {desc} | {p['epochs']} | {p['loss']:.3f} | {_pct(p['knn_top1'])} | {p['wall_seconds']:.0f} | {p['images_per_second']:.0f} |")
+    lines += ["", "![training curves](figures/training_curves.png)", "", "![method by metric](figures/method_by_metric.png)", ""]
+    lines += _few_shot_section(fs, params) + ["![few-shot](figures/few_shot.png)", ""]
+    le = {m: mm["label-efficiency"] for m, mm in metrics.items() if "label-efficiency" in mm}
+    if le:
+        figures.label_efficiency(le, fig_dir / "label_efficiency.png")
+        lines += _label_efficiency_section(le)
+    diag = {m: mm["diagnostics"] for m, mm in metrics.items() if "diagnostics" in mm}
+    if diag:
+        lines += _diagnostics_section(diag)
+    maps = {m: out.parent / "embeddings" / f"{m}.tsv" for m in params.methods if (out.parent / "embeddings" / f"{m}.tsv").is_file()}
+    if maps:
+        figures.embedding_maps(maps, manifest["classes"], fig_dir / "embedding_map.png")
+        lines += ["## 2-D map of test embeddings", "", "![embedding map](figures/embedding_map.png)", ""]
     text = "\n".join(lines)
     tmp = out.with_suffix(".md.tmp")
     tmp.write_text(text)

@@ -91,3 +91,13 @@ def test_method_section_overrides_shared_sections(default_params_dict):
     assert p.encoder_for("simclr").width == 16 and p.encoder.width == raw["encoder"]["width"]
     raw["simclr"]["pretrain"] = {"lr": -1}
     assert "lr" in _err(raw)
+
+
+def test_gpu_preset_is_valid_and_differs_where_documented():
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    gpu, cpu = load_params(repo / "params-gpu.yaml"), load_params(repo / "params.yaml")
+    assert gpu.data.pretrain_size is None and gpu.data.train_size is None  # the full dataset
+    assert list(gpu.encoder.layers) == [2, 2, 2, 2] and gpu.encoder.width == 64 and gpu.encoder.stem_stride == 1
+    assert gpu.pretrain.epochs >= 100 and gpu.pretrain.epochs > cpu.pretrain.epochs

@@ -35,10 +35,17 @@ def linear_and_knn(featurize: Featurizer, shard_dir: str, params: Params) -> dic
 
 
 def few_shot_eval(featurize: Featurizer, shard_dir: str, params: Params) -> dict:
-    """Prototype few-shot on the test split's features."""
+    """Few-shot episodes on the test split's features: ``{classifier: {"<N>way_<K>shot": {mean, ci95}}}``
+    for every configured classifier and N (5-way, all-way); the same episodes for every classifier."""
     images, labels = load_split(shard_dir, "test")
+    feats, labels = featurize(images), labels.numpy()
     fs = params.few_shot
-    return few_shot(featurize(images), labels.numpy(), fs.ways, fs.shots, fs.queries, fs.episodes, params.seed)
+    out = {}
+    for clf in fs.classifiers:
+        out[clf] = {}
+        for ways in fs.ways:
+            out[clf].update(few_shot(feats, labels, ways, fs.shots, fs.queries, fs.episodes, params.seed, classifier=clf))
+    return out
 
 
 def transfer_eval(featurize: Featurizer, size: int, channels: int, params: Params) -> dict:

@@ -6,6 +6,9 @@ from pipeline.data import sources
 from pipeline.data.sources import ImageSet, split_stratified
 from pipeline.errors import UserError
 
+# presets for networked hosts: params name -> torchvision.datasets class
+TORCHVISION_PRESETS = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "stl10": "STL10", "food101": "Food101"}
+
 
 def load_transfer(name: str, size: int, channels: int, root: str, test_fraction: float, seed: int) -> dict[str, ImageSet]:
     """``{'train', 'val', 'test'}`` of a transfer dataset at the pretraining resolution.
@@ -17,9 +20,9 @@ def load_transfer(name: str, size: int, channels: int, root: str, test_fraction:
         train, test = split_stratified(sources.digits(size, channels), test_fraction, seed)
     elif name == "mnist-sample":
         train, test = split_stratified(sources.mnist_sample(size, channels), test_fraction, seed)
-    elif name in ("cifar10", "cifar100"):
-        train, test = sources.torchvision_dataset(name.upper(), root, size, channels, download=True)
+    elif name in TORCHVISION_PRESETS:
+        train, test = sources.torchvision_dataset(TORCHVISION_PRESETS[name], root, size, channels, download=True)
     else:
-        raise UserError(f"unknown transfer dataset {name!r}; valid: digits, mnist-sample, cifar10, cifar100")
+        raise UserError(f"unknown transfer dataset {name!r}; valid: digits, mnist-sample, {', '.join(TORCHVISION_PRESETS)}")
     train, val = split_stratified(train, 0.2, seed)  # val picks the probe's L2 strength
     return {"train": train, "val": val, "test": test}

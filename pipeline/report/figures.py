@@ -60,3 +60,39 @@ def few_shot_curve(results: dict[str, dict], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=100, metadata=_META)
     plt.close(fig)
+
+
+def label_efficiency(results: dict[str, dict], out: Path) -> None:
+    """Top-1 against label fraction (log x): supervised from scratch, linear probe, finetune."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for method, res in results.items():
+        fracs = sorted(res, key=float)
+        x = [100 * float(f) for f in fracs]
+        for arm, style in (("supervised", ":"), ("linear", "--"), ("finetune", "-")):
+            label = arm if arm == "supervised" and len(results) == 1 else f"{method} {arm}"
+            ax.plot(x, [100 * res[f][arm] for f in fracs], style, marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled images (% of train+val)")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title("label efficiency")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100, metadata=_META)
+    plt.close(fig)
+
+
+def embedding_maps(tsvs: dict[str, Path], classes: list[str], out: Path) -> None:
+    """One scatter per method of its 2-D map (t-SNE/UMAP), coloured by class."""
+    fig, axes = plt.subplots(1, len(tsvs), figsize=(4.5 * len(tsvs), 4.2), squeeze=False)
+    for ax, (method, tsv) in zip(axes[0], tsvs.items()):
+        df = pd.read_csv(tsv, sep="\t")
+        sc = ax.scatter(df["x"], df["y"], c=df["label"], cmap="tab10", s=3)
+        ax.set_title(f"{method} ({df['method'].iloc[0]})")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles = [plt.Line2D([], [], marker="o", ls="", color=sc.cmap(sc.norm(i))) for i in range(len(classes))]
+    fig.legend(handles, classes, loc="center right", fontsize=7)
+    fig.tight_layout(rect=(0, 0, 0.85, 1))
+    fig.savefig(out, dpi=100, metadata=_META)
+    plt.close(fig)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-STAGES = ("pretrain", "linear-eval", "finetune", "few-shot", "transfer")
+STAGES = ("pretrain", "linear-eval", "finetune", "few-shot", "transfer", "label-efficiency", "diagnostics")
+REQUIRED = ("pretrain", "linear-eval", "finetune", "few-shot", "transfer")
 
 
 def load_method_metrics(metrics_dir: Path, method: str) -> dict[str, dict]:
@@ -20,10 +21,14 @@ def load_method_metrics(metrics_dir: Path, method: str) -> dict[str, dict]:
 
 
 def _eval_row(linear_knn: dict, few_shot: dict, transfer: dict) -> dict:
+    """few_shot: ``{classifier: {"5way_1shot": {mean, ci95}}}``; the table shows 5-way prototypes."""
     row = {"linear top-1": linear_knn["linear"]["top1"]}
+    if "linear_sgd" in linear_knn:
+        row["linear SGD top-1"] = linear_knn["linear_sgd"]["top1"]
     knn = sorted((int(k[3:-5]), v) for k, v in linear_knn.items() if k.startswith("knn"))  # "knn20_top1" -> 20
     row.update({f"kNN-{k} top-1": v for k, v in knn})
-    row.update({f"few-shot {k.replace('way_', '-way ').replace('shot', '-shot')}": v["mean"] for k, v in few_shot.items()})
+    protos = few_shot.get("prototype", {})
+    row.update({f"few-shot {k.replace('way_', '-way ').replace('shot', '-shot')}": v["mean"] for k, v in protos.items() if k.startswith("5way")})
     row.update({f"transfer {name}": v["top1"] for name, v in transfer.items()})
     return row
 

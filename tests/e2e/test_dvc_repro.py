@@ -21,7 +21,9 @@ TINY = {
     "pretrain": {"epochs": 1, "batch_size": 64, "knn_bank_size": 200, "knn_query_size": 100},
     "finetune": {"epochs": 1, "batch_size": 64},
     "few_shot": {"shots": [1, 5], "queries": 5, "episodes": 30},
-    "linear_eval": {"c_grid": [0.1, 1.0], "max_iter": 100},
+    "linear_eval": {"c_grid": [0.1, 1.0], "max_iter": 100, "sgd_epochs": 1, "sgd_batch_size": 64},
+    "label_efficiency": {"fractions": [0.1, 1.0], "min_steps": 3},
+    "diagnostics": {"images": 100},
 }
 
 
@@ -66,19 +68,25 @@ def _ran(output: str) -> set[str]:
 def test_repro_writes_every_metric_and_the_report(repo_copy):
     out = _run(["dvc", "repro"], repo_copy)
     assert _ran(out) == {"shard", "baselines", "pretrain@simclr", "linear-eval@simclr", "finetune@simclr",
-                         "few-shot@simclr", "transfer@simclr", "report"}
+                         "few-shot@simclr", "transfer@simclr", "label-efficiency@simclr", "diagnostics@simclr", "report"}
     metrics = {p.relative_to(repo_copy / "metrics").as_posix(): json.loads(p.read_text()) for p in (repo_copy / "metrics").rglob("*.json")}
     assert set(metrics) == {"baselines.json", "pretrain/simclr.json", "linear-eval/simclr.json", "finetune/simclr.json",
-                            "few-shot/simclr.json", "transfer/simclr.json"}
+                            "few-shot/simclr.json", "transfer/simclr.json", "label-efficiency/simclr.json", "diagnostics/simclr.json"}
     lin = metrics["linear-eval/simclr.json"]
     assert 0.1 < lin["linear"]["top1"] <= 1 and 0.1 < lin["knn20_top1"] <= 1
-    assert set(metrics["few-shot/simclr.json"]) == {"5way_1shot", "5way_5shot"}
+    assert 0 < lin["linear_sgd"]["top1"] <= 1 and 0 < lin["random_init"]["linear"]["top1"] <= 1
+    fs = metrics["few-shot/simclr.json"]
+    assert set(fs) == {"prototype", "logreg"} and set(fs["logreg"]) == {"5way_1shot", "5way_5shot", "10way_1shot", "10way_5shot"}
+    le = metrics["label-efficiency/simclr.json"]
+    assert set(le) == {"0.1", "1.0"} and all(0 <= le[f][arm] <= 1 for f in le for arm in ("supervised", "linear", "finetune"))
+    assert metrics["diagnostics/simclr.json"]["effective_rank"] > 1
     assert set(metrics["transfer/simclr.json"]) == {"digits", "mnist-sample"}
     assert set(metrics["baselines.json"]) == {"raw_pixels", "random_init", "supervised_scratch"}
     report = (repo_copy / "reports" / "report.md").read_text()
-    for needle in ("| simclr |", "| raw pixels (baseline) |", "| random init (baseline) |", "linear top-1", "transfer digits"):
+    for needle in ("| simclr |", "| raw pixels (baseline) |", "| random init (baseline) |", "linear top-1", "transfer digits",
+                   "Label efficiency", "Representation diagnostics", "logreg"):
         assert needle in report
-    for fig in ("training_curves.png", "method_by_metric.png", "few_shot.png"):
+    for fig in ("training_curves.png", "method_by_metric.png", "few_shot.png", "label_efficiency.png", "embedding_map.png"):
         assert (repo_copy / "reports" / "figures" / fig).stat().st_size > 1000
     assert (repo_copy / "models" / "simclr" / "encoder.pt").is_file()
     loss_tsv = repo_copy / "dvclive" / "pretrain" / "simclr" / "plots" / "metrics" / "loss.tsv"
@@ -97,6 +105,7 @@ def test_pretrain_param_change_reruns_downstream_not_shard(repo_copy):
     out = _run(["dvc", "repro"], repo_copy)
     ran = _ran(out)
     assert "shard" not in ran and "baselines" not in ran
-    assert {"pretrain@simclr", "linear-eval@simclr", "finetune@simclr", "few-shot@simclr", "transfer@simclr"} <= ran
+    assert {"pretrain@simclr", "linear-eval@simclr", "finetune@simclr", "few-shot@simclr", "transfer@simclr",
+            "label-efficiency@simclr", "diagnostics@simclr", "report"} <= ran
     diff = _run(["dvc", "params", "diff", "--md"], repo_copy)
     assert "pretrain.lr" in diff

@@ -15,7 +15,7 @@ def _lin(top1):
 
 
 def test_summary_table_rows_and_columns(tmp_path):
-    fs = {"5way_1shot": {"mean": 0.5, "ci95": 0.01}}
+    fs = {"prototype": {"5way_1shot": {"mean": 0.5, "ci95": 0.01}, "10way_1shot": {"mean": 0.3, "ci95": 0.01}}}
     _write(tmp_path, "linear-eval", "simclr", _lin(0.86))
     _write(tmp_path, "few-shot", "simclr", fs)
     _write(tmp_path, "transfer", "simclr", {"digits": {"top1": 0.9}})
@@ -25,6 +25,7 @@ def test_summary_table_rows_and_columns(tmp_path):
     df = summary_table(tmp_path, ["simclr"], baselines)
     assert list(df.index) == ["simclr", "random init (baseline)", "raw pixels (baseline)"]
     assert list(df.columns)[:3] == ["linear top-1", "kNN-20 top-1", "kNN-200 top-1"]
+    assert "few-shot 5-way 1-shot" in df.columns and not any("10-way" in c for c in df.columns)
     assert df.loc["random init (baseline)", "finetune top-1"] == 0.87
     assert pd.isna(df.loc["raw pixels (baseline)", "finetune top-1"])
     md = to_markdown(df)
