@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from pipeline.config import load_params
 from pipeline.data.shards import read_manifest
 from pipeline.errors import UserError, exit_on_user_error
 from pipeline.report import figures
-from pipeline.report.tables import REQUIRED, load_method_metrics, summary_table, to_markdown
+from pipeline.report.tables import REQUIRED, few_shot_order, load_method_metrics, summary_table, to_markdown
 
 
 def _pct(v: float) -> str:
@@ -36,7 +37,7 @@ def _verdicts(df, metrics: dict[str, dict]) -> list[str]:
 def _few_shot_section(fs: dict[str, dict], params) -> list[str]:
     lines = ["## Few-shot (mean % +- 95% CI)", ""]
     for clf in params.few_shot.classifiers:
-        keys = list(next(iter(fs.values()))[clf])
+        keys = sorted(next(iter(fs.values()))[clf], key=few_shot_order)
         lines += [f"Classifier: **{clf}**", "", "| encoder | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
         for name, res in fs.items():
             lines.append(f"| {name} | " + " | ".join(f"{_pct(res[clf][k]['mean'])} +- {_pct(res[clf][k]['ci95'])}" for k in keys) + " |")
@@ -63,7 +64,7 @@ def _diagnostics_section(diag: dict[str, dict]) -> list[str]:
              "|---|---:|---:|---:|---:|---:|"]
     for m, d in diag.items():
         lines.append(f"| {m} | {d['alignment']:.3f} | {d['uniformity']:.3f} | {d['effective_rank']:.1f} / {d['feature_dim']} | "
-                     f"{d['std_sqrt_dim']:.3f} | {d['mi_lower_bound']:.2f} (log K = {d['infonce_k']} candidates) |")
+                     f"{d['std_sqrt_dim']:.3f} | {d['mi_lower_bound']:.2f} (K = {d['infonce_k']}, log K = {math.log(d['infonce_k']):.2f}) |")
     lines.append("")
     for m, d in diag.items():
         if d["collapsed"]:

@@ -49,12 +49,12 @@ def few_shot_curve(results: dict[str, dict], out: Path) -> None:
     """Few-shot accuracy (with 95% CI) against K, one line per encoder."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, fs in results.items():
-        ks = sorted(fs, key=lambda key: int(key.split("_")[1].removesuffix("shot")))
+        ks = sorted((k for k in fs if k.startswith("5way")), key=lambda key: int(key.split("_")[1].removesuffix("shot")))
         x = [int(k.split("_")[1].removesuffix("shot")) for k in ks]
         ax.errorbar(x, [100 * fs[k]["mean"] for k in ks], yerr=[100 * fs[k]["ci95"] for k in ks], marker="o", capsize=3, label=name)
     ax.set_xlabel("shots per class (K)")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title("few-shot, nearest prototype")
+    ax.set_title("5-way few-shot, nearest prototype")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -20,6 +20,12 @@ def load_method_metrics(metrics_dir: Path, method: str) -> dict[str, dict]:
     return out
 
 
+def few_shot_order(key: str) -> tuple[int, int]:
+    """ "5way_10shot" -> (5, 10), so columns read 1, 5, 10 shots rather than string order."""
+    ways, shots = key.split("way_")
+    return int(ways), int(shots.removesuffix("shot"))
+
+
 def _eval_row(linear_knn: dict, few_shot: dict, transfer: dict) -> dict:
     """few_shot: ``{classifier: {"5way_1shot": {mean, ci95}}}``; the table shows 5-way prototypes."""
     row = {"linear top-1": linear_knn["linear"]["top1"]}
@@ -28,7 +34,8 @@ def _eval_row(linear_knn: dict, few_shot: dict, transfer: dict) -> dict:
     knn = sorted((int(k[3:-5]), v) for k, v in linear_knn.items() if k.startswith("knn"))  # "knn20_top1" -> 20
     row.update({f"kNN-{k} top-1": v for k, v in knn})
     protos = few_shot.get("prototype", {})
-    row.update({f"few-shot {k.replace('way_', '-way ').replace('shot', '-shot')}": v["mean"] for k, v in protos.items() if k.startswith("5way")})
+    five_way = sorted((k for k in protos if k.startswith("5way")), key=few_shot_order)
+    row.update({f"few-shot {k.replace('way_', '-way ').replace('shot', '-shot')}": protos[k]["mean"] for k in five_way})
     row.update({f"transfer {name}": v["top1"] for name, v in transfer.items()})
     return row
 
