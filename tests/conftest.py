@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from threadpoolctl import threadpool_limits
 
 from pipeline.config import DataParams, parse_params
 from pipeline.data.shards import write_shards
@@ -57,3 +58,13 @@ def params(default_params_dict):
 
 def random_images(n: int, channels: int = 1, size: int = 28, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, channels, size, size), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny problems run fastest on one BLAS/torch thread (no oversubscription on shared CPUs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(threads)

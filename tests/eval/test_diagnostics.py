@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
 from pipeline.config import AugmentParams, EncoderParams
 from pipeline.data.augment import ViewMaker
@@ -17,14 +16,7 @@ from pipeline.models.encoder import Encoder
 from tests.conftest import random_images
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny problems: one BLAS/torch thread avoids oversubscribing shared CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gaussian(n=4000, d=16, seed=0):

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
 from pipeline.config import EncoderParams, FinetuneParams
 from pipeline.eval.label_efficiency import balanced_subset, label_efficiency, per_class_count, train_classifier
@@ -12,14 +11,7 @@ from pipeline.models.encoder import Encoder
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny problems: one BLAS/torch thread avoids oversubscribing shared CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def imbalanced_labels(seed=0):

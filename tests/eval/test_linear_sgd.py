@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
 from pipeline.config import EncoderParams
 from pipeline.eval.linear_sgd import FrozenLinear, in_memory_batches, linear_sgd
@@ -11,14 +10,7 @@ from pipeline.models.encoder import Encoder
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny problems: one BLAS/torch thread avoids oversubscribing shared CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def as_tensors(data, n):
