@@ -64,19 +64,24 @@ def main() -> None:
             res = run(["dvc", "repro", f"linear-eval@{m}"], work)
             if res.returncode:
                 results[m] = {"error": (res.stdout + res.stderr)[-1500:]}
-                print(f"{m:14s} FAILED", flush=True)
-                continue
-            pre = json.loads((work / "metrics" / "pretrain" / f"{m}.json").read_text())
-            lin = json.loads((work / "metrics" / "linear-eval" / f"{m}.json").read_text())
-            r = {"pretrain_seconds": pre["wall_seconds"], "stage_seconds_incl_eval": round(time.time() - t0, 1), "loss": pre["loss"],
-                 "epochs": pre["epochs"], "linear_top1": lin["linear"]["top1"], "knn20_top1": lin["knn20_top1"],
-                 "random_init_linear_top1": lin["random_init"]["linear"]["top1"], "random_init_knn20_top1": lin["random_init"]["knn20_top1"]}
-            r["beats_random_init"] = r["linear_top1"] > r["random_init_linear_top1"] and r["knn20_top1"] > r["random_init_knn20_top1"]
-            results[m] = r
-            print(f"{m:14s} {r['pretrain_seconds']:10.0f} {r['loss']:8.3f} {100 * r['linear_top1']:7.1f} {100 * r['random_init_linear_top1']:8.1f} "
-                  f"{100 * r['knn20_top1']:7.1f} {100 * r['random_init_knn20_top1']:8.1f}", flush=True)
+                print(f"{m:14s} FAILED\n{results[m]['error']}", flush=True)
+            else:
+                results[m] = _row(work, m, time.time() - t0)
+                r = results[m]
+                print(f"{m:14s} {r['pretrain_seconds']:10.0f} {r['loss']:8.3f} {100 * r['linear_top1']:7.1f} {100 * r['random_init_linear_top1']:8.1f} "
+                      f"{100 * r['knn20_top1']:7.1f} {100 * r['random_init_knn20_top1']:8.1f}", flush=True)
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps({"settings": vars(args), "results": results}, indent=2) + "\n")
+
+
+def _row(work: Path, m: str, seconds: float) -> dict:
+    pre = json.loads((work / "metrics" / "pretrain" / f"{m}.json").read_text())
+    lin = json.loads((work / "metrics" / "linear-eval" / f"{m}.json").read_text())
+    r = {"pretrain_seconds": pre["wall_seconds"], "stage_seconds_incl_eval": round(seconds, 1), "loss": pre["loss"],
+         "epochs": pre["epochs"], "linear_top1": lin["linear"]["top1"], "knn20_top1": lin["knn20_top1"],
+         "random_init_linear_top1": lin["random_init"]["linear"]["top1"], "random_init_knn20_top1": lin["random_init"]["knn20_top1"]}
+    r["beats_random_init"] = r["linear_top1"] > r["random_init_linear_top1"] and r["knn20_top1"] > r["random_init_knn20_top1"]
+    return r
 
 
 if __name__ == "__main__":
