@@ -40,6 +40,11 @@ class Method(nn.Module):
         """images: uint8 ``[N, C, H, W]`` on the training device -> ``{'loss': scalar, ...}``."""
         raise NotImplementedError
 
+    def two_views(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[N, C, H, W]`` -> float ``[2N, C, H, W]``: two random views of every image,
+        stacked so both go through one forward pass (and BatchNorm sees both)."""
+        return torch.cat([self.views(images), self.views(images)])
+
     def prepare(self, sample: torch.Tensor) -> None:
         """Fit anything learned from data before training (e.g. BEiT's visual tokenizer).
 

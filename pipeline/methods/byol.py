@@ -50,7 +50,7 @@ class BYOL(Method):
         self.target_projector = frozen_copy(self.projector)
 
     def training_step(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        views = torch.cat([self.views(images), self.views(images)])  # one forward for both views
+        views = self.two_views(images)
         p1, p2 = self.predictor(self.projector(self.encoder(views))).chunk(2)
         with torch.no_grad():
             z1, z2 = self.target_projector(self.target_encoder(views)).chunk(2)

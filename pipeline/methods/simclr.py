@@ -45,6 +45,6 @@ class SimCLR(Method):
         self.projector = mlp(encoder.feature_dim, params.hidden_dim, params.projection_dim, layers=2)
 
     def training_step(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        views = torch.cat([self.views(images), self.views(images)])  # one forward for both views
+        views = self.two_views(images)
         z1, z2 = self.projector(self.encoder(views)).chunk(2)
         return {"loss": nt_xent(z1, z2, self.params.temperature)}

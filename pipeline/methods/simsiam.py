@@ -47,7 +47,7 @@ class SimSiam(Method):
         self.predictor = mlp(params.dim, params.predictor_hidden_dim, params.dim, layers=2)
 
     def training_step(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        views = torch.cat([self.views(images), self.views(images)])  # one forward for both views
+        views = self.two_views(images)
         z = self.projector(self.encoder(views))
         p1, p2 = self.predictor(z).chunk(2)
         z1, z2 = z.chunk(2)

@@ -70,7 +70,7 @@ class VICReg(Method):
 
     def training_step(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         p = self.params
-        views = torch.cat([self.views(images), self.views(images)])  # one forward for both views
+        views = self.two_views(images)
         z1, z2 = self.projector(self.encoder(views)).chunk(2)
         loss, terms = vicreg_loss(z1, z2, p.sim_coeff, p.std_coeff, p.cov_coeff, p.eps)
         return {"loss": loss, **terms}

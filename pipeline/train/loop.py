@@ -6,7 +6,6 @@ SSL method (``forward(images)``) or a supervised classifier (``forward(images, l
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from tqdm import tqdm
 
 from pipeline import dist
 from pipeline.config import OptimParams
+from pipeline.errors import UserError
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.optim import build_optimizer
 from pipeline.train.schedule import warmup_cosine
@@ -92,7 +92,9 @@ def fit(job: TrainJob, device: torch.device, desc: str = "train") -> list[dict]:
                 out = model(*batch)
             loss = out["loss"]
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"[{desc}] loss became {loss.item()} at epoch {epoch + 1} step {i}; lower the lr")
+                # diverged: a user-fixable setting, so a clear error (and no checkpoint of the diverged state)
+                raise UserError(f"[{desc}] loss became {loss.item()} at epoch {epoch + 1} step {i}; lower the learning rate "
+                                "(pretrain.lr, or a `pretrain: {lr: ...}` override in the method's params section)")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -115,6 +117,4 @@ def fit(job: TrainJob, device: torch.device, desc: str = "train") -> list[dict]:
                 "module": job.module.state_dict(), "optimizer": optimizer.state_dict(), "extra": job.extra_state(),
                 "torch_rng": torch.get_rng_state(), "epoch": epoch, "history": history, "fingerprint": job.fingerprint,
             })
-    if not all(math.isfinite(h.get("loss", 0.0)) for h in history):
-        raise FloatingPointError(f"[{desc}] non-finite loss in history")
     return history

@@ -65,3 +65,20 @@ def test_checkpoint_of_other_params_is_ignored(tmp_path):
     fit(_job(tmp_path, 2, fingerprint="a"), torch.device("cpu"))
     hist = fit(_job(tmp_path, 2, fingerprint="b"), torch.device("cpu"))
     assert [h["epoch"] for h in hist] == [1, 2]  # trained from scratch, not resumed
+
+
+def test_divergence_is_a_clear_error_without_checkpoint(tmp_path):
+    import pytest
+
+    from pipeline.errors import UserError
+
+    class Diverges(Regression):
+        def forward(self, x, y):
+            return {"loss": super().forward(x, y)["loss"] * float("inf")}
+
+    job = _job(tmp_path, 2)
+    job.module = Diverges()
+    job.param_groups = param_groups(job.module)
+    with pytest.raises(UserError, match="lower the learning rate"):
+        fit(job, torch.device("cpu"))
+    assert not (tmp_path / "ckpt.pt").exists()
