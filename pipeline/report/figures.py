@@ -10,7 +10,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from pipeline.report.tables import few_shot_order  # noqa: E402
+
 _META = {"Software": None}  # no version string in the PNG: same numbers, same bytes
+
+
+def _save(fig, out: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(out, dpi=100, metadata=_META)
+    plt.close(fig)
 
 
 def training_curves(live_dirs: dict[str, Path], out: Path) -> None:
@@ -27,9 +35,7 @@ def training_curves(live_dirs: dict[str, Path], out: Path) -> None:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=100, metadata=_META)
-    plt.close(fig)
+    _save(fig, out)
 
 
 def method_by_metric(df: pd.DataFrame, out: Path) -> None:
@@ -40,26 +46,22 @@ def method_by_metric(df: pd.DataFrame, out: Path) -> None:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     plt.xticks(rotation=35, ha="right")
-    plt.tight_layout()
-    plt.savefig(out, dpi=100, metadata=_META)
-    plt.close()
+    _save(ax.figure, out)
 
 
 def few_shot_curve(results: dict[str, dict], out: Path) -> None:
     """Few-shot accuracy (with 95% CI) against K, one line per encoder."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, fs in results.items():
-        ks = sorted((k for k in fs if k.startswith("5way")), key=lambda key: int(key.split("_")[1].removesuffix("shot")))
-        x = [int(k.split("_")[1].removesuffix("shot")) for k in ks]
+        ks = sorted((k for k in fs if k.startswith("5way")), key=few_shot_order)
+        x = [few_shot_order(k)[1] for k in ks]
         ax.errorbar(x, [100 * fs[k]["mean"] for k in ks], yerr=[100 * fs[k]["ci95"] for k in ks], marker="o", capsize=3, label=name)
     ax.set_xlabel("shots per class (K)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title("5-way few-shot, nearest prototype")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100, metadata=_META)
-    plt.close(fig)
+    _save(fig, out)
 
 
 def label_efficiency(results: dict[str, dict], out: Path) -> None:
@@ -77,9 +79,7 @@ def label_efficiency(results: dict[str, dict], out: Path) -> None:
     ax.set_title("label efficiency")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100, metadata=_META)
-    plt.close(fig)
+    _save(fig, out)
 
 
 def embedding_maps(tsvs: dict[str, Path], classes: list[str], out: Path) -> None:
