@@ -111,10 +111,13 @@ class OptimParams(Strict):
 
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=2)
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    optimizer: Literal["sgd", "adamw", "lars"] = "sgd"
     lr: float = Field(gt=0)  # base lr for a batch of 256; scaled linearly with batch size
     weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd and lars
+    betas: list[float] = Field(default_factory=lambda: [0.9, 0.999], min_length=2, max_length=2)  # adamw
+    lars_eta: float = Field(0.001, gt=0)  # lars trust coefficient (SimCLR/BYOL/Barlow Twins: 0.001)
+    grad_clip: float = Field(0.0, ge=0)  # max global gradient norm before each step; 0: no clipping
     warmup_epochs: float = Field(0.0, ge=0)
 
 

@@ -97,6 +97,8 @@ def fit(job: TrainJob, device: torch.device, desc: str = "train") -> list[dict]:
                                 "(pretrain.lr, or a `pretrain: {lr: ...}` override in the method's params section)")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if job.optim.grad_clip > 0:
+                out["grad_norm"] = torch.nn.utils.clip_grad_norm_(job.module.parameters(), job.optim.grad_clip)
             optimizer.step()
             job.after_optimizer_step((step + 1) / total)
             for k, v in out.items():

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from pipeline.config import OptimParams
+from pipeline.train.lars import LARS
 
 
 def param_groups(module: nn.Module, lr_mult: float = 1.0, params: list[nn.Parameter] | None = None) -> list[dict]:
@@ -18,7 +19,8 @@ def param_groups(module: nn.Module, lr_mult: float = 1.0, params: list[nn.Parame
             (no_decay if p.ndim <= 1 else decay).append(p)
     return [
         {"params": decay, "lr_mult": lr_mult},
-        {"params": no_decay, "lr_mult": lr_mult, "weight_decay": 0.0},
+        # LARS leaves biases and norm parameters out of its trust ratio, as the papers do
+        {"params": no_decay, "lr_mult": lr_mult, "weight_decay": 0.0, "lars_exclude": True},
     ]
 
 
@@ -31,4 +33,6 @@ def build_optimizer(groups: list[dict], cfg: OptimParams, world_size: int) -> to
         g.setdefault("weight_decay", cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "lars":
+        return LARS(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, eta=cfg.lars_eta)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
