@@ -49,7 +49,8 @@ def main() -> None:
                         params.seed + dist.rank(), device)
     n_images = manifest["splits"]["pretrain"]["count"]
     method.to(device)
-    method.prepare(next(stream_batches(args.shards, "pretrain", min(n_images, PREPARE_SAMPLE), 1, params.seed))[0].to(device))
+    sample = next(stream_batches(args.shards, "pretrain", min(n_images, PREPARE_SAMPLE), 1, params.seed))[0].to(device)
+    method.prepare(sample)
     bank_x, bank_y = load_split(args.shards, "train")
     query_x, query_y = load_split(args.shards, "val")
     bank_x, bank_y = bank_x[: p.knn_bank_size], bank_y[: p.knn_bank_size].numpy()
@@ -74,6 +75,7 @@ def main() -> None:
     )
     t0 = time.time()
     history = fit(job, device, desc=f"pretrain {args.method}")
+    method.finalize(sample)
     if not dist.is_main():
         return
     _log_curves(args.live, history)

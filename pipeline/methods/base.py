@@ -1,11 +1,13 @@
 """The method interface every SSL method implements.
 
 A method owns its heads, its loss and its views; the training loop, the data and the
-evaluations are shared. The loop calls, per batch:
+evaluations are shared. The pretrain stage calls:
 
-    out = method.training_step(images)    # dict with 'loss' (+ scalars worth logging)
+    method.prepare(sample)                 # once: fit data-dependent parts (tokenizer, queue)
+    out = method.training_step(images)     # per batch: dict with 'loss' (+ scalars worth logging)
     ... backward, optimizer step ...
-    method.after_optimizer_step(progress)  # EMA / momentum targets, 0 <= progress <= 1
+    method.after_optimizer_step(progress)  # per batch: EMA / momentum targets, 0 <= progress <= 1
+    method.finalize(sample)                # once, after training (e.g. BatchNorm re-estimation)
 
 and the evaluations use only ``method.encoder``.
 """
@@ -16,10 +18,14 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import update_bn
 
 from pipeline.config import AugmentParams, Strict
-from pipeline.data.augment import ViewMaker
+from pipeline.data.augment import ViewMaker, to_float
 from pipeline.models.encoder import Encoder
+
+
+BN_CHUNK = 256  # images per forward when BatchNorm statistics are re-estimated
 
 
 class Method(nn.Module):
@@ -51,6 +57,19 @@ class Method(nn.Module):
         sample: uint8 ``[N, C, H, W]`` pretrain images on the training device. Whatever is
         fitted must live in parameters or buffers so checkpoints carry it.
         """
+
+    def finalize(self, sample: torch.Tensor) -> None:
+        """After training, before the encoder is saved: adapt it with unlabelled
+        pretrain images (``sample`` as in ``prepare``), e.g. jigsaw re-estimates BatchNorm
+        statistics on whole images. Default: nothing."""
+
+    @torch.no_grad()
+    def reestimate_batchnorm(self, sample: torch.Tensor) -> None:
+        """Recompute the encoder's BatchNorm running statistics on whole images (uint8
+        ``sample`` ``[N, C, H, W]``) as a cumulative average over the sample (torch's
+        ``update_bn``, "precise BN"). For methods whose encoder trained on other inputs (tiles,
+        small crops), so that it normalises what the evaluations feed it."""
+        update_bn([to_float(chunk) for chunk in sample.split(BN_CHUNK)], self.encoder)
 
     def after_optimizer_step(self, progress: float) -> None:
         """Hook for momentum/EMA target updates; ``progress`` runs from 0 to 1 over training."""

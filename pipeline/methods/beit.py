@@ -17,6 +17,7 @@ dVAE wrapper) can be assigned to ``method.tokenizer`` in place of ``KMeansTokeni
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
+from torchvision.models.vision_transformer import EncoderBlock
 
 from pipeline import dist
 from pipeline.config import Strict
@@ -128,6 +130,11 @@ class BEiT(Method):
         codebook_size: int = Field(512, ge=2)
         tokenizer_patches: int = Field(20_000, ge=2)  # patches of the prepare sample k-means is fitted on (~40 per codeword)
         crop_min_scale: float = Field(0.08, gt=0, le=1)  # paper: RandomResizedCrop(scale=(0.08, 1)) + flip + colour jitter
+        # Transformer blocks between the encoder and the token classifier, not part of the
+        # evaluated encoder. Paper: 0 (a linear head on the last block), but it probes an
+        # intermediate block (its best: 9 of 12), as the last blocks specialise in predicting
+        # tokens; head_blocks > 0 trains that deeper network and evaluates the blocks below.
+        head_blocks: int = Field(0, ge=0)
 
     def __init__(self, encoder, params, augment, seed, device):
         super().__init__(encoder, params, augment, seed, device)
@@ -138,6 +145,10 @@ class BEiT(Method):
         vit = encoder.backbone
         self.seed = seed
         self.mask_token = nn.Parameter(torch.zeros(1, 1, vit.dim))
+        self.head_blocks = nn.Sequential(*[
+            EncoderBlock(vit.heads, vit.dim, vit.mlp_dim, dropout=0.0, attention_dropout=0.0,
+                         norm_layer=partial(nn.LayerNorm, eps=1e-6)) for _ in range(params.head_blocks)
+        ], *([nn.LayerNorm(vit.dim, eps=1e-6)] if params.head_blocks else []))
         self.lm_head = nn.Linear(vit.dim, params.codebook_size)
         nn.init.trunc_normal_(self.mask_token, std=0.02)  # as the reference code
         nn.init.trunc_normal_(self.lm_head.weight, std=0.02)
@@ -181,7 +192,7 @@ class BEiT(Method):
         vit = self.encoder.backbone
         tokens = vit.embed(x)
         tokens = torch.where(mask.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens)
-        h = vit.encode(tokens + vit.patch_pos)  # [N, 1 + L, D]
+        h = self.head_blocks(vit.encode(tokens + vit.patch_pos))  # [N, 1 + L, D]
         return self.lm_head(h[:, 1:])
 
     def training_step(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -80,6 +80,9 @@ class DINO(Method):
         num_local_crops: int = Field(6, ge=0)
         local_crop_size: int = Field(12, ge=4)
         local_crop_scale: list[float] = Field(default_factory=lambda: [0.05, 0.4], min_length=2, max_length=2)
+        # Ours: BatchNorm's running statistics mix the 28 px global and the small local crops;
+        # re-estimate them on whole images after training (the evaluations feed whole images).
+        whole_image_bn: bool = True
 
     def __init__(self, encoder, params, augment, seed, device):
         super().__init__(encoder, params, augment, seed, device)
@@ -105,6 +108,10 @@ class DINO(Method):
                 for chunk in sample.split(PREPARE_CHUNK)]
         self.center.copy_(torch.cat(outs).mean(dim=0))
         self.train(was_training)
+
+    def finalize(self, sample: torch.Tensor) -> None:
+        if self.params.whole_image_bn:
+            self.reestimate_batchnorm(sample)
 
     def teacher_temperature(self) -> float:
         """Linear warmup from ``warmup_teacher_temp`` over the first fraction of training."""

@@ -84,6 +84,7 @@ class ViT(nn.Module):
         vit.encoder = transformer(self.grid**2 + 1, depth, heads, dim, mlp_dim, pos_embed, self.grid)
         self.vit = vit
         self.image_size, self.in_channels, self.patch_size, self.dim = image_size, in_channels, patch_size, dim
+        self.heads, self.mlp_dim = heads, mlp_dim
         self.num_patches = self.grid**2
         self.pool = pool
         self.feature_dim = dim

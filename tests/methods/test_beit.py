@@ -131,5 +131,27 @@ def test_needs_vit_encoder():
 
 def test_params_yaml_section(default_params_dict):
     params = parse_params(default_params_dict)
-    assert params.method_params["beit"] == BEiT.Params()
+    # params.yaml holds the paper's defaults, except the token head's depth (see its comment there)
+    assert params.method_params["beit"].model_copy(update={"head_blocks": 0}) == BEiT.Params()
     assert params.encoder_for("beit").arch == "vit" and params.pretrain_for("beit").optimizer == "adamw"
+
+
+def test_head_blocks_sit_between_encoder_and_token_classifier(real_images):
+    """head_blocks > 0 adds trained blocks above the encoder that the evaluations never see."""
+    plain, deep = _beit(), _beit(SMALL.model_copy(update={"head_blocks": 2}))
+    assert plain.encoder.state_dict().keys() == deep.encoder.state_dict().keys()  # same evaluated encoder
+    assert len(deep.head_blocks) == 3 and len(plain.head_blocks) == 0  # 2 blocks + LayerNorm
+    enc_ids = {id(p) for p in deep.encoder.parameters()}
+    head = list(deep.head_blocks.parameters())
+    assert head and not any(id(p) in enc_ids for p in head)
+    assert {id(p) for p in head} <= {id(p) for p in deep.optimized_parameters()}  # trained
+    deep.prepare(real_images)
+    x = deep.encoder.normalise(real_images[:4].float() / 255)
+    mask = deep.masks(4, x.device)
+    before = deep.predict(x, mask)
+    with torch.no_grad():
+        deep.head_blocks[0].mlp[0].weight.mul_(2)  # the head changes the logits, not the features
+    assert not torch.allclose(deep.predict(x, mask), before)
+    out = deep.training_step(real_images[:16])
+    out["loss"].backward()
+    assert all(p.grad is not None for p in head[:2])

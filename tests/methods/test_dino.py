@@ -159,3 +159,21 @@ def test_center_uses_the_batch_mean_of_every_rank(images):
     for c in centers:
         assert torch.allclose(c, global_mean, atol=1e-6)
     assert not torch.allclose(centers[0], teacher_out[0].mean(dim=0), atol=1e-4)  # not rank 0's mean alone
+
+
+@pytest.mark.parametrize("whole_image_bn", [True, False])
+def test_finalize_reestimates_batchnorm_on_whole_images(images, whole_image_bn):
+    """Training mixes global and small local crops in BatchNorm's running statistics; finalize
+    replaces them with whole-image statistics (the inputs the evaluations use)."""
+    method = _tiny_dino(whole_image_bn=whole_image_bn)
+    method.train()
+    method(images)  # global + local crops move the running statistics
+    bn = next(m for m in method.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    after_training = bn.running_mean.clone()
+    with torch.no_grad():
+        first_bn_input = method.encoder.backbone.stem[0](method.encoder.normalise(images.float() / 255))
+    method.finalize(images)
+    if whole_image_bn:
+        torch.testing.assert_close(bn.running_mean, first_bn_input.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    else:
+        assert torch.equal(bn.running_mean, after_training)

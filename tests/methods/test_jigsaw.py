@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from pipeline.config import AugmentParams, EncoderParams
+from pipeline.errors import UserError
 from pipeline.methods.jigsaw import (
     Jigsaw, _permutation_set, extract_tiles, jigsaw_loss, permutation_set, shuffle_tiles, standardise_tiles,
 )
@@ -121,3 +122,42 @@ def test_training_step_feeds_standardised_tiles_to_the_backbone():
     assert inputs.shape == (45, 1, 12, 12)  # 9 tiles per image, each through the encoder on its own
     assert torch.allclose(inputs.mean(dim=(1, 2, 3)), torch.zeros(45), atol=1e-4)
     assert torch.allclose(inputs.std(dim=(1, 2, 3), unbiased=False), torch.ones(45), atol=1e-3)
+
+
+def test_tiles_default_to_the_encoders_input_size():
+    """tile_size None: tiles reach the encoder at the size it is evaluated at; a ViT accepts
+    only that size, and a mismatch names the fix."""
+    params = Jigsaw.Params(num_permutations=10, hidden_dim=16)
+    resnet = Jigsaw(Encoder(EncoderParams(layers=[1, 1], width=8), 1, [0.3], [0.35], 28), params, AugmentParams(), 0,
+                    torch.device("cpu"))
+    assert resnet.tile_size == 28
+    vit_params = EncoderParams(arch="vit", patch_size=4, dim=16, depth=1, heads=2, mlp_ratio=2.0)
+    assert Jigsaw(Encoder(vit_params, 1, [0.3], [0.35], 28), params, AugmentParams(), 0, torch.device("cpu")).tile_size == 28
+    with pytest.raises(UserError, match="set jigsaw.tile_size to 28"):
+        Jigsaw(Encoder(vit_params, 1, [0.3], [0.35], 28), params.model_copy(update={"tile_size": 16}), AugmentParams(), 0,
+               torch.device("cpu"))
+
+
+def test_finalize_reestimates_batchnorm_on_whole_images():
+    """After training on tiles, the encoder's BatchNorm statistics are those of whole images."""
+    torch.manual_seed(0)
+    enc = Encoder(EncoderParams(layers=[1, 1], width=8), 1, [0.3], [0.35], 28)
+    method = Jigsaw(enc, Jigsaw.Params(num_permutations=10, hidden_dim=16, tile_dim=8), AugmentParams(), 0,
+                    torch.device("cpu"))
+    images = torch.randint(0, 256, (512, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    method.train()
+    method(images[:32])  # a training step on tiles moves the running statistics
+    bn = next(m for m in enc.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    seen = []
+    handle = bn.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach()))
+    method.finalize(images)
+    handle.remove()
+    whole = torch.cat(seen)  # the first BatchNorm's inputs for all 512 whole images
+    assert whole.shape[0] == 512 and whole.shape[-1] == 14  # whole 28 px images through the stride-2 stem
+    torch.testing.assert_close(bn.running_mean, whole.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert bn.momentum == 0.1 and enc.training  # momentum and mode restored
+    off = Jigsaw(enc, Jigsaw.Params(num_permutations=10, hidden_dim=16, whole_image_bn=False), AugmentParams(), 0,
+                 torch.device("cpu"))
+    before = bn.running_mean.clone()
+    off.finalize(images[:64])
+    assert torch.equal(bn.running_mean, before)

@@ -113,4 +113,4 @@ def test_params_yaml_section_runs_mae_with_paper_recipe(default_params_dict):
     assert params.method_params["mae"] == MAE.Params()  # params.yaml holds the Params defaults
     enc, opt = params.encoder_for("mae"), params.pretrain_for("mae")
     assert enc.arch == "vit" and 28 % enc.patch_size == 0
-    assert (opt.optimizer, opt.lr, opt.weight_decay) == ("adamw", 1.5e-4, 0.05)
+    assert (opt.optimizer, opt.betas, opt.weight_decay) == ("adamw", [0.9, 0.95], 0.05)
