@@ -1,8 +1,10 @@
 """WebDataset tar shards: writing (byte-identical for the same input) and reading.
 
 A sample is ``{__key__, png, cls}``; pretrain shards carry no ``cls`` so pretraining cannot
-use labels. ``manifest.json`` records counts, classes, image format, normalisation stats
-and the sha256 of every shard, which readers verify before trusting a shard.
+use labels. ``manifest.json`` records counts (per split and per shard), classes, image
+format, normalisation stats and the sha256 of every shard. Every reader verifies a shard's
+sha256 (once per process) before trusting it, and checks that it read as many samples as
+the manifest says.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
@@ -23,6 +26,11 @@ from pipeline.data.sources import ImageSet
 from pipeline.errors import UserError
 
 MANIFEST = "manifest.json"
+_RECREATE = "re-create the shards with 'dvc repro -f shard'"
+# Shards whose sha256 this process has already checked, keyed by (path, digest, size,
+# mtime): an epoch loop re-reads the same shards, and hashing them again each epoch costs a
+# full extra read. Size and mtime make a shard rewritten in place get hashed again.
+_VERIFIED: set[tuple[str, str, int, int]] = set()
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -40,9 +48,9 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_split(data: ImageSet, out_dir: Path, split: str, shard_size: int, with_labels: bool) -> list[str]:
-    """Write ``{split}-NNNNNN.tar`` shards in dataset order; returns their file names."""
-    names = []
+def write_split(data: ImageSet, out_dir: Path, split: str, shard_size: int, with_labels: bool) -> dict[str, int]:
+    """Write ``{split}-NNNNNN.tar`` shards in dataset order; returns {file name: sample count}."""
+    names = {}
     for start in range(0, len(data), shard_size):
         name = f"{split}-{start // shard_size:06d}.tar"
         # mtime=0 and fixed user/group make the tar bytes depend only on the samples.
@@ -52,7 +60,7 @@ def write_split(data: ImageSet, out_dir: Path, split: str, shard_size: int, with
                 if with_labels:
                     sample["cls"] = str(int(data.labels[i])).encode()
                 sink.write(sample)
-        names.append(name)
+        names[name] = min(start + shard_size, len(data)) - start
     return names
 
 
@@ -74,6 +82,9 @@ def write_shards(splits: dict[str, ImageSet], out_dir: Path, shard_size: int, so
         "std": [round(float(s), 6) for s in pre.std(axis=(0, 1, 2))],
         "splits": {},
     }
+    # Files the source skipped as non-images (every split carries its source's list).
+    skipped = sorted({f for data in splits.values() for f in data.skipped})
+    manifest["skipped_files"] = {"count": len(skipped), "examples": skipped[:10]}
     for split, data in splits.items():
         names = write_split(data, out_dir, split, shard_size, with_labels=split != "pretrain")
         counts = np.bincount(data.labels, minlength=len(data.classes))
@@ -81,6 +92,7 @@ def write_shards(splits: dict[str, ImageSet], out_dir: Path, shard_size: int, so
             "count": len(data),
             "per_class": {c: int(n) for c, n in zip(data.classes, counts)} if split != "pretrain" else None,
             "shards": {n: sha256(out_dir / n) for n in names},
+            "shard_counts": names,
         }
     tmp = out_dir / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -92,11 +104,25 @@ def read_manifest(shard_dir: str | Path) -> dict:
     path = Path(shard_dir) / MANIFEST
     if not path.is_file():
         raise UserError(f"{path} not found: the shards are missing or incomplete; run 'dvc repro shard'")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise UserError(f"{path} is not valid JSON ({err}); {_RECREATE}") from None
 
 
-def shard_paths(shard_dir: str | Path, split: str, verify: bool = True) -> list[str]:
-    """Paths of a split's shards, checked against the manifest's sha256."""
+def _verify(path: Path, digest: str) -> None:
+    """Check a shard's sha256 against the manifest, once per process (see ``_VERIFIED``)."""
+    st = path.stat()
+    key = (str(path.resolve()), digest, st.st_size, st.st_mtime_ns)
+    if key in _VERIFIED:
+        return
+    if sha256(path) != digest:
+        raise UserError(f"shard {path} is corrupt (sha256 differs from {MANIFEST}); {_RECREATE}")
+    _VERIFIED.add(key)
+
+
+def shard_paths(shard_dir: str | Path, split: str) -> list[str]:
+    """Paths of a split's shards, each checked against the manifest's sha256."""
     manifest = read_manifest(shard_dir)
     if split not in manifest["splits"]:
         raise UserError(f"split {split!r} not in {shard_dir}/{MANIFEST}; valid: {list(manifest['splits'])}")
@@ -105,16 +131,42 @@ def shard_paths(shard_dir: str | Path, split: str, verify: bool = True) -> list[
         path = Path(shard_dir) / name
         if not path.is_file():
             raise UserError(f"shard {path} is missing; run 'dvc checkout' or 'dvc repro shard'")
-        if verify and sha256(path) != digest:
-            raise UserError(f"shard {path} is corrupt (sha256 differs from {MANIFEST}); re-create it with 'dvc repro -f shard'")
+        _verify(path, digest)
         paths.append(str(path))
     return paths
 
 
-def _decode(sample: dict, channels: int) -> tuple[np.ndarray, int]:
-    with Image.open(io.BytesIO(sample["png"])) as img:
-        arr = np.asarray(img.convert("L" if channels == 1 else "RGB"))
-    label = int(sample["cls"]) if "cls" in sample else -1
+def _check_counts(shard_dir: str | Path, manifest: dict, split: str, read: dict[str, int], all_paths: list[str]) -> None:
+    """Fail unless each shard in ``read`` ({path: samples read}, every shard this process
+    opened) gave the manifest's count. Manifests from before per-shard counts only allow
+    the split's total, checked when this process read every shard of the split."""
+    info = manifest["splits"][split]
+    per_shard = info.get("shard_counts")
+    if per_shard is not None:
+        for path, n in read.items():
+            want = per_shard.get(Path(path).name)
+            if n != want:
+                raise UserError(f"shard {path} gave {n} samples but {MANIFEST} says {want}; {_RECREATE}")
+    elif sorted(read) == sorted(all_paths) and sum(read.values()) != info["count"]:
+        raise UserError(
+            f"split {split!r} in {shard_dir} gave {sum(read.values())} samples "
+            f"but {MANIFEST} says {info['count']}; {_RECREATE}"
+        )
+
+
+def _decode(sample: dict, size: int | None, channels: int) -> tuple[np.ndarray, int]:
+    """One sample -> uint8 image ``[H, W, C]`` and its label (-1 if none); ``size`` None: unchecked."""
+    try:
+        with Image.open(io.BytesIO(sample["png"])) as img:
+            arr = np.asarray(img.convert("L" if channels == 1 else "RGB"))
+        label = int(sample["cls"]) if "cls" in sample else -1
+        if size is not None and arr.shape[:2] != (size, size):
+            raise ValueError(f"image is {arr.shape[1]}x{arr.shape[0]}, {MANIFEST} says {size}x{size}")
+    except Exception as err:  # noqa: BLE001 - only decoding stored bytes happens here: any failure is the data's
+        raise UserError(
+            f"cannot decode sample {sample.get('__key__')!r} in shard {sample.get('__url__')} "
+            f"({type(err).__name__}: {err}); {_RECREATE}"
+        ) from err
     return arr.reshape(arr.shape[0], arr.shape[1], channels), label
 
 
@@ -124,20 +176,24 @@ def _to_batch(images: list[np.ndarray], labels: list[int]) -> tuple[torch.Tensor
 
 
 def _reraise_corrupt(exn: Exception) -> bool:
-    raise UserError(f"cannot read shard data ({exn}); re-create the shards with 'dvc repro -f shard'") from exn
+    raise UserError(f"cannot read shard data ({exn}); {_RECREATE}") from exn
 
 
 def load_split(shard_dir: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """A whole split in shard order: uint8 images ``[N, C, H, W]`` and labels ``[N]`` (-1 if none)."""
-    channels = read_manifest(shard_dir)["channels"]
-    ds = wds.WebDataset(shard_paths(shard_dir, split), shardshuffle=False, handler=_reraise_corrupt, empty_check=False)
+    manifest = read_manifest(shard_dir)
+    paths = shard_paths(shard_dir, split)
+    ds = wds.WebDataset(paths, shardshuffle=False, handler=_reraise_corrupt, empty_check=False)
     images, labels = [], []
+    read = Counter({p: 0 for p in paths})
     for sample in ds:
-        img, label = _decode(sample, channels)
+        img, label = _decode(sample, manifest.get("image_size"), manifest["channels"])
         images.append(img)
         labels.append(label)
+        read[sample["__url__"]] += 1
+    _check_counts(shard_dir, manifest, split, read, paths)
     if not images:
-        raise UserError(f"split {split!r} in {shard_dir} is empty")
+        raise UserError(f"split {split!r} in {shard_dir} is empty; {_RECREATE}")
     return _to_batch(images, labels)
 
 
@@ -149,20 +205,29 @@ def stream_batches(
     Shards are split across DDP ranks (``split_by_node``); shard order and the sample
     shuffle buffer are seeded, so an epoch's order depends only on ``seed`` (pass
     ``base_seed + epoch``) and a resumed run sees the same batches. The last incomplete
-    batch is dropped (contrastive losses want equal batch sizes).
+    batch is dropped (contrastive losses want equal batch sizes). Once the epoch is read
+    to the end, the samples read from each shard are checked against the manifest.
     """
-    channels = read_manifest(shard_dir)["channels"]
-    paths = shard_paths(shard_dir, split, verify=False)
-    ds = (
-        wds.WebDataset(paths, shardshuffle=len(paths) if len(paths) > 1 else False, seed=seed,
-                       nodesplitter=wds.split_by_node, handler=_reraise_corrupt, empty_check=False)
-        .shuffle(shuffle_buffer, initial=shuffle_buffer, seed=seed)
-        .map(lambda sample: _decode(sample, channels))
-    )
+    manifest = read_manifest(shard_dir)
+    paths = shard_paths(shard_dir, split)
+    read: Counter[str] = Counter()
+
+    def nodesplitter(src):
+        # Record the shards this rank reads, so a shard that yields nothing counts as 0.
+        for item in wds.split_by_node(src):
+            read[item["url"]] += 0
+            yield item
+
+    ds = wds.WebDataset(paths, shardshuffle=len(paths) if len(paths) > 1 else False, seed=seed,
+                        nodesplitter=nodesplitter, handler=_reraise_corrupt, empty_check=False
+                        ).shuffle(shuffle_buffer, initial=shuffle_buffer, seed=seed)
     images, labels = [], []
-    for img, label in ds:
+    for sample in ds:
+        img, label = _decode(sample, manifest.get("image_size"), manifest["channels"])
+        read[sample["__url__"]] += 1
         images.append(img)
         labels.append(label)
         if len(images) == batch_size:
             yield _to_batch(images, labels)
             images, labels = [], []
+    _check_counts(shard_dir, manifest, split, read, paths)

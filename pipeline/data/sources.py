@@ -8,7 +8,9 @@ pipeline's resolution and channel count, so everything downstream sees one forma
 from __future__ import annotations
 
 import gzip
-from dataclasses import dataclass
+import os
+import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,9 @@ class ImageSet:
     images: np.ndarray  # uint8 [N, H, W, C]
     labels: np.ndarray  # int64 [N]
     classes: list[str]
+    # Files of the source skipped as non-images (paths relative to the source root); kept
+    # on every subset so the shard manifest can record them.
+    skipped: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -95,15 +100,43 @@ def fashion_mnist(root: str, size: int, channels: int, download: bool) -> tuple[
     return sets[0], sets[1]
 
 
-def _folder_set(root: Path, size: int, channels: int, classes: list[str] | None = None) -> ImageSet:
+def _folder_set(root: Path, size: int, channels: int, classes: list[str] | None = None, base: Path | None = None) -> ImageSet:
+    """One ImageFolder; non-image files are skipped with a warning and recorded in
+    ``ImageSet.skipped`` relative to ``base`` (default ``root``)."""
     from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS
 
     try:
-        folder = ImageFolder(str(root), loader=lambda p: Image.open(p))
+        # allow_empty: an empty class folder gets the clearer error below, naming the folder
+        folder = ImageFolder(str(root), loader=lambda p: Image.open(p), allow_empty=True)
     except (FileNotFoundError, RuntimeError) as err:
         raise UserError(f"ImageFolder {root}: {err}. Expected one sub-folder of images per class.") from None
     if classes is not None and folder.classes != classes:
         raise UserError(f"{root} has classes {folder.classes} but the train folder has {classes}")
+    if len(folder.classes) < 2:
+        raise UserError(
+            f"ImageFolder {root} needs at least two classes but has {len(folder.classes)} "
+            f"({folder.classes}); add one sub-folder of images per class"
+        )
+    per_class = np.bincount([label for _, label in folder.samples], minlength=len(folder.classes))
+    empty = [str(root / c) for c, n in zip(folder.classes, per_class) if n == 0]
+    if empty:
+        raise UserError(
+            f"ImageFolder {root}: class folder(s) {', '.join(empty)} hold no images "
+            f"({' '.join(IMG_EXTENSIONS)}); add images or remove the folder(s)"
+        )
+    # torchvision skips files without an image extension silently; say so, and record them.
+    used = {path for path, _ in folder.samples}
+    skipped = [
+        os.path.relpath(os.path.join(d, f), base or root)
+        for c in folder.classes
+        for d, _, files in sorted(os.walk(os.path.join(str(root), c), followlinks=True))  # as torchvision walks
+        for f in sorted(files)
+        if os.path.join(d, f) not in used
+    ]
+    if skipped:
+        shown = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        print(f"warning: skipped {len(skipped)} non-image file(s) in ImageFolder {root}: {shown}", file=sys.stderr)
     images, labels = [], []
     for path, label in folder.samples:  # sorted by class then file name: deterministic
         try:
@@ -113,20 +146,21 @@ def _folder_set(root: Path, size: int, channels: int, classes: list[str] | None 
             raise UserError(f"cannot read image {path}: {err}; remove or replace the file") from None
         labels.append(label)
     arr = np.stack(images).reshape(len(images), size, size, channels)
-    return ImageSet(arr, np.asarray(labels, dtype=np.int64), folder.classes)
+    return ImageSet(arr, np.asarray(labels, dtype=np.int64), folder.classes, tuple(skipped))
 
 
 def image_folder(root: str, size: int, channels: int, test_fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
     """An ImageFolder directory: ``root/<class>/*.png|jpg``, or ``root/train`` + ``root/test``.
 
     Without a ``test`` sub-folder, a stratified ``test_fraction`` is held out with ``seed``.
+    Both sets need at least two classes and at least one image per class folder.
     """
     path = Path(root)
     if not path.is_dir():
         raise UserError(f"data.root {root} is not a directory; point it at an ImageFolder (one sub-folder per class)")
     if (path / "train").is_dir() and (path / "test").is_dir():
-        train = _folder_set(path / "train", size, channels)
-        return train, _folder_set(path / "test", size, channels, train.classes)
+        train = _folder_set(path / "train", size, channels, base=path)
+        return train, _folder_set(path / "test", size, channels, train.classes, base=path)
     return split_stratified(_folder_set(path, size, channels), test_fraction, seed)
 
 
@@ -135,9 +169,16 @@ def split_stratified(data: ImageSet, test_fraction: float, seed: int) -> tuple[I
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(data))
-    train_idx, test_idx = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=data.labels)
+    try:
+        train_idx, test_idx = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=data.labels)
+    except ValueError as err:  # too few images in a class, or fewer test images than classes
+        counts = {c: int(n) for c, n in zip(data.classes, np.bincount(data.labels, minlength=len(data.classes)))}
+        raise UserError(
+            f"cannot hold out a stratified test_fraction={test_fraction} of {len(data)} images "
+            f"(per class: {counts}): {err}; add images (at least 2 per class) or change data.test_fraction"
+        ) from None
     train_idx.sort(), test_idx.sort()
-    pick = lambda i: ImageSet(data.images[i], data.labels[i], data.classes)  # noqa: E731
+    pick = lambda i: replace(data, images=data.images[i], labels=data.labels[i])  # noqa: E731
     return pick(train_idx), pick(test_idx)
 
 

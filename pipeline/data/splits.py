@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from pipeline.config import DataParams
@@ -17,8 +19,24 @@ from pipeline.errors import UserError
 SPLITS = ("pretrain", "train", "val", "test")
 
 
+# The data.* key that sizes each split, for error messages.
+_SIZE_KEY = {"pretrain": "data.pretrain_size", "train": "data.train_size", "val": "data.val_size",
+             "test": "data.test_size (or data.test_fraction for an ImageFolder without a test folder)"}
+
+
 def make_splits(train: ImageSet, test: ImageSet, data: DataParams, seed: int) -> dict[str, ImageSet]:
-    """Deterministic for a seed: one permutation of the source's train set."""
+    """Deterministic for a seed: one permutation of the source's train set.
+
+    Refuses a source with fewer than two classes, an empty split, and a labelled train split
+    that misses a class (the evaluations need every class).
+    """
+    where = f"data.source={data.source} at data.root={data.root}"
+    present = np.unique(train.labels)
+    if len(present) < 2:
+        raise UserError(
+            f"{where} needs at least two classes but its train set has {len(present)}; "
+            "point data.root at a dataset with two or more classes"
+        )
     if data.val_size >= len(train):
         raise UserError(f"data.val_size={data.val_size} leaves no training images (source has {len(train)})")
     order = np.random.default_rng(seed).permutation(len(train))
@@ -29,11 +47,29 @@ def make_splits(train: ImageSet, test: ImageSet, data: DataParams, seed: int) ->
             raise UserError(f"data.{name}_size={size} exceeds the {n_avail} images available; lower it or set it to null")
         return idx[: size if size is not None else n_avail]
 
-    pick = lambda s, i: ImageSet(s.images[i], s.labels[i], s.classes)  # noqa: E731
+    # replace() keeps the source's other fields (classes, skipped files)
+    pick = lambda s, i: replace(s, images=s.images[i], labels=s.labels[i])  # noqa: E731
     test_idx = take(np.arange(len(test)), "test", data.test_size, len(test))
-    return {
+    splits = {
         "pretrain": pick(train, take(pool, "pretrain", data.pretrain_size, len(pool))),
         "train": pick(train, take(pool, "train", data.train_size, len(pool))),
         "val": pick(train, val_idx),
         "test": pick(test, test_idx),
     }
+    for name, split in splits.items():
+        if len(split) == 0:
+            raise UserError(f"split {name!r} is empty ({where}); change {_SIZE_KEY[name]} or add images to the source")
+    absent = [c for i, c in enumerate(train.classes) if i not in present]
+    if absent:
+        raise UserError(
+            f"{where}: the source's train set has no images of class(es) {absent}; "
+            "add images of every class or remove the empty classes"
+        )
+    missing = [c for i, c in enumerate(train.classes) if i not in set(splits["train"].labels.tolist())]
+    if missing:
+        raise UserError(
+            f"the labelled train split has no images of class(es) {missing} "
+            f"(data.train_size={data.train_size}, data.val_size={data.val_size} of {len(train)} images); "
+            "raise data.train_size (or set it to null) or lower data.val_size"
+        )
+    return splits

@@ -7,6 +7,7 @@ import torch
 
 from pipeline.config import DataParams
 from pipeline.data.shards import load_split, read_manifest, stream_batches, write_shards
+from pipeline.data.sources import ImageSet
 from pipeline.data.splits import make_splits
 from pipeline.errors import UserError
 
@@ -84,3 +85,38 @@ def test_splits_disjoint_and_sized(fmnist_small):
     with pytest.raises(UserError, match="train_size"):
         make_splits(train, test, DataParams(val_size=100, train_size=10_000), seed=0)
     json.dumps({"ok": True})
+
+
+def _data(labels, classes=("a", "b", "c"), skipped=()):
+    labels = np.asarray(labels, dtype=np.int64)
+    return ImageSet(np.zeros((len(labels), 28, 28, 1), np.uint8), labels, list(classes), tuple(skipped))
+
+
+def test_one_class_dataset_is_refused_naming_the_source():
+    with pytest.raises(UserError, match="data.source=torchvision at data.root=/data/x needs at least two classes"):
+        make_splits(_data([1] * 20), _data([1] * 5), DataParams(source="torchvision", root="/data/x", val_size=2), seed=0)
+
+
+def test_class_absent_from_the_source_is_named():
+    with pytest.raises(UserError, match=r"train set has no images of class\(es\) \['c'\]"):
+        make_splits(_data([0, 1] * 10), _data([0, 1, 2]), DataParams(val_size=2), seed=0)
+
+
+def test_class_missing_from_labelled_train_split_names_the_keys(fmnist_small):
+    train, test = fmnist_small
+    with pytest.raises(UserError, match=r"labelled train split has no images of class\(es\) .*raise data.train_size"):
+        make_splits(train, test, DataParams(val_size=100, train_size=5), seed=0)
+
+
+def test_empty_test_split_names_the_key():
+    with pytest.raises(UserError, match="split 'test' is empty .*change data.test_size"):
+        make_splits(_data([0, 1, 2] * 5), _data([]), DataParams(val_size=2), seed=0)
+
+
+def test_skipped_source_files_reach_the_manifest(tmp_path):
+    train = _data([0, 1, 2] * 5, skipped=["a/notes.txt", "b/.DS_Store"])
+    splits = make_splits(train, _data([0, 1, 2], skipped=["test/c/x.md"]), DataParams(val_size=3), seed=0)
+    assert all(s.skipped == train.skipped for k, s in splits.items() if k != "test")
+    m = write_shards(splits, tmp_path, 8, source={})
+    assert m["skipped_files"] == {"count": 3, "examples": ["a/notes.txt", "b/.DS_Store", "test/c/x.md"]}
+    assert read_manifest(tmp_path)["skipped_files"]["count"] == 3

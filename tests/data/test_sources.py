@@ -1,12 +1,20 @@
 import gzip
+import json
+import shutil
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from pipeline.data import sources
 from pipeline.errors import UserError
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _write_idx(path, arr: np.ndarray) -> None:
@@ -109,3 +117,108 @@ def test_offline_transfer_sets():
     assert d.images.shape == (1797, 28, 28, 1) and d.images.max() == 255
     m = sources.mnist_sample(28, 3)
     assert m.images.shape == (5000, 28, 28, 3) and sorted(set(m.labels)) == list(range(10))
+
+
+def test_stray_non_image_files_are_skipped_with_a_warning(tmp_path, capsys):
+    _make_folder(tmp_path / "imgs", n_per_class=5)
+    (tmp_path / "imgs" / "cat" / "notes.txt").write_text("not an image")
+    (tmp_path / "imgs" / "dog" / ".DS_Store").write_bytes(b"\0\1")
+    train, test = sources.image_folder(str(tmp_path / "imgs"), 28, 1, test_fraction=0.2, seed=0)
+    assert len(train) + len(test) == 10
+    assert train.skipped == test.skipped == ("cat/notes.txt", "dog/.DS_Store")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "warning: skipped 2 non-image file(s)" in err and "cat/notes.txt, dog/.DS_Store" in err
+
+
+def test_stray_files_with_train_test_subfolders_keep_their_folder(tmp_path, capsys):
+    _make_folder(tmp_path / "d" / "train")
+    _make_folder(tmp_path / "d" / "test", n_per_class=2)
+    (tmp_path / "d" / "test" / "dog" / "readme.md").write_text("x")
+    train, test = sources.image_folder(str(tmp_path / "d"), 28, 1, 0.2, 0)
+    assert train.skipped == () and test.skipped == ("test/dog/readme.md",)
+    assert "skipped 1 non-image file(s)" in capsys.readouterr().err
+
+
+def test_no_warning_without_stray_files(tmp_path, capsys):
+    _make_folder(tmp_path / "imgs", n_per_class=5)
+    train, _ = sources.image_folder(str(tmp_path / "imgs"), 28, 1, 0.2, 0)
+    assert train.skipped == () and capsys.readouterr().err == ""
+
+
+def test_unreadable_image_is_named(tmp_path):
+    _make_folder(tmp_path / "imgs")
+    (tmp_path / "imgs" / "dog" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(UserError, match=r"cannot read image .*dog/broken.png: .*remove or replace the file"):
+        sources.image_folder(str(tmp_path / "imgs"), 28, 1, 0.2, 0)
+
+
+def test_one_class_folder_is_refused(tmp_path):
+    _make_folder(tmp_path / "imgs")
+    shutil.rmtree(tmp_path / "imgs" / "dog")
+    with pytest.raises(UserError, match=rf"ImageFolder {tmp_path}/imgs needs at least two classes but has 1 \(\['cat'\]\)"):
+        sources.image_folder(str(tmp_path / "imgs"), 28, 1, 0.2, 0)
+
+
+@pytest.mark.parametrize("leftover", [None, "notes.txt"])
+def test_empty_class_folder_is_named(tmp_path, leftover):
+    _make_folder(tmp_path / "imgs")
+    (tmp_path / "imgs" / "bird").mkdir()
+    if leftover:  # a folder holding only non-images is empty too
+        (tmp_path / "imgs" / "bird" / leftover).write_text("x")
+    with pytest.raises(UserError, match=rf"class folder\(s\) {tmp_path}/imgs/bird hold no images \(.jpg .*add images or remove"):
+        sources.image_folder(str(tmp_path / "imgs"), 28, 1, 0.2, 0)
+
+
+def test_too_few_images_to_stratify_names_the_key(tmp_path):
+    _make_folder(tmp_path / "imgs", n_per_class=4)
+    for f in sorted((tmp_path / "imgs" / "dog").iterdir())[1:]:
+        f.unlink()  # one dog left: it cannot be in both train and test
+    with pytest.raises(UserError, match=r"per class: \{'cat': 4, 'dog': 1\}.*data.test_fraction"):
+        sources.image_folder(str(tmp_path / "imgs"), 28, 1, 0.2, 0)
+
+
+# The shard stage end to end on ImageFolders: exit 2 with one clear line, or exit 0 with a warning.
+
+
+def _shard_stage(tmp_path, root):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["data"].update(source="imagefolder", root=str(root), pretrain_size=None, train_size=None, val_size=2,
+                       test_fraction=0.3, shard_size=8)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "shards"
+    res = subprocess.run([sys.executable, str(REPO / "stages" / "shard.py"), "--params", str(params), "--out", str(out)],
+                         cwd=tmp_path, capture_output=True, text=True)
+    return res, out
+
+
+def _assert_refused(res, out, message):
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith("error: ") and message in res.stderr and "Traceback" not in res.stderr
+    assert not (out / "manifest.json").exists()
+
+
+def test_shard_stage_refuses_one_class(tmp_path):
+    _make_folder(tmp_path / "imgs", n_per_class=6)
+    shutil.rmtree(tmp_path / "imgs" / "dog")
+    res, out = _shard_stage(tmp_path, tmp_path / "imgs")
+    _assert_refused(res, out, f"ImageFolder {tmp_path}/imgs needs at least two classes")
+
+
+def test_shard_stage_names_empty_class_folder(tmp_path):
+    _make_folder(tmp_path / "imgs", n_per_class=6)
+    (tmp_path / "imgs" / "bird").mkdir()
+    res, out = _shard_stage(tmp_path, tmp_path / "imgs")
+    _assert_refused(res, out, f"class folder(s) {tmp_path}/imgs/bird hold no images")
+
+
+def test_shard_stage_warns_about_and_records_stray_files(tmp_path):
+    _make_folder(tmp_path / "imgs", n_per_class=6)
+    (tmp_path / "imgs" / "cat" / "notes.txt").write_text("x")
+    res, out = _shard_stage(tmp_path, tmp_path / "imgs")
+    assert res.returncode == 0, res.stderr
+    assert "warning: skipped 1 non-image file(s)" in res.stderr and "cat/notes.txt" in res.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["skipped_files"] == {"count": 1, "examples": ["cat/notes.txt"]}
+    assert sum(v["count"] for k, v in manifest["splits"].items() if k in ("train", "val", "test")) == 12
