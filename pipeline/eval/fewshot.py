@@ -84,9 +84,10 @@ def few_shot(
 ) -> dict:
     """Mean accuracy and 95% confidence interval (1.96 * std / sqrt(episodes)) per K.
 
-    ``ways``: classes per episode, capped at the number of classes; ``None`` or ``"all"``
-    means every class (all-way episodes). Keys are ``f"{ways}way_{k}shot"`` with the
-    resolved number of ways (e.g. ``"10way_5shot"`` for all-way on 10 classes).
+    ``ways``: classes per episode, at most the number of classes (more raises
+    ``ValueError``: capping would report a ways count that was not used); ``None`` or
+    ``"all"`` means every class (all-way episodes). Keys are ``f"{ways}way_{k}shot"`` with
+    the resolved number of ways (e.g. ``"10way_5shot"`` for all-way on 10 classes).
     ``classifier``: ``"prototype"`` or ``"logreg"`` (see ``episode_accuracy``); the episodes
     of each K are fixed by ``seed`` and are the same for both classifiers."""
     if classifier not in CLASSIFIERS:
@@ -96,12 +97,16 @@ def few_shot(
         ways = n_classes
     elif isinstance(ways, str) or int(ways) < 2:
         raise ValueError(f"ways must be an integer >= 2, None or 'all', got {ways!r}")
-    ways = min(int(ways), n_classes)
-    if ways < 2:
+    if n_classes < 2:
         raise ValueError(f"few-shot episodes need at least 2 classes; the labels hold {n_classes}")
+    if int(ways) > n_classes:
+        raise ValueError(f"{ways}-way episodes need {ways} classes; the labels hold {n_classes} (use ways <= {n_classes} or 'all')")
+    ways = int(ways)
     smallest = np.unique(labels, return_counts=True)[1].min()  # over the classes present
     out = {}
     for k in shots:
+        if k < 1 or queries < 1:
+            raise ValueError(f"few-shot episodes need shots >= 1 and queries >= 1; got {k}-shot with {queries} queries")
         if k + queries > smallest:
             raise ValueError(f"{k}-shot with {queries} queries needs {k + queries} images per class; the smallest class has {smallest}")
         rng = np.random.default_rng([seed, k])  # episodes of each K are fixed by the seed

@@ -12,11 +12,15 @@ def knn_predict(
     bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray, k: int, temperature: float, chunk: int = 1024
 ) -> np.ndarray:
     """Class scores ``[Q, C]``: each of the k most cosine-similar bank items votes for its
-    class with weight exp(similarity / temperature). bank ``[N, D]``, queries ``[Q, D]``."""
+    class with weight exp(similarity / temperature). bank ``[N, D]``, queries ``[Q, D]``.
+
+    Raises ``ValueError`` unless ``1 <= k <= N``: capping k at the bank would label a
+    result "kNN-k" that voted over fewer neighbours."""
+    if not 1 <= k <= len(bank):
+        raise ValueError(f"kNN needs 1 <= k <= the bank size; got k={k} for a bank of {len(bank)} items")
     bank_t = F.normalize(torch.from_numpy(bank).float(), dim=1)
     labels_t = torch.from_numpy(bank_labels).long()
     n_classes = int(labels_t.max()) + 1
-    k = min(k, len(bank_t))
     out = []
     for i in range(0, len(queries), chunk):
         q = F.normalize(torch.from_numpy(queries[i : i + chunk]).float(), dim=1)

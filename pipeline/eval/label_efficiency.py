@@ -106,8 +106,11 @@ def label_efficiency(
     the full lr, ``encoder_lr_mult`` ignored). ``arms`` picks a subset of
     ``("supervised", "linear", "finetune")``.
 
-    Returns ``{fraction: {"supervised": top1, "linear": top1, "finetune": top1, "n_labels": n}}``
-    (only the requested arms).
+    Returns ``{fraction: {"supervised": top1, "linear": top1, "finetune": top1, "n_labels": n,
+    "fraction_effective": f}}`` (only the requested arms). ``fraction_effective`` is
+    ``n_labels`` over the images it was drawn from (train + val, or train alone without
+    ``subset_val``): per-class rounding, and the one image every class keeps however small
+    the fraction, make it differ from the requested ``fraction``.
     """
     unknown = set(arms) - set(ARMS)
     if unknown:
@@ -152,5 +155,6 @@ def label_efficiency(
                                      finetune_cfg.encoder_lr_mult, seed, device, f"label-eff {fraction:g} finetune")
             row["finetune"] = _top1(model, test, device)
         row["n_labels"] = int(len(labels))
+        row["fraction_effective"] = len(labels) / (len(y_tr) + len(y_va) if subset_val else len(y_tr))
         out[fraction] = row
     return out

@@ -64,7 +64,9 @@ def test_all_way_spellings_agree():
     x, y = separable(noise=3.0)
     a = few_shot(x, y, None, [1], 5, 10, seed=1)
     assert a == few_shot(x, y, "all", [1], 5, 10, seed=1) == few_shot(x, y, 10, [1], 5, 10, seed=1)
-    assert a == few_shot(x, y, 50, [1], 5, 10, seed=1)  # more ways than classes: capped at all
+    # more ways than classes: refused (capping would report a "50way" count that was not used)
+    with pytest.raises(ValueError, match="50-way episodes need 50 classes; the labels hold 10"):
+        few_shot(x, y, 50, [1], 5, 10, seed=1)
 
 
 def test_logreg_ci_shrinks_with_episodes():
@@ -89,3 +91,5 @@ def test_bad_arguments_are_clear():
         few_shot(x, y, "some", [1], 5, 2, seed=0)
     with pytest.raises(ValueError, match="images per class"):
         few_shot(x, y, None, [25], 10, 2, seed=0, classifier="logreg")
+    with pytest.raises(ValueError, match="shots >= 1"):
+        few_shot(x, y, 5, [0], 5, 2, seed=0)

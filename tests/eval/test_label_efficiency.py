@@ -80,7 +80,8 @@ def test_label_efficiency_end_to_end(fmnist_small):
     res = label_efficiency(ssl, build, train, val, test, [0.1, 1.0], cfg, c_grid=[0.1, 1.0], max_iter=100, seed=0, device=CPU)
     assert list(res) == [0.1, 1.0]
     for fraction, row in res.items():
-        assert set(row) == {"supervised", "linear", "finetune", "n_labels"}
+        assert set(row) == {"supervised", "linear", "finetune", "n_labels", "fraction_effective"}
+        assert row["fraction_effective"] == row["n_labels"] / 180  # of the 120 train + 60 val images
         assert all(0.0 <= row[arm] <= 1.0 for arm in ("supervised", "linear", "finetune"))
     # labels used: the train subset + the val subset, the same for every arm
     n_expected = len(balanced_subset(train[1], 0.1, 0)) + len(balanced_subset(val[1], 0.1, 1))
@@ -88,5 +89,5 @@ def test_label_efficiency_end_to_end(fmnist_small):
     assert all(torch.equal(before[k], v) for k, v in ssl.state_dict().items())  # fine-tuning trained a copy
 
     only = label_efficiency(ssl, build, train, val, test, [1.0], cfg, [0.1, 1.0], 100, seed=0, device=CPU, arms=["linear"])
-    assert set(only[1.0]) == {"linear", "n_labels"} and only[1.0]["linear"] == res[1.0]["linear"]
+    assert set(only[1.0]) == {"linear", "n_labels", "fraction_effective"} and only[1.0]["linear"] == res[1.0]["linear"]
     assert only[1.0]["linear"] > 0.3  # chance 0.1: frozen random conv features carry signal

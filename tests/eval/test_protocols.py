@@ -41,6 +41,16 @@ def test_knn_separable_and_random():
     assert knn_accuracy(xtr, yr, xte, yte, k=20, temperature=0.07) < 0.3
 
 
+def test_knn_refuses_k_outside_the_bank():
+    # capping k at the bank would report "knn500" for a vote over fewer neighbours
+    x, y = separable()
+    bank, labels = x[:30], y[:30]
+    assert knn_accuracy(bank, labels, x, y, k=30, temperature=0.07) >= 0  # the whole bank is fine
+    for k in (31, 0):
+        with pytest.raises(ValueError, match=f"k={k} for a bank of 30 items"):
+            knn_accuracy(bank, labels, x, y, k=k, temperature=0.07)
+
+
 def test_few_shot_separable_and_random():
     x, y = separable(n_per_class=40)
     res = few_shot(x, y, ways=5, shots=[1, 5], queries=15, episodes=50, seed=0)

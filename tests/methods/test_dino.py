@@ -177,3 +177,36 @@ def test_finalize_reestimates_batchnorm_on_whole_images(images, whole_image_bn):
         torch.testing.assert_close(bn.running_mean, first_bn_input.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
     else:
         assert torch.equal(bn.running_mean, after_training)
+
+
+def _dino_from_params(default_params_dict, dino_section: dict, shared_encoder: dict | None = None) -> DINO:
+    """DINO as pretrain.py builds it, from the repo's params.yaml with overrides."""
+    from pipeline.config import parse_params
+    from pipeline.models.encoder import build_encoder
+
+    raw = {**default_params_dict, "dino": {**default_params_dict["dino"], **dino_section}}
+    if shared_encoder:
+        raw["encoder"] = {**raw["encoder"], **shared_encoder}
+    params = parse_params(raw)
+    manifest = {"channels": 1, "mean": [0.286], "std": [0.353], "image_size": 28}
+    encoder = build_encoder(params.encoder_for("dino"), manifest)
+    return DINO(encoder, params.method_params["dino"], params.augment, 0, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("override", [{"encoder": {"arch": "vit"}}, "shared"])
+def test_vit_encoder_with_local_crops_is_a_user_error(default_params_dict, override):
+    # 12 px local crops fed to a ViT built for 28 px: torchvision's AssertionError, mid-training
+    from pipeline.errors import UserError
+
+    dino_section, shared = (override, None) if override != "shared" else ({}, {"arch": "vit"})
+    with pytest.raises(UserError, match=r"^dino.local_crop_size: 12 px local crops cannot go through a ViT encoder") as err:
+        _dino_from_params(default_params_dict, dino_section, shared)
+    assert "encoder.arch 'resnet'" in str(err.value) and "dino.num_local_crops: 0" in str(err.value)
+
+
+def test_vit_encoder_without_local_crops_trains(default_params_dict):
+    # the fix the error names works: the two 28 px global crops only
+    method = _dino_from_params(default_params_dict, {"encoder": {"arch": "vit"}, "num_local_crops": 0, "out_dim": 32,
+                                                     "hidden_dim": 32, "bottleneck_dim": 16})
+    images = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    assert torch.isfinite(method.training_step(images)["loss"])

@@ -211,3 +211,35 @@ def test_sinkhorn_normalises_over_the_global_batch_under_ddp():
     halves = run_as_ranks(2, lambda rank: sinkhorn(scores.chunk(2)[rank], EPS, 3))
     assert torch.allclose(torch.cat(halves), full, atol=1e-6)
     assert not torch.allclose(halves[0], local_only, atol=1e-3)  # the sums did cross the ranks
+
+
+def _swav_from_params(default_params_dict, swav_section: dict, shared_encoder: dict | None = None) -> SwAV:
+    """SwAV as pretrain.py builds it, from the repo's params.yaml with overrides."""
+    from pipeline.config import parse_params
+    from pipeline.models.encoder import build_encoder
+
+    raw = {**default_params_dict, "swav": {**default_params_dict["swav"], **swav_section}}
+    if shared_encoder:
+        raw["encoder"] = {**raw["encoder"], **shared_encoder}
+    params = parse_params(raw)
+    manifest = {"channels": 1, "mean": [0.286], "std": [0.353], "image_size": 28}
+    encoder = build_encoder(params.encoder_for("swav"), manifest)
+    return SwAV(encoder, params.method_params["swav"], params.augment, 0, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("override", [{"encoder": {"arch": "vit"}}, "shared"])
+def test_vit_encoder_with_small_crops_is_a_user_error(default_params_dict, override):
+    # 12 px small crops fed to a ViT built for 28 px: torchvision's AssertionError, mid-training
+    from pipeline.errors import UserError
+
+    swav_section, shared = (override, None) if override != "shared" else ({}, {"arch": "vit"})
+    with pytest.raises(UserError, match=r"^swav.small_crop_size: 12 px small crops cannot go through a ViT encoder") as err:
+        _swav_from_params(default_params_dict, swav_section, shared)
+    assert "encoder.arch 'resnet'" in str(err.value) and "swav.num_small_crops: 0" in str(err.value)
+
+
+def test_vit_encoder_without_small_crops_trains(default_params_dict):
+    # the fix the error names works: two 28 px crops only
+    method = _swav_from_params(default_params_dict, {"encoder": {"arch": "vit"}, "num_small_crops": 0, "num_prototypes": 16})
+    images = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    assert torch.isfinite(method.training_step(images)["loss"])
