@@ -82,6 +82,7 @@ def main() -> None:
 
 def _row(work: Path, m: str, seconds: float) -> dict:
     pre = json.loads((work / "metrics" / "pretrain" / f"{m}.json").read_text())
+    pre |= json.loads((work / "metrics" / "pretrain" / f"{m}.timing.json").read_text())  # wall times live apart
     lin = json.loads((work / "metrics" / "linear-eval" / f"{m}.json").read_text())
     r = {"pretrain_seconds": pre["wall_seconds"], "stage_seconds_incl_eval": round(seconds, 1), "loss": pre["loss"],
          "epochs": pre["epochs"], "linear_top1": lin["linear"]["top1"], "knn20_top1": lin["knn20_top1"],

@@ -1,16 +1,35 @@
-"""Provenance and small atomic JSON outputs: what made a result, written so a crash never
-leaves a half-written file that looks valid."""
+"""Provenance: what made a result (code, libraries, platform, resolved params).
+
+Two kinds, kept apart so that identical work gives identical bytes:
+- ``code_fingerprint()``: a hash of the pipeline's source files, part of every run's
+  fingerprint, so a checkpoint made by other code is never resumed;
+- ``provenance()``: volatile facts (git SHA with a dirty flag, host platform, library
+  versions), written to its own small file and never into weights or headline metrics.
+"""
 
 from __future__ import annotations
 
-import json
-import os
+import hashlib
 import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
 
 _PACKAGES = ("torch", "torchvision", "webdataset", "scikit-learn", "numpy", "dvc", "dvclive")
+PACKAGE_ROOT = Path(__file__).resolve().parent  # pipeline/
+
+
+def code_fingerprint(*extra_files: str | Path) -> str:
+    """sha256 of every ``.py`` file of the ``pipeline`` package (by relative path and
+    content) plus ``extra_files`` (e.g. the stage script). Any code change, even a comment,
+    changes it: resuming after a code change could mix two versions of the code in one
+    result, so the conservative answer is a fresh run."""
+    h = hashlib.sha256()
+    files = sorted(PACKAGE_ROOT.rglob("*.py")) + [Path(f).resolve() for f in extra_files]
+    for path in files:
+        name = path.relative_to(PACKAGE_ROOT.parent) if path.is_relative_to(PACKAGE_ROOT.parent) else path.name
+        h.update(str(name).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def git_revision() -> str:
@@ -30,14 +49,5 @@ def provenance(params: dict | None = None, **extra) -> dict:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
-    return {"git": git_revision(), "python": platform.python_version(), "platform": platform.platform(),
-            "packages": versions, "params": params, **extra}
-
-
-def write_json(path: str | Path, obj: dict) -> None:
-    """Write JSON atomically (temp file + rename), creating parent folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    return {"git": git_revision(), "code": code_fingerprint(), "python": platform.python_version(),
+            "platform": platform.platform(), "packages": versions, "params": params, **extra}

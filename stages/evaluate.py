@@ -16,6 +16,7 @@ from pipeline.config import Params, load_params
 from pipeline.data.augment import ViewMaker
 from pipeline.data.shards import load_split, read_manifest
 from pipeline.errors import exit_on_user_error
+from pipeline.eval.checks import check_protocol_params
 from pipeline.eval.diagnostics import diagnose
 from pipeline.eval.embedding_map import embedding_map
 from pipeline.eval.features import encoder_features
@@ -24,7 +25,7 @@ from pipeline.eval.label_efficiency import label_efficiency
 from pipeline.eval.linear_sgd import linear_sgd
 from pipeline.eval.protocols import few_shot_eval, linear_and_knn, seed_everything, transfer_eval
 from pipeline.models.encoder import Encoder, load_encoder
-from pipeline.provenance import write_json
+from pipeline.outputs import StagedOutputs, write_json
 from pipeline.train.loop import pick_device
 
 PROTOCOLS = ("linear-eval", "few-shot", "transfer", "finetune", "label-efficiency", "diagnostics")
@@ -74,7 +75,7 @@ def diagnostics_eval(encoder: Encoder, shards: str, params: Params, device: torc
     views = ViewMaker(params.augment, params.seed, device)
     result = diagnose(encoder, images, views, device, collapse_threshold=params.diagnostics.collapse_threshold)
     if params.diagnostics.tsne and embedding_out:
-        embedding_map(encoder_features(encoder, device)(images), labels.numpy(), params.seed, embedding_out)
+        embedding_map(encoder_features(encoder, device)(images), labels.numpy(), params.seed, str(embedding_out))
     return result
 
 
@@ -91,24 +92,32 @@ def main() -> None:
     params = load_params(args.params)
     seed_everything(params.seed)
     manifest = read_manifest(args.shards)
+    check_protocol_params(args.protocol, params, manifest)
     device = pick_device()
     encoder = load_encoder(args.encoder)
-    if args.protocol == "finetune":
-        test = load_split(args.shards, "test")
-        result = finetune(encoder, args.shards, manifest["splits"]["train"]["count"], len(manifest["classes"]), test,
-                          params.finetune, params.seed, device)
-    elif args.protocol == "linear-eval":
-        result = linear_eval(encoder, args.shards, params, device)
-    elif args.protocol == "label-efficiency":
-        result = label_efficiency_eval(encoder, args.shards, params, device)
-    elif args.protocol == "diagnostics":
-        result = diagnostics_eval(encoder, args.shards, params, device, args.embedding)
-    elif args.protocol == "few-shot":
-        result = few_shot_eval(encoder_features(encoder, device), args.shards, params)
-    else:
-        result = transfer_eval(encoder_features(encoder, device), manifest["image_size"], manifest["channels"], params)
-    write_json(args.metrics, result)
+    with StagedOutputs() as staged:  # the metrics (and the map) appear only when the protocol succeeded
+        metrics_path = staged.file(args.metrics)
+        embedding = staged.file(args.embedding) if args.protocol == "diagnostics" and args.embedding else None
+        result = run_protocol(args.protocol, encoder, args.shards, manifest, params, device, embedding)
+        write_json(metrics_path, result)
     print(result)
+
+
+def run_protocol(protocol: str, encoder: Encoder, shards: str, manifest: dict, params: Params, device: torch.device,
+                 embedding_out=None) -> dict:
+    if protocol == "finetune":
+        test = load_split(shards, "test")
+        return finetune(encoder, shards, manifest["splits"]["train"]["count"], len(manifest["classes"]), test,
+                        params.finetune, params.seed, device)
+    if protocol == "linear-eval":
+        return linear_eval(encoder, shards, params, device)
+    if protocol == "label-efficiency":
+        return label_efficiency_eval(encoder, shards, params, device)
+    if protocol == "diagnostics":
+        return diagnostics_eval(encoder, shards, params, device, embedding_out)
+    if protocol == "few-shot":
+        return few_shot_eval(encoder_features(encoder, device), shards, params)
+    return transfer_eval(encoder_features(encoder, device), manifest["image_size"], manifest["channels"], params)
 
 
 if __name__ == "__main__":

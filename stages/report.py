@@ -10,6 +10,7 @@ from pathlib import Path
 from pipeline.config import load_params
 from pipeline.data.shards import read_manifest
 from pipeline.errors import UserError, exit_on_user_error
+from pipeline.outputs import StagedOutputs, write_bytes
 from pipeline.report import figures
 from pipeline.report.tables import REQUIRED, few_shot_order, load_method_metrics, summary_table, to_markdown
 
@@ -73,7 +74,9 @@ def _diagnostics_section(diag: dict[str, dict]) -> list[str]:
     return lines + [""]
 
 
-def build_report(params_path: str, metrics_dir: Path, shards: str, live_root: Path, out: Path) -> str:
+def build_report(params_path: str, metrics_dir: Path, shards: str, live_root: Path, out: Path, fig_dir: Path | None = None) -> str:
+    """Write the report to ``out`` and its figures to ``fig_dir`` (default: ``figures/`` beside
+    it; the stage passes staged temporaries); returns the markdown."""
     params = load_params(params_path)
     manifest = read_manifest(shards)
     baselines_path = metrics_dir / "baselines.json"
@@ -86,7 +89,7 @@ def build_report(params_path: str, metrics_dir: Path, shards: str, live_root: Pa
         if missing:
             raise UserError(f"metrics of {sorted(missing)} for method {m!r} are missing under {metrics_dir}; run 'dvc repro'")
     df = summary_table(metrics_dir, params.methods, baselines)
-    fig_dir = out.parent / "figures"
+    fig_dir = fig_dir or out.parent / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     figures.training_curves({m: live_root / m for m in params.methods}, fig_dir / "training_curves.png")
     figures.method_by_metric(df, fig_dir / "method_by_metric.png")
@@ -117,7 +120,7 @@ def build_report(params_path: str, metrics_dir: Path, shards: str, live_root: Pa
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for m, mm in metrics.items():
-        p, enc = mm["pretrain"], params.encoder_for(m)
+        p, enc = mm["pretrain"] | _timing(metrics_dir, m), params.encoder_for(m)
         desc = f"{enc.arch} {list(enc.layers)} w{enc.width}" if enc.arch == "resnet" else f"vit p{enc.patch_size} d{enc.dim} x{enc.depth}"
         lines.append(f"| {m} | {desc} | {p['epochs']} | {p['loss']:.3f} | {_pct(p['knn_top1'])} | {p['wall_seconds']:.0f} | {p['images_per_second']:.0f} |")
     lines += ["", "![training curves](figures/training_curves.png)", "", "![method by metric](figures/method_by_metric.png)", ""]
@@ -134,10 +137,14 @@ def build_report(params_path: str, metrics_dir: Path, shards: str, live_root: Pa
         figures.embedding_maps(maps, manifest["classes"], fig_dir / "embedding_map.png")
         lines += ["## 2-D map of test embeddings", "", "![embedding map](figures/embedding_map.png)", ""]
     text = "\n".join(lines)
-    tmp = out.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
+    write_bytes(out, text.encode())
     return text
+
+
+def _timing(metrics_dir: Path, method: str) -> dict:
+    """Wall time and throughput of pretraining (their own file: volatile, not a metric)."""
+    path = metrics_dir / "pretrain" / f"{method}.timing.json"
+    return json.loads(path.read_text()) if path.is_file() else {"wall_seconds": float("nan"), "images_per_second": float("nan")}
 
 
 @exit_on_user_error
@@ -149,7 +156,11 @@ def main() -> None:
     ap.add_argument("--live-root", default="dvclive/pretrain")
     ap.add_argument("--out", default="reports/report.md")
     args = ap.parse_args()
-    print(build_report(args.params, Path(args.metrics_dir), args.shards, Path(args.live_root), Path(args.out)))
+    out = Path(args.out)
+    with StagedOutputs() as staged:  # report and figures appear together, or not at all
+        build_report(args.params, Path(args.metrics_dir), args.shards, Path(args.live_root), staged.file(out),
+                     staged.dir(out.parent / "figures"))
+    print(f"wrote {out} and {out.parent / 'figures'}/")
 
 
 if __name__ == "__main__":

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from pipeline.config import load_params
 from pipeline.data import sources
 from pipeline.data.shards import write_shards
 from pipeline.data.splits import make_splits
 from pipeline.errors import exit_on_user_error
+from pipeline.outputs import StagedOutputs
 
 
 @exit_on_user_error
@@ -27,8 +27,9 @@ def main() -> None:
     else:
         train, test = sources.torchvision_dataset(d.torchvision_name, d.root, d.image_size, d.channels, d.download)
     splits = make_splits(train, test, d, params.seed)
-    manifest = write_shards(splits, Path(args.out), d.shard_size, source=d.model_dump())
-    print({s: v["count"] for s, v in manifest["splits"].items()})
+    with StagedOutputs() as staged:  # the shard folder appears whole (manifest included) or not at all
+        manifest = write_shards(splits, staged.dir(args.out), d.shard_size, source=d.model_dump())
+    print("shards:", ", ".join(f"{s} {v['count']}" for s, v in manifest["splits"].items()), "images in", args.out)
 
 
 if __name__ == "__main__":

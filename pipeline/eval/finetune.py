@@ -53,7 +53,7 @@ def finetune(
     job = TrainJob(
         module=model, param_groups=groups, optim=cfg, amp=True,
         batches=lambda epoch: stream_batches(shard_dir, "train", cfg.batch_size, 5000, seed=seed * 1000 + epoch),
-        steps_per_epoch=n_train // cfg.batch_size,
+        steps_per_epoch=n_train // cfg.batch_size, batch_size_key="finetune.batch_size", lr_key="finetune.lr",
     )
     history = fit(job, device, desc)
     pred = model.predict(test[0], device)

@@ -19,6 +19,7 @@ from pipeline.config import EncoderParams
 from pipeline.errors import UserError
 from pipeline.models.resnet import SmallResNet
 from pipeline.models.vit import ViT
+from pipeline.outputs import save_torch
 
 
 class Encoder(nn.Module):
@@ -57,15 +58,15 @@ def build_encoder(params: EncoderParams, manifest: dict) -> Encoder:
     return Encoder(params, manifest["channels"], manifest["mean"], manifest["std"], manifest.get("image_size"))
 
 
-def save_encoder(encoder: Encoder, path: Path, provenance: dict) -> None:
-    """Write atomically: a crash never leaves a truncated encoder file that looks valid."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(
+def save_encoder(encoder: Encoder, path: Path) -> None:
+    """Write the encoder: its architecture, input statistics and weights, nothing volatile
+    (no times, hosts or git SHAs: those go to provenance.json), so the same weights always
+    give the same bytes and DVC leaves the downstream stages cached."""
+    save_torch(
         {"params": encoder.params.model_dump(), "channels": encoder.channels, "mean": encoder.mean.flatten().tolist(),
-         "std": encoder.std.flatten().tolist(), "image_size": encoder.image_size, "state_dict": encoder.state_dict(), "provenance": provenance},
-        tmp,
+         "std": encoder.std.flatten().tolist(), "image_size": encoder.image_size, "state_dict": encoder.state_dict()},
+        path,
     )
-    tmp.replace(path)
 
 
 def load_encoder(path: str | Path) -> Encoder:

@@ -27,14 +27,16 @@ TINY = {
 }
 
 
-def _env() -> dict:
+def _env(cwd: Path) -> dict:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # stages run with this venv's python
+    # the copy's own pipeline/, not the editable install's (the checkout): edits to the copy must count
+    env["PYTHONPATH"] = str(cwd)
     return env
 
 
 def _run(args: list[str], cwd: Path) -> str:
-    res = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True)
+    res = subprocess.run(args, cwd=cwd, env=_env(cwd), capture_output=True, text=True)
     assert res.returncode == 0, f"{args} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
     return res.stdout + res.stderr
 
@@ -70,7 +72,7 @@ def test_repro_writes_every_metric_and_the_report(repo_copy):
     assert _ran(out) == {"shard", "baselines", "pretrain@simclr", "linear-eval@simclr", "finetune@simclr",
                          "few-shot@simclr", "transfer@simclr", "label-efficiency@simclr", "diagnostics@simclr", "report"}
     metrics = {p.relative_to(repo_copy / "metrics").as_posix(): json.loads(p.read_text()) for p in (repo_copy / "metrics").rglob("*.json")}
-    assert set(metrics) == {"baselines.json", "pretrain/simclr.json", "linear-eval/simclr.json", "finetune/simclr.json",
+    assert set(metrics) == {"baselines.json", "pretrain/simclr.json", "pretrain/simclr.timing.json", "linear-eval/simclr.json", "finetune/simclr.json",
                             "few-shot/simclr.json", "transfer/simclr.json", "label-efficiency/simclr.json", "diagnostics/simclr.json"}
     lin = metrics["linear-eval/simclr.json"]
     assert 0.1 < lin["linear"]["top1"] <= 1 and 0.1 < lin["knn20_top1"] <= 1
@@ -92,12 +94,32 @@ def test_repro_writes_every_metric_and_the_report(repo_copy):
     loss_tsv = repo_copy / "dvclive" / "pretrain" / "simclr" / "plots" / "metrics" / "loss.tsv"
     assert loss_tsv.read_text().startswith("step\tloss")
     shown = _run(["dvc", "metrics", "show", "--json"], repo_copy)
-    assert "linear" in shown and "knn20_top1" in shown
+    assert "linear" in shown and "knn20_top1" in shown and "wall_seconds" not in shown  # wall times are not metrics
+    assert json.loads((repo_copy / "metrics" / "pretrain" / "simclr.timing.json").read_text())["wall_seconds"] > 0
 
 
 def test_second_repro_runs_nothing(repo_copy):
     out = _run(["dvc", "repro"], repo_copy)
     assert _ran(out) == set(), out
+
+
+def test_a_loss_change_retrains_from_scratch(repo_copy):
+    """The finished checkpoint persists between runs (``persist: true``), but it is never
+    taken as the result of a run with other code: the weights change with the loss."""
+    encoder = repo_copy / "models" / "simclr" / "encoder.pt"
+    before = encoder.read_bytes()
+    loss = repo_copy / "pipeline" / "methods" / "simclr.py"
+    original = loss.read_text()
+    loss.write_text(original.replace("logits = z @ z_all.T / temperature", "logits = z @ z_all.T / (2 * temperature)"))
+    try:
+        out = _run(["dvc", "repro", "pretrain@simclr"], repo_copy)
+        assert "pretrain@simclr" in _ran(out) and "resumed" not in out
+        assert encoder.read_bytes() != before
+    finally:
+        loss.write_text(original)
+    # the old code again, trained anew (not restored from DVC's run cache): the same bytes as the first run
+    out = _run(["dvc", "repro", "--no-run-cache", "pretrain@simclr"], repo_copy)
+    assert "resumed" not in out and encoder.read_bytes() == before
 
 
 def test_pretrain_param_change_reruns_downstream_not_shard(repo_copy):

@@ -23,7 +23,7 @@ def test_mlp_dims():
 def test_encoder_normalises_and_roundtrips(tmp_path):
     enc = Encoder(EncoderParams(width=8), 1, [0.5], [0.25]).eval()
     x = torch.rand(4, 1, 28, 28)
-    save_encoder(enc, tmp_path / "e.pt", {"note": "test"})
+    save_encoder(enc, tmp_path / "e.pt")
     again = load_encoder(tmp_path / "e.pt")
     torch.testing.assert_close(enc(x), again(x))
     assert again.mean.item() == 0.5 and not (tmp_path / "e.pt.tmp").exists()

@@ -91,7 +91,7 @@ def test_sincos_positions():
 def test_vit_save_load_roundtrip(tmp_path):
     enc = _vit(channels=3, size=32, pos_embed="learned")
     x = torch.rand(4, 3, 32, 32)
-    save_encoder(enc, tmp_path / "vit.pt", {"note": "test"})
+    save_encoder(enc, tmp_path / "vit.pt")
     again = load_encoder(tmp_path / "vit.pt")
     assert again.params.arch == "vit" and again.image_size == 32 and again.channels == 3
     torch.testing.assert_close(enc(x), again(x))
@@ -100,7 +100,7 @@ def test_vit_save_load_roundtrip(tmp_path):
 def test_resnet_blob_without_image_size_still_loads(tmp_path):
     """Encoders saved before the ViT arch (no image_size, no vit keys) keep loading."""
     enc = Encoder(EncoderParams(width=8), 1, [0.5], [0.25]).eval()
-    save_encoder(enc, tmp_path / "e.pt", {})
+    save_encoder(enc, tmp_path / "e.pt")
     blob = torch.load(tmp_path / "e.pt", weights_only=True)
     del blob["image_size"]
     blob["params"] = {k: blob["params"][k] for k in ("arch", "layers", "width", "stem_stride")}

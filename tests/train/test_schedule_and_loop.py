@@ -67,18 +67,98 @@ def test_checkpoint_of_other_params_is_ignored(tmp_path):
     assert [h["epoch"] for h in hist] == [1, 2]  # trained from scratch, not resumed
 
 
-def test_divergence_is_a_clear_error_without_checkpoint(tmp_path):
+def _diverging_job(tmp_path, forward, epochs=3):
+    """A job whose module computes ``forward(self, x, y)`` with a checkpoint every epoch."""
+
+    class Model(Regression):
+        def forward(self, x, y):
+            return forward(self, x, y)
+
+    job = _job(tmp_path, epochs)
+    job.module = Model()
+    job.param_groups = param_groups(job.module)
+    job.optim = job.optim.model_copy(update={"lr": 0.01, "warmup_epochs": 0})
+    return job
+
+
+def _checkpoint_epochs(path):
+    state = torch.load(path, weights_only=True)
+    assert all(torch.isfinite(t).all() for t in state["module"].values())
+    return state["epoch"] + 1, state["finished"]
+
+
+def test_non_finite_loss_in_a_later_epoch_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    import pytest
+
+    from pipeline.train.loop import Diverged
+
+    calls = {"n": 0}
+
+    def forward(self, x, y):
+        calls["n"] += 1
+        loss = ((self.lin(x).squeeze(1) - y) ** 2).mean()
+        return {"loss": loss * float("inf") if calls["n"] == 6 else loss}  # step 6: epoch 2, its 2nd step
+
+    with pytest.raises(Diverged, match="non-finite at step 6; lower the learning rate"):
+        fit(_diverging_job(tmp_path, forward), torch.device("cpu"))
+    assert _checkpoint_epochs(tmp_path / "ckpt.pt") == (1, False)  # epoch 1's, never the diverged state
+
+
+def test_overflowing_weights_with_a_finite_loss_are_caught(tmp_path):
+    """lr 1e30 drives a weight to ~1e28 while the (clamped) loss stays finite: the
+    parameter check, not the loss, stops it before any checkpoint."""
+    import pytest
+
+    from pipeline.train.loop import Diverged
+
+    def forward(self, x, y):
+        return {"loss": (-self.lin.weight.sum()).clamp(min=-1e3)}
+
+    job = _diverging_job(tmp_path, forward)
+    job.optim = job.optim.model_copy(update={"lr": 1e30, "momentum": 0.0})
+    with pytest.raises(Diverged, match=r"lin.weight.*non-finite or overflowing"):
+        fit(job, torch.device("cpu"))
+    assert not (tmp_path / "ckpt.pt").exists()
+
+
+def test_non_finite_batchnorm_statistics_are_caught(tmp_path):
+    import pytest
+
+    from pipeline.train.loop import Diverged
+
+    class WithStats(Regression):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("running_var", torch.ones(1))
+
+        def forward(self, x, y):
+            self.running_var.mul_(1e30)  # what a blown-up activation does to BatchNorm's variance
+            return super().forward(x, y)
+
+    job = _job(tmp_path, 2)
+    job.module = WithStats()
+    job.param_groups = param_groups(job.module)
+    with pytest.raises(Diverged, match="running_var"):
+        fit(job, torch.device("cpu"))
+    assert not (tmp_path / "ckpt.pt").exists()
+
+
+def test_a_finished_checkpoint_is_never_resumed(tmp_path):
+    fit(_job(tmp_path, 2), torch.device("cpu"))
+    assert _checkpoint_epochs(tmp_path / "ckpt.pt") == (2, True)
+    again = _job(tmp_path, 2)  # same fingerprint: e.g. `dvc repro -f`
+    epochs_run = []
+    again.batches = lambda e: epochs_run.append(e) or _data(e)
+    hist = fit(again, torch.device("cpu"))
+    assert epochs_run == [0, 1] and [h["epoch"] for h in hist] == [1, 2]  # trained again from scratch
+
+
+def test_batch_larger_than_the_data_names_the_key(tmp_path):
     import pytest
 
     from pipeline.errors import UserError
 
-    class Diverges(Regression):
-        def forward(self, x, y):
-            return {"loss": super().forward(x, y)["loss"] * float("inf")}
-
-    job = _job(tmp_path, 2)
-    job.module = Diverges()
-    job.param_groups = param_groups(job.module)
-    with pytest.raises(UserError, match="lower the learning rate"):
+    job = _job(tmp_path, 1)
+    job.steps_per_epoch, job.batch_size_key = 0, "finetune.batch_size"
+    with pytest.raises(UserError, match="finetune.batch_size=16 is larger than"):
         fit(job, torch.device("cpu"))
-    assert not (tmp_path / "ckpt.pt").exists()
