@@ -22,6 +22,7 @@ from torch.optim.swa_utils import update_bn
 
 from pipeline.config import AugmentParams, Strict
 from pipeline.data.augment import ViewMaker, to_float
+from pipeline.errors import UserError
 from pipeline.models.encoder import Encoder
 
 
@@ -62,6 +63,18 @@ class Method(nn.Module):
         """After training, before the encoder is saved: adapt it with unlabelled
         pretrain images (``sample`` as in ``prepare``), e.g. jigsaw re-estimates BatchNorm
         statistics on whole images. Default: nothing."""
+
+    def require_crops_fit_encoder(self, count: int, size: int, count_key: str, size_key: str) -> None:
+        """Multi-crop methods: crops of another size than the images cannot go through a ViT,
+        whose position table is built for one image size (torchvision fails deep in its
+        forward with an AssertionError about the image height). Refuse early, naming the keys."""
+        arch, image_size = self.encoder.params.arch, self.encoder.image_size
+        if arch == "vit" and count and size != image_size:
+            raise UserError(
+                f"{size_key}: {size} px crops cannot go through a ViT encoder (encoder.arch 'vit'), which takes "
+                f"{image_size} px images only: use a ResNet encoder (encoder.arch 'resnet'), or set {count_key}: 0 "
+                f"(or {size_key}: {image_size})"
+            )
 
     @torch.no_grad()
     def reestimate_batchnorm(self, sample: torch.Tensor) -> None:

@@ -16,7 +16,6 @@ from torch import nn
 from pipeline import dist
 from pipeline.config import Strict
 from pipeline.data.augment import to_float
-from pipeline.errors import UserError
 from pipeline.methods.base import Method
 from pipeline.methods.ema import cosine_tau, ema_update, frozen_copy
 from pipeline.methods.registry import register
@@ -87,15 +86,7 @@ class DINO(Method):
 
     def __init__(self, encoder, params, augment, seed, device):
         super().__init__(encoder, params, augment, seed, device)
-        # A ViT's position table is built for the image size: local crops of another size fail
-        # deep in torchvision's forward (an AssertionError about the image height).
-        arch, image_size = encoder.params.arch, encoder.image_size
-        if arch == "vit" and params.num_local_crops and params.local_crop_size != image_size:
-            raise UserError(
-                f"dino.local_crop_size: {params.local_crop_size} px local crops cannot go through a ViT encoder (encoder.arch 'vit'), "
-                f"which takes {image_size} px images only: use a ResNet encoder (encoder.arch 'resnet'), or set "
-                f"dino.num_local_crops: 0 (or dino.local_crop_size: {image_size})"
-            )
+        self.require_crops_fit_encoder(params.num_local_crops, params.local_crop_size, "dino.num_local_crops", "dino.local_crop_size")
         self.head = DinoHead(encoder.feature_dim, params.hidden_dim, params.bottleneck_dim, params.out_dim)
         self.teacher_encoder = frozen_copy(encoder)
         self.teacher_head = frozen_copy(self.head)

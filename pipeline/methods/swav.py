@@ -17,7 +17,6 @@ from torch import nn
 
 from pipeline import dist
 from pipeline.config import Strict
-from pipeline.errors import UserError
 from pipeline.methods.base import Method
 from pipeline.methods.registry import register
 from pipeline.models.heads import mlp
@@ -94,15 +93,7 @@ class SwAV(Method):
 
     def __init__(self, encoder, params, augment, seed, device):
         super().__init__(encoder, params, augment, seed, device)
-        # A ViT's position table is built for the image size: small crops of another size fail
-        # deep in torchvision's forward (an AssertionError about the image height).
-        arch, image_size = encoder.params.arch, encoder.image_size
-        if arch == "vit" and params.num_small_crops and params.small_crop_size != image_size:
-            raise UserError(
-                f"swav.small_crop_size: {params.small_crop_size} px small crops cannot go through a ViT encoder (encoder.arch 'vit'), "
-                f"which takes {image_size} px images only: use a ResNet encoder (encoder.arch 'resnet'), or set "
-                f"swav.num_small_crops: 0 (or swav.small_crop_size: {image_size})"
-            )
+        self.require_crops_fit_encoder(params.num_small_crops, params.small_crop_size, "swav.num_small_crops", "swav.small_crop_size")
         self.projector = mlp(encoder.feature_dim, params.hidden_dim, params.projection_dim, layers=2)
         self.prototypes = nn.Linear(params.projection_dim, params.num_prototypes, bias=False)
         # Optimizer steps taken: a buffer, so a resumed run knows whether prototypes are still frozen.

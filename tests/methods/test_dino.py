@@ -199,7 +199,7 @@ def test_vit_encoder_with_local_crops_is_a_user_error(default_params_dict, overr
     from pipeline.errors import UserError
 
     dino_section, shared = (override, None) if override != "shared" else ({}, {"arch": "vit"})
-    with pytest.raises(UserError, match=r"^dino.local_crop_size: 12 px local crops cannot go through a ViT encoder") as err:
+    with pytest.raises(UserError, match=r"^dino.local_crop_size: 12 px crops cannot go through a ViT encoder") as err:
         _dino_from_params(default_params_dict, dino_section, shared)
     assert "encoder.arch 'resnet'" in str(err.value) and "dino.num_local_crops: 0" in str(err.value)
 

@@ -233,7 +233,7 @@ def test_vit_encoder_with_small_crops_is_a_user_error(default_params_dict, overr
     from pipeline.errors import UserError
 
     swav_section, shared = (override, None) if override != "shared" else ({}, {"arch": "vit"})
-    with pytest.raises(UserError, match=r"^swav.small_crop_size: 12 px small crops cannot go through a ViT encoder") as err:
+    with pytest.raises(UserError, match=r"^swav.small_crop_size: 12 px crops cannot go through a ViT encoder") as err:
         _swav_from_params(default_params_dict, swav_section, shared)
     assert "encoder.arch 'resnet'" in str(err.value) and "swav.num_small_crops: 0" in str(err.value)
 
