@@ -53,7 +53,7 @@ def repo_copy(tmp_path_factory) -> Path:
     dst = tmp_path_factory.mktemp("repo")
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     for f in files:
-        if f.startswith(("metrics/", "reports/")) or f == "dvc.lock" or not (REPO / f).is_file():
+        if f.startswith(("metrics/", "reports/", "dvclive/")) or f == "dvc.lock" or not (REPO / f).is_file():
             continue  # start with no results, as on a fresh clone without them
         (dst / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / f, dst / f)
@@ -131,3 +131,65 @@ def test_pretrain_param_change_reruns_downstream_not_shard(repo_copy):
             "label-efficiency@simclr", "diagnostics@simclr", "report"} <= ran
     diff = _run(["dvc", "params", "diff", "--md"], repo_copy)
     assert "pretrain.lr" in diff
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _plot_rows(node) -> list[dict]:
+    """The data rows inside `dvc plots show --json` output (wherever the renderer put them)."""
+    if isinstance(node, list):
+        if node and all(isinstance(x, dict) and "step" in x for x in node):
+            return node
+        return [r for x in node for r in _plot_rows(x)]
+    if isinstance(node, dict):
+        return [r for x in node.values() for r in _plot_rows(x)]
+    return []
+
+
+def test_a_fresh_clone_pulls_from_a_remote_and_runs_nothing(repo_copy, tmp_path):
+    """Shards, encoder and checkpoint go to a DVC remote (here a local folder); a fresh git clone
+    pulls them and is up to date: no stage runs, a forced evaluation gives the committed metrics,
+    and the training curves (git-tracked, like the metrics) can be plotted."""
+    git_commit = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm"]
+    _run(["git", "add", "-A"], repo_copy)
+    _run([*git_commit, "results"], repo_copy)
+    remote = tmp_path / "remote"
+    _run(["dvc", "remote", "add", "-d", "local", str(remote)], repo_copy)
+    _run(["git", "add", ".dvc/config"], repo_copy)
+    _run([*git_commit, "remote"], repo_copy)
+    assert _run(["git", "status", "--porcelain"], repo_copy).strip() == ""  # all results are in git or in DVC
+    _run(["dvc", "push"], repo_copy)
+    assert any(p.is_file() for p in remote.rglob("*"))
+
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", str(repo_copy), str(clone)], tmp_path)
+    for path in ("data", "models"):
+        assert not (clone / path).exists()  # not in git: only the remote has them
+    assert (clone / "dvclive" / "pretrain" / "simclr" / "plots" / "metrics" / "loss.tsv").is_file()  # in git
+    _run(["dvc", "pull"], clone)
+    for rel in ("models/simclr/encoder.pt", "models/simclr/checkpoint.pt", "models/simclr/provenance.json"):
+        assert (clone / rel).read_bytes() == (repo_copy / rel).read_bytes(), rel
+    assert (clone / "data" / "shards" / "manifest.json").is_file()
+    assert _tree(clone / "data" / "shards") == _tree(repo_copy / "data" / "shards")
+
+    status = _run(["dvc", "status"], clone)
+    assert "Data and pipelines are up to date" in status, status
+    out = _run(["dvc", "repro"], clone)
+    assert _ran(out) == set(), out
+
+    plots = json.loads(_run(["dvc", "plots", "show", "--json"], clone))
+    assert not plots.get("errors"), plots.get("errors")
+    loss_plot = "dvclive/pretrain/simclr/plots/metrics/loss.tsv"
+    assert loss_plot in plots["data"], sorted(plots["data"])
+    rows = _plot_rows(plots["data"][loss_plot])
+    tsv_rows = (clone / loss_plot).read_text().strip().splitlines()[1:]
+    assert rows and {float(r["loss"]) for r in rows} == {float(line.split("\t")[1]) for line in tsv_rows}
+
+    metrics = clone / "metrics" / "linear-eval" / "simclr.json"
+    committed = metrics.read_bytes()
+    out = _run(["dvc", "repro", "-f", "-s", "linear-eval@simclr"], clone)
+    assert _ran(out) == {"linear-eval@simclr"}, out
+    assert json.loads(metrics.read_bytes()) == json.loads(committed)  # the stage is deterministic
+    assert metrics.read_bytes() == committed
