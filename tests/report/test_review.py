@@ -32,3 +32,201 @@ def test_review_comment_shows_metric_and_param_changes(tmp_path, monkeypatch):
     assert "linear.top1" in text and "0.8" in text and "0.85" in text
     assert "pretrain.lr" in text and "0.3" in text
     assert "# the report" in text
+
+
+# --- twelve methods, size limit, stale metrics ----------------------------------------------
+
+import re  # noqa: E402
+
+import pytest  # noqa: E402
+
+from pipeline.report import review  # noqa: E402
+
+METHODS = [f"method{i:02d}" for i in range(12)]
+STAGES = ["linear-eval", "few-shot", "diagnostics"]
+
+GEN = '''import json, sys, yaml
+stage, method = sys.argv[1], sys.argv[2]
+p = yaml.safe_load(open("params.yaml"))
+s = p["train"]["lr"] + sum(map(ord, stage + method)) / 1e4
+def blob(depth, k):
+    if depth == 0:
+        return round(s * (k + 1) % 1, 6)
+    return {f"{name}_{k}": blob(depth - 1, j) for j, name in enumerate(["top1", "top5", "knn", "ci95", "val"])}
+json.dump(blob(3, 0), open(f"metrics/{stage}/{method}.json", "w"))
+'''
+
+
+def _run_stages(root):
+    """What `dvc repro` would do, without 38 subprocesses: run the stage code here, then lock it."""
+    (root / "models").mkdir(exist_ok=True)
+    (root / "models" / "encoder.bin").write_text((root / "params.yaml").read_text())
+    for stage in STAGES:
+        for m in METHODS:
+            _gen(stage, m)
+    exec((root / "report.py").read_text(), {})
+    subprocess.run(["dvc", "commit", "-f", "-q"], check=True, capture_output=True)
+
+
+def _gen(stage, method):
+    import sys as _sys
+
+    argv, _sys.argv = _sys.argv, ["gen.py", stage, method]
+    try:
+        exec(GEN, {})
+    finally:
+        _sys.argv = argv
+
+
+def _stale_repo(tmp_path, monkeypatch):
+    """main: 12 methods x 3 metric stages + a report stage, locked; `change`: new lr, re-run."""
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    monkeypatch.chdir(tmp_path)
+    _git(tmp_path, "init", "-q", "-b", "main")
+    subprocess.run(["dvc", "init", "-q"], check=True)
+    (tmp_path / "gen.py").write_text(GEN)
+    (tmp_path / "params.yaml").write_text(f"methods: {json.dumps(METHODS)}\ntrain:\n  lr: 0.6\n")
+    stages = {
+        stage: {
+            "matrix": {"method": "${methods}"},
+            "cmd": f"python gen.py {stage} ${{item.method}}",
+            "deps": ["gen.py", "models/encoder.bin"],
+            "params": ["train"],
+            "metrics": [{f"metrics/{stage}/${{item.method}}.json": {"cache": False}}],
+        }
+        for stage in STAGES
+    }
+    stages["pretrain"] = {  # a cached output: a clone has no cache for it
+        "cmd": "python gen.py pretrain all",
+        "deps": ["gen.py"],
+        "params": ["train"],
+        "outs": ["models/encoder.bin"],
+    }
+    stages["report"] = {
+        "cmd": "python report.py",
+        "deps": ["metrics", "report.py", "report_template.md"],
+        "outs": [{"reports/report.md": {"cache": False}}, {"reports/figures": {"cache": False}}],
+    }
+    (tmp_path / "dvc.yaml").write_text(json.dumps({"stages": stages}))  # JSON is YAML
+    figs = "".join(f"![curve {m}](figures/{m}.png)\n\n<img src=\"figures/{m}_map.png\">\n\n" for m in METHODS)
+    rows = "".join(f"| {m} | " + " | ".join("0.8" for _ in range(20)) + " |\n" for m in METHODS)
+    sections = "".join(f"## Section {i}\n\n{rows}\n[raw](figures/x.tsv) [abs](https://example.com/x)\n\n{figs}" for i in range(60))
+    (tmp_path / "report_template.md").write_text("# Report\n\n" + sections)
+    (tmp_path / "report.py").write_text(
+        "import pathlib, shutil\n"
+        "pathlib.Path('reports/figures').mkdir(parents=True, exist_ok=True)\n"
+        f"for m in {METHODS!r}:\n    pathlib.Path(f'reports/figures/{{m}}.png').write_bytes(b'png')\n"
+        "shutil.copy('report_template.md', 'reports/report.md')\n"
+    )
+    for stage in STAGES:
+        (tmp_path / "metrics" / stage).mkdir(parents=True)
+    _run_stages(tmp_path)
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "base")
+    _git(tmp_path, "checkout", "-qb", "change")
+    (tmp_path / "params.yaml").write_text(f"methods: {json.dumps(METHODS)}\ntrain:\n  lr: 0.3\n")
+    _run_stages(tmp_path)
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "new lr, re-run")
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def twelve(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    try:
+        yield _stale_repo(tmp_path_factory.mktemp("twelve"), mp)
+    finally:
+        mp.undo()
+
+
+_RELATIVE_IMAGE = re.compile(r"!\[[^\]]*\]\((?!https?://)[^)]*\)|<img\b[^>]*src=[\"']?(?!https?://)", re.I)
+
+
+def test_twelve_methods_stay_under_the_limit_and_say_what_was_cut(twelve, monkeypatch):
+    monkeypatch.chdir(twelve)
+    report = twelve / "reports" / "report.md"
+    assert len(report.read_text()) > review.COMMENT_LIMIT  # the report alone would not fit
+    r = review.build_review("main", report, artifact_url="https://example.com/artifact/1")
+    text = r.text
+    assert len(text) <= review.COMMENT_LIMIT
+    assert text.startswith(review.MARKER)
+    assert not r.stale and review.STALE_FLAG not in text
+    assert "**truncated** to stay under 60,000 characters" in text.split("### Metrics")[0]
+    assert "truncated: the report omitted" in text or "report section(s) omitted" in text
+    assert "truncated" in text and "full report in [the workflow artifact](https://example.com/artifact/1)" in text
+    assert r.truncated
+    assert not _RELATIVE_IMAGE.search(text), _RELATIVE_IMAGE.search(text).group(0)
+    assert "](figures/" not in text  # relative plain links are gone too
+    # headline first: one grouped table per metric folder, a column per method, before params and report
+    assert text.index("### Metrics") < text.index("### Params") < text.index("<details><summary>Report")
+    for stage in STAGES:
+        header = next(line for line in text.splitlines() if line.startswith("| metric |") and line.count("`method") == 12)
+        assert all(f"`{m}`" in header for m in METHODS)
+        assert f"**`metrics/{stage}/`**" in text
+    assert "`train.lr` | 0.6 | 0.3 |" in text
+    print(f"12-method comment: {len(text)} characters (report {len(report.read_text())})")
+
+
+def test_small_limit_cuts_metric_rows_and_says_so(twelve, monkeypatch):
+    monkeypatch.chdir(twelve)
+    text = review.review_comment("main", twelve / "reports" / "report.md", limit=8000)
+    assert len(text) <= 8000
+    assert "the report omitted" in text
+    assert re.search(r"truncated: \d+ (more )?row\(s\)", text)
+    assert "**truncated** to stay under 8,000 characters" in text
+    assert "### Params" in text  # params outlive collapsed metric rows
+
+
+def test_report_links_are_rewritten_without_an_artifact_url():
+    md = "![a](figures/a.png) ![b](https://x.org/b.png) [t](figures/t.tsv) <img src='figures/c.png'> [u](https://x.org)"
+    out = review.rewrite_links(md, None)
+    assert not _RELATIVE_IMAGE.search(out)
+    assert "`a.png`" in out and "`c.png`" in out and "![b](https://x.org/b.png)" in out and "[u](https://x.org)" in out
+    assert "](figures/" not in out
+
+
+def test_stale_params_raise_the_flag_first_and_fail_the_check(twelve, monkeypatch, capsys):
+    monkeypatch.chdir(twelve)
+    params = (twelve / "params.yaml").read_text()
+    (twelve / "params.yaml").write_text(params.replace("lr: 0.3", "lr: 0.1"))  # no dvc repro
+    try:
+        out = twelve / "out.md"
+        assert review.main(["--base", "main", "--check", "--output", str(out)]) == 1
+        assert review.STALE_FLAG in capsys.readouterr().err
+        text = out.read_text()
+        visible = [line for line in text.splitlines() if line.strip()]
+        assert visible[0] == review.MARKER
+        assert visible[1] == "> [!CAUTION]" and review.STALE_FLAG in visible[2]
+        assert "params `train` changed" in text and "`linear-eval@method00`" in text
+        assert "downstream of those: `report`" in text  # stale through the DAG
+        st = review.stale_stages()
+        assert "linear-eval@method11" in st.stages and "report" in st.stages
+    finally:
+        (twelve / "params.yaml").write_text(params)
+    assert review.main(["--base", "main", "--check", "--output", str(twelve / "out.md")]) == 0
+    assert review.STALE_FLAG not in (twelve / "out.md").read_text()
+
+
+def test_committed_metric_that_disagrees_with_the_lock_is_stale(twelve, monkeypatch):
+    monkeypatch.chdir(twelve)
+    f = twelve / "metrics" / "few-shot" / "method03.json"
+    orig = f.read_text()
+    f.write_text(orig.replace("0.", "0.9", 1))  # hand-edited metric
+    try:
+        r = review.build_review("main", twelve / "reports" / "report.md")
+        assert r.stale and "committed `metrics/few-shot/method03.json` differs from dvc.lock" in r.text
+    finally:
+        f.write_text(orig)
+
+
+def test_clone_without_cache_is_not_stale(twelve, tmp_path, monkeypatch):
+    """A fresh clone has no DVC cache: missing outputs must not raise the flag."""
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(twelve), str(clone)], check=True)
+    assert not (clone / "models" / "encoder.bin").exists()
+    monkeypatch.chdir(clone)
+    r = review.build_review("main", clone / "reports" / "report.md")
+    assert not r.stale, r.staleness
+    assert review.STALE_FLAG not in r.text
