@@ -80,7 +80,8 @@ def probe(script):
     loaded = repo_modules()
     found = {os.path.relpath(script, root), *loaded.values()}
     # bytecode scan, function bodies included: lazy imports that never ran above
-    finder = modulefinder.ModuleFinder(path=[script_dir, root])
+    # output folders at the root (dvclive/, data/ ...) would pass for namespace packages of the same name
+    finder = modulefinder.ModuleFinder(path=[script_dir, root], excludes=["dvclive", "data", "models", "metrics", "reports"])
     finder.run_script(script)
     for name in loaded:
         if name != spec.name:
