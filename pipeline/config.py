@@ -30,11 +30,11 @@ class DataParams(Strict):
     source: Literal["fashion-mnist", "imagefolder", "torchvision"] = "fashion-mnist"
     root: str = "/usr/share/datasets/fashion-mnist"
     torchvision_name: Optional[str] = None  # e.g. CIFAR10, when source is torchvision
-    download: bool = True  # torchvision/Fashion-MNIST download fallback (needs network)
+    download: bool = False  # torchvision/Fashion-MNIST download fallback (needs network)
     image_size: int = Field(28, ge=8, le=512)
     channels: Literal[1, 3] = 1
-    pretrain_size: Optional[int] = Field(None, ge=1)  # None: every non-val train image
-    train_size: Optional[int] = Field(None, ge=1)  # labelled images for the evaluations
+    pretrain_size: Optional[int] = Field(20000, ge=1)  # None: every non-val train image
+    train_size: Optional[int] = Field(10000, ge=1)  # labelled images for the evaluations (None: all)
     val_size: int = Field(5000, ge=1)
     test_size: Optional[int] = Field(None, ge=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)  # for sources without a test split
@@ -122,6 +122,8 @@ class OptimParams(Strict):
 
 
 class PretrainParams(OptimParams):
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
     checkpoint_every: int = Field(1, ge=1)  # epochs between resumable checkpoints
     knn_every: int = Field(1, ge=1)  # epochs between kNN monitor evaluations
     knn_bank_size: int = Field(5000, ge=10)  # labelled train images in the monitor's bank
@@ -138,18 +140,22 @@ class KnnParams(Strict):
 class LinearParams(Strict):
     """Logistic regression (L-BFGS) on frozen features, L2 strength swept on val."""
 
-    c_grid: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0], min_length=1)
-    max_iter: int = Field(300, ge=10)
+    c_grid: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0], min_length=1)
+    max_iter: int = Field(200, ge=10)
     # protocol (b), ImageNet-style: SGD on features of augmented images; 0 epochs switches it off
     sgd_epochs: int = Field(10, ge=0)
     sgd_batch_size: int = Field(256, ge=2)
     sgd_lr: float = Field(0.1, gt=0)  # per 256 images
     sgd_crop_scale: list[float] = Field(default_factory=lambda: [0.5, 1.0], min_length=2, max_length=2)
-    random_init: bool = True  # also probe the same architecture at its random init (the matched baseline)
+    amp: bool = True  # protocol (b): bfloat16 autocast on CUDA; ignored on CPU
 
 
 class FinetuneParams(OptimParams):
-    encoder_lr_mult: float = Field(0.1, ge=0, le=1)  # encoder lr = lr * this
+    weight_decay: float = Field(5e-4, ge=0)
+    encoder_lr_mult: float = Field(0.1, ge=0, le=1)  # encoder lr = lr * this (a random init trains at the full lr)
+    crop_scale: list[float] = Field(default_factory=lambda: [0.5, 1.0], min_length=2, max_length=2)  # training views
+    hflip: float = Field(0.5, ge=0, le=1)
+    amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
 
 
 class FewShotParams(Strict):
@@ -161,16 +167,20 @@ class FewShotParams(Strict):
 
 
 class LabelEfficiencyParams(Strict):
-    """Supervised from scratch vs linear probe vs finetune on class-balanced label fractions."""
+    """Linear probe and fine-tuning on class-balanced label fractions (their own recipes:
+    params.yaml aliases them to the linear_eval and finetune sections)."""
 
-    fractions: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0], min_length=1)
+    fractions: list[float] = Field(default_factory=lambda: [0.01, 0.1], min_length=1)  # below 1: 100% is linear-eval/finetune
     min_steps: int = Field(100, ge=1)  # small fractions train for more epochs, at least this many steps
+    c_grid: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0], min_length=1)
+    max_iter: int = Field(200, ge=10)
+    finetune: "FinetuneParams"
 
     @field_validator("fractions")
     @classmethod
     def _fractions(cls, v: list[float]) -> list[float]:
-        if any(not 0 < f <= 1 for f in v):
-            raise ValueError("every fraction must be in (0, 1]")
+        if any(not 0 < f < 1 for f in v):
+            raise ValueError("every fraction must be in (0, 1): the 100% results are the linear-eval and finetune protocols'")
         return v
 
 
@@ -178,36 +188,65 @@ class DiagnosticsParams(Strict):
     images: int = Field(2000, ge=10)  # test images for the diagnostics and the 2-D map
     tsne: bool = True
     collapse_threshold: float = Field(0.1, gt=0)  # std * sqrt(dim) below this = collapsed
+    augment: AugmentParams  # the views of the alignment/uniformity measures (params.yaml: the pretraining ones)
 
 
 class TransferParams(Strict):
     datasets: list[Literal["digits", "mnist-sample", "cifar10", "cifar100", "stl10", "food101"]] = Field(
         default_factory=lambda: ["digits", "mnist-sample"], min_length=1
     )
-    test_fraction: float = Field(0.3, gt=0, lt=1)
+    test_fraction: float = Field(0.3, gt=0, lt=1)  # for datasets without a test split
+    val_fraction: float = Field(0.2, gt=0, lt=1)  # of the train part: picks the probe's L2 strength
     root: str = "data/transfer"  # torchvision download root for networked presets
+    c_grid: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0], min_length=1)  # the linear probe's
+    max_iter: int = Field(200, ge=10)
 
 
 class Params(Strict):
-    """All of params.yaml except the per-method sections."""
+    """All of params.yaml except the per-method and per-protocol sections."""
 
     seed: int = Field(0, ge=0)
     methods: list[str] = Field(min_length=1)
+    protocols: list[str] = Field(min_length=1)  # evaluation protocols run on every method and baseline
+    baselines: list[str] = Field(min_length=0)  # raw_pixels, random_init, random_init_<method>
     data: DataParams
     encoder: EncoderParams
     augment: AugmentParams
     pretrain: PretrainParams
-    knn: KnnParams
-    linear_eval: LinearParams
-    finetune: FinetuneParams
-    few_shot: FewShotParams
-    transfer: TransferParams
-    label_efficiency: LabelEfficiencyParams
-    diagnostics: DiagnosticsParams
-    # filled by parse_params from the per-method sections:
+    # filled by parse_params from the per-method and per-protocol sections:
     method_params: dict[str, Any] = Field(default_factory=dict)
     method_pretrain: dict[str, PretrainParams] = Field(default_factory=dict)
     method_encoder: dict[str, EncoderParams] = Field(default_factory=dict)
+    protocol_params: dict[str, Any] = Field(default_factory=dict)
+
+    # the built-in protocols' sections, typed (any protocol's: ``protocol_params[name]``)
+    @property
+    def knn(self) -> KnnParams:
+        return self.protocol_params["knn"]
+
+    @property
+    def linear_eval(self) -> LinearParams:
+        return self.protocol_params["linear_eval"]
+
+    @property
+    def finetune(self) -> FinetuneParams:
+        return self.protocol_params["finetune"]
+
+    @property
+    def few_shot(self) -> FewShotParams:
+        return self.protocol_params["few_shot"]
+
+    @property
+    def transfer(self) -> TransferParams:
+        return self.protocol_params["transfer"]
+
+    @property
+    def label_efficiency(self) -> LabelEfficiencyParams:
+        return self.protocol_params["label_efficiency"]
+
+    @property
+    def diagnostics(self) -> DiagnosticsParams:
+        return self.protocol_params["diagnostics"]
 
     def pretrain_for(self, method: str) -> PretrainParams:
         """The pretrain section with the method's own ``pretrain:`` overrides applied."""
@@ -233,12 +272,14 @@ def _describe(err: ValidationError, source: str) -> str:
 
 def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
     """Validate a params dict; raises ``UserError`` listing every problem."""
-    from pipeline.methods import registry  # late import: methods import config
+    from pipeline.eval import registry as protocols  # late imports: methods and protocols import config
+    from pipeline.methods import registry
 
     if not isinstance(raw, dict):
         raise UserError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
     raw = dict(raw)
     method_sections = {name: raw.pop(name) for name in list(raw) if name in registry.names()}
+    protocol_sections = {name: raw.pop(name) for name in list(raw) if name in protocols.names()}
     try:
         params = Params.model_validate(raw)
     except ValidationError as err:
@@ -248,6 +289,20 @@ def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
         raise UserError(
             f"{source}: methods: unknown method(s) {unknown}; valid methods are {registry.names()}"
         )
+    unknown = [p for p in params.protocols if p not in protocols.names()]
+    if unknown:
+        raise UserError(f"{source}: protocols: unknown protocol(s) {unknown}; valid protocols are {protocols.names()}")
+    valid_baselines = ["raw_pixels", "random_init"] + [f"random_init_{m}" for m in registry.names()]
+    unknown = [b for b in params.baselines if b not in valid_baselines]
+    if unknown:
+        raise UserError(f"{source}: baselines: unknown baseline(s) {unknown}; valid: raw_pixels, random_init, "
+                        "random_init_<method> (that method's own encoder)")
+    protocol_params = {}
+    for name in protocols.names():
+        try:
+            protocol_params[name] = protocols.get(name).Params.model_validate(protocol_sections.get(name) or {})
+        except ValidationError as err:
+            raise UserError(_describe(err, f"{source} (section '{name}')")) from None
     validated, pretrain, encoder = {}, {}, {}
     for name in registry.names():
         section = dict(method_sections.get(name) or {})
@@ -263,7 +318,8 @@ def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
             validated[name] = registry.get(name).Params.model_validate(section)
         except ValidationError as err:
             raise UserError(_describe(err, f"{source} (section '{name}')")) from None
-    return params.model_copy(update={"method_params": validated, "method_pretrain": pretrain, "method_encoder": encoder})
+    return params.model_copy(update={"method_params": validated, "method_pretrain": pretrain, "method_encoder": encoder,
+                                     "protocol_params": protocol_params})
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -14,7 +14,7 @@ from pipeline.data.shards import load_split, read_manifest, stream_batches
 from pipeline.errors import UserError, exit_on_user_error
 from pipeline.eval.features import encoder_features
 from pipeline.eval.knn import knn_accuracy
-from pipeline.eval.protocols import seed_everything
+from pipeline.eval.protocol import seed_everything
 from pipeline.methods import registry
 from pipeline.models.encoder import build_encoder, save_encoder
 from pipeline.outputs import StagedOutputs, write_json

@@ -40,7 +40,7 @@ def fmnist_small(fmnist) -> tuple[ImageSet, ImageSet]:
 def tiny_shards(fmnist_small, tmp_path_factory) -> Path:
     """Shards of 400 pretrain/train, 200 val, 300 test real images, 150 per shard."""
     train, test = fmnist_small
-    splits = make_splits(train, test, DataParams(val_size=200, shard_size=150), seed=0)
+    splits = make_splits(train, test, DataParams(val_size=200, shard_size=150, pretrain_size=None, train_size=None), seed=0)
     out = tmp_path_factory.mktemp("shards")
     write_shards(splits, out, 150, source={"test": True})
     return out

@@ -29,23 +29,24 @@ def _evaluate(protocol: str, edits: dict, tmp_path: Path, shards: Path, encoder:
     params, metrics = tmp_path / "params.yaml", tmp_path / "metrics.json"
     params.write_text(yaml.safe_dump(raw))
     res = subprocess.run([sys.executable, str(REPO / "stages" / "evaluate.py"), protocol, "--params", str(params),
-                          "--encoder", str(encoder), "--shards", str(shards), "--metrics", str(metrics)],
+                          "--encoder", str(encoder), "--shards", str(shards), "--metrics", str(metrics),
+                          "--details", str(tmp_path / "details.json")],
                          cwd=tmp_path, capture_output=True, text=True)
     return res, metrics
 
 
 # tiny_shards: train 400 images (smallest class 35), val 200 (smallest 17), test 300 (smallest 24)
 @pytest.mark.parametrize("protocol, edits, message", [
-    ("few-shot", {"few_shot": {"shots": [1, 10], "queries": 15}},
+    ("few_shot", {"few_shot": {"shots": [1, 10], "queries": 15}},
      "error: few_shot.shots: 10-shot episodes with few_shot.queries=15 need 25 test images per class, but the smallest "
      "test class ('dress') has 24"),
-    ("linear-eval", {"knn": {"ks": [20, 500]}},
+    ("knn", {"knn": {"ks": [20, 500]}},
      "error: knn.ks: k=500 is larger than the kNN bank of 400 train images"),
-    ("label-efficiency", {"label_efficiency": {"fractions": [0.01, 1.0]}},
+    ("label_efficiency", {"label_efficiency": {"fractions": [0.01, 0.5]}},
      "error: label_efficiency.fractions: 0.01 of the smallest val class"),
 ])
 def test_params_that_do_not_fit_the_shards_exit_2_without_metrics(protocol, edits, message, tmp_path, tiny_shards, encoder_path):
     res, metrics = _evaluate(protocol, edits, tmp_path, tiny_shards, encoder_path)
     assert res.returncode == 2, res.stderr
     assert message in res.stderr and "Traceback" not in res.stderr
-    assert not metrics.exists()
+    assert not metrics.exists() and not (tmp_path / "details.json").exists()

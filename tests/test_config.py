@@ -1,5 +1,7 @@
 import copy
 
+from pydantic import BaseModel
+
 import pytest
 
 from pipeline.config import load_params, parse_params
@@ -93,11 +95,36 @@ def test_method_section_overrides_shared_sections(default_params_dict):
     assert "lr" in _err(raw)
 
 
-def test_gpu_preset_is_valid_and_differs_where_documented():
-    from pathlib import Path
+def _models_and_sections(raw: dict):
+    """(pydantic model, its params.yaml section, dotted name) for every validated section."""
+    from pipeline.config import AugmentParams, DataParams, EncoderParams, PretrainParams
+    from pipeline.eval import registry as protocols
+    from pipeline.methods import registry as methods
 
-    repo = Path(__file__).resolve().parents[1]
-    gpu, cpu = load_params(repo / "params-gpu.yaml"), load_params(repo / "params.yaml")
-    assert gpu.data.pretrain_size is None and gpu.data.train_size is None  # the full dataset
-    assert list(gpu.encoder.layers) == [2, 2, 2, 2] and gpu.encoder.width == 64 and gpu.encoder.stem_stride == 1
-    assert gpu.pretrain.epochs >= 100 and gpu.pretrain.epochs > cpu.pretrain.epochs
+    out = [(DataParams, raw["data"], "data"), (EncoderParams, raw["encoder"], "encoder"),
+           (AugmentParams, raw["augment"], "augment"), (PretrainParams, raw["pretrain"], "pretrain")]
+    out += [(protocols.get(n).Params, raw.get(n) or {}, n) for n in protocols.names()]
+    out += [(methods.get(n).Params, {k: v for k, v in (raw.get(n) or {}).items() if k not in ("pretrain", "encoder")}, n)
+            for n in methods.names()]
+    for model, section, name in list(out):  # nested models (label_efficiency.finetune, diagnostics.augment)
+        for key, field in model.model_fields.items():
+            sub = field.annotation
+            if isinstance(sub, type) and issubclass(sub, BaseModel) and isinstance(section.get(key), dict):
+                out.append((sub, section[key], f"{name}.{key}"))
+    return out
+
+
+def test_code_defaults_agree_with_params_yaml(default_params_dict):
+    """params.yaml is where a default lives: a default in code must be the same value, so
+    deleting a key from params.yaml (or a test building ``Params()``) runs the same recipe."""
+    from pydantic_core import PydanticUndefined
+
+    disagree = []
+    for model, section, name in _models_and_sections(default_params_dict):
+        for key, field in model.model_fields.items():
+            default = field.default_factory() if field.default_factory else field.default
+            if default is PydanticUndefined or key not in section:
+                continue
+            if default != section[key]:
+                disagree.append(f"{name}.{key}: code {default!r}, params.yaml {section[key]!r}")
+    assert not disagree, "code defaults that differ from params.yaml:\n" + "\n".join(disagree)

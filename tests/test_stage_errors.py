@@ -57,8 +57,8 @@ def test_corrupt_shard_fails_evaluation_without_metrics(tiny_shards, tmp_path):
     tar = shards / "test-000000.tar"
     tar.write_bytes(tar.read_bytes()[:5000])  # truncated
     params = _params(tmp_path, lambda r: r["few_shot"].update(shots=[1, 5], queries=5))  # fits the tiny test split
-    res = _stage("evaluate.py", "few-shot", "--params", str(params), "--encoder", str(tmp_path / "enc.pt"),
-                 "--shards", str(shards), "--metrics", str(tmp_path / "fs.json"), cwd=tmp_path)
+    res = _stage("evaluate.py", "few_shot", "--params", str(params), "--encoder", str(tmp_path / "enc.pt"),
+                 "--shards", str(shards), "--metrics", str(tmp_path / "fs.json"), "--details", str(tmp_path / "d.json"), cwd=tmp_path)
     assert res.returncode == 2 and "test-000000.tar is corrupt" in res.stderr
     assert not (tmp_path / "fs.json").exists()
 
@@ -79,7 +79,8 @@ def test_finetune_batch_larger_than_the_train_split_names_the_key(tiny_shards, t
     save_encoder(build_encoder(EncoderParams(width=8), read_manifest(tiny_shards)), tmp_path / "enc.pt")
     path = _params(tmp_path, lambda r: r["finetune"].update(batch_size=4096))
     res = _stage("evaluate.py", "finetune", "--params", str(path), "--encoder", str(tmp_path / "enc.pt"),
-                 "--shards", str(tiny_shards), "--metrics", str(tmp_path / "ft.json"), cwd=tmp_path)
+                 "--shards", str(tiny_shards), "--metrics", str(tmp_path / "ft.json"), "--details", str(tmp_path / "d.json"),
+                 cwd=tmp_path)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert "finetune.batch_size=4096 is larger than the images available" in res.stderr
     assert not (tmp_path / "ft.json").exists() and not list(tmp_path.glob("*.tmp"))

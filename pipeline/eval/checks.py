@@ -17,16 +17,6 @@ from pipeline.config import Params
 from pipeline.errors import UserError
 
 LABELLED = ("train", "val", "test")
-# What each protocol reads; "baselines" is the stage that runs linear + kNN + few-shot.
-PROTOCOL_CHECKS = {
-    "linear-eval": ("knn",),
-    "few-shot": ("few_shot",),
-    "transfer": (),
-    "finetune": (),
-    "label-efficiency": ("label_efficiency",),
-    "diagnostics": (),
-    "baselines": ("knn", "few_shot"),
-}
 
 
 def _per_class(manifest: dict, split: str) -> dict[str, int]:
@@ -129,10 +119,9 @@ def check_label_efficiency(params: Params, manifest: dict) -> None:
 
 
 def check_protocol_params(protocol: str, params: Params, manifest: dict) -> None:
-    """Refuse params that do not fit the shards for ``protocol`` (an evaluate.py protocol,
-    or ``"baselines"``), before any featurizing or training."""
-    if protocol not in PROTOCOL_CHECKS:
-        raise ValueError(f"unknown protocol {protocol!r}; valid: {sorted(PROTOCOL_CHECKS)}")
+    """Refuse params that do not fit the shards for a registered ``protocol``, before any
+    featurizing or training: the classes every protocol needs, then the protocol's own checks."""
+    from pipeline.eval import registry  # late import: the protocols import these checks
+
     check_classes(manifest)
-    for part in PROTOCOL_CHECKS[protocol]:
-        {"knn": check_knn, "few_shot": check_few_shot, "label_efficiency": check_label_efficiency}[part](params, manifest)
+    registry.get(protocol).check(params, manifest)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
-import pandas as pd
 
 
-def embedding_map(features: np.ndarray, labels: np.ndarray, seed: int, out_tsv: str) -> None:
-    """Write ``x, y, label`` rows (a DVC scatter plot and the report's figure). features ``[N, D]``."""
+def embedding_map(features: np.ndarray, labels: np.ndarray, seed: int) -> dict:
+    """``{"method": "tsne"|"umap", "x": [N], "y": [N], "label": [N]}`` of features ``[N, D]``
+    (the report draws it)."""
     try:
         import umap  # type: ignore[import-not-found]
 
@@ -20,8 +18,5 @@ def embedding_map(features: np.ndarray, labels: np.ndarray, seed: int, out_tsv: 
 
         xy = TSNE(n_components=2, init="pca", perplexity=30, random_state=seed).fit_transform(features)
         method = "tsne"
-    os.makedirs(os.path.dirname(out_tsv) or ".", exist_ok=True)
-    df = pd.DataFrame({"x": xy[:, 0].round(4), "y": xy[:, 1].round(4), "label": labels, "method": method})
-    tmp = out_tsv + ".tmp"
-    df.to_csv(tmp, sep="\t", index=False)
-    os.replace(tmp, out_tsv)
+    return {"method": method, "x": xy[:, 0].round(4).tolist(), "y": xy[:, 1].round(4).tolist(),
+            "label": np.asarray(labels).astype(int).tolist()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import numpy as np
@@ -14,8 +15,9 @@ Featurizer = Callable[[torch.Tensor], np.ndarray]  # uint8 [N, C, H, W] -> float
 
 
 def encoder_features(encoder: nn.Module, device: torch.device, batch_size: int = 1024) -> Featurizer:
-    """Features of ``encoder`` in eval mode (BatchNorm running statistics)."""
-    encoder = encoder.to(device).eval()
+    """Features of ``encoder`` in eval mode (BatchNorm running statistics). The caller's
+    encoder is left alone (its device and train/eval mode): a copy is moved and switched."""
+    encoder = copy.deepcopy(encoder).to(device).eval()
 
     @torch.no_grad()
     def featurize(images: torch.Tensor) -> np.ndarray:

@@ -10,6 +10,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
+from tqdm import tqdm
 
 CLASSIFIERS = ("prototype", "logreg")
 
@@ -71,13 +72,6 @@ def episode_accuracy(
     return float((pred == query_y).mean())
 
 
-def prototype_episode_accuracy(
-    features: np.ndarray, labels: np.ndarray, ways: int, shots: int, queries: int, rng: np.random.Generator
-) -> float:
-    """One nearest-prototype episode (``episode_accuracy`` with ``classifier="prototype"``)."""
-    return episode_accuracy(features, labels, ways, shots, queries, rng, "prototype")
-
-
 def few_shot(
     features: np.ndarray, labels: np.ndarray, ways: int | str | None, shots: list[int], queries: int, episodes: int, seed: int,
     classifier: str = "prototype", logreg_c: float = 1.0, logreg_max_iter: int = 1000,
@@ -113,9 +107,10 @@ def few_shot(
         # An episode is a tiny problem: BLAS/OpenMP threads cost far more than they save
         # (a support-set fit takes ~2 ms on one thread and ~60 ms on two busy cores).
         with threadpool_limits(limits=1):
+            # a progress bar on a terminal only (tqdm disables itself when stderr is not a TTY)
             accs = np.array([
                 episode_accuracy(features, labels, ways, k, queries, rng, classifier, logreg_c, logreg_max_iter)
-                for _ in range(episodes)
+                for _ in tqdm(range(episodes), desc=f"few-shot {classifier} {ways}-way {k}-shot", leave=False, disable=None)
             ])
         out[f"{ways}way_{k}shot"] = {"mean": float(accs.mean()), "ci95": float(1.96 * accs.std(ddof=1) / np.sqrt(episodes)) if episodes > 1 else 0.0}
     return out

@@ -1,6 +1,6 @@
-"""Fine-tuning: encoder + a new linear head trained end to end with labels, the encoder at
-a lower learning rate. With a randomly initialised encoder the same code is the
-supervised-from-scratch baseline."""
+"""Fine-tuning: encoder + a new linear head trained end to end with labels by the shared
+training loop, the encoder at a lower learning rate. With a randomly initialised encoder at
+the full learning rate the same code is the supervised-from-scratch baseline."""
 
 from __future__ import annotations
 
@@ -11,50 +11,61 @@ from torch import nn
 
 from pipeline.config import FinetuneParams
 from pipeline.data.augment import random_resized_crop, to_float
-from pipeline.data.shards import stream_batches
+from pipeline.eval.linear_sgd import in_memory_batches
 from pipeline.train.loop import TrainJob, fit
 from pipeline.train.optim import param_groups
 
-FINETUNE_CROP_SCALE = (0.5, 1.0)  # light augmentation: crop + flip, as in the supervised recipes
-
 
 class Classifier(nn.Module):
-    """encoder + linear head; ``forward(images uint8 [N,C,H,W], labels [N])`` -> loss dict."""
+    """encoder + linear head; ``forward(images uint8 [N,C,H,W], labels [N])`` -> loss dict.
+    Training views: random resized crop (``crop_scale``) + horizontal flip (``hflip``)."""
 
-    def __init__(self, encoder: nn.Module, num_classes: int, seed: int):
+    def __init__(self, encoder: nn.Module, num_classes: int, seed: int, crop_scale: tuple[float, float], hflip: float):
         super().__init__()
         self.encoder = encoder
         self.head = nn.Linear(encoder.feature_dim, num_classes)
         self.gen: torch.Generator | None = None
-        self.seed = seed
+        self.seed, self.crop_scale, self.hflip = seed, crop_scale, hflip
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.gen is None or self.gen.device != images.device:
             self.gen = torch.Generator(device=images.device)
             self.gen.manual_seed(self.seed)
-        x = random_resized_crop(to_float(images), FINETUNE_CROP_SCALE, (0.75, 1.3333), 0.5, self.gen)
+        x = random_resized_crop(to_float(images), self.crop_scale, (0.75, 1.3333), self.hflip, self.gen)
         logits = self.head(self.encoder(x))
         return {"loss": F.cross_entropy(logits, labels), "acc": (logits.argmax(1) == labels).float().mean()}
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, device: torch.device, batch_size: int = 1024) -> np.ndarray:
         self.eval()
-        out = [self.head(self.encoder(to_float(images[i : i + batch_size].to(device)))).argmax(1).cpu() for i in range(0, len(images), batch_size)]
+        out = [self.head(self.encoder(to_float(images[i : i + batch_size].to(device)))).argmax(1).cpu()
+               for i in range(0, len(images), batch_size)]
         return torch.cat(out).numpy()
 
 
-def finetune(
-    encoder: nn.Module, shard_dir: str, n_train: int, num_classes: int, test: tuple[torch.Tensor, torch.Tensor],
-    cfg: FinetuneParams, seed: int, device: torch.device, desc: str = "finetune",
-) -> dict:
-    """Train on the ``train`` shards, report top-1 on ``test`` (uint8 images, labels)."""
-    model = Classifier(encoder, num_classes, seed)
-    groups = param_groups(model.encoder, cfg.encoder_lr_mult) + param_groups(model.head)
+def train_classifier(
+    encoder: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: FinetuneParams,
+    encoder_lr_mult: float, seed: int, device: torch.device, desc: str,
+) -> tuple[Classifier, list[dict]]:
+    """``Classifier`` (``encoder``, trained in place, + a new linear head) trained end to end
+    on in-memory uint8 ``images`` ``[N, C, H, W]`` and ``labels`` ``[N]``, the encoder at
+    ``encoder_lr_mult`` times the lr. The batch size is capped at N; each epoch is a fresh
+    seeded permutation, the partial batch dropped. Returns the model and its history."""
+    batch_size = min(cfg.batch_size, len(images))
+    cfg = cfg.model_copy(update={"batch_size": batch_size})
+    with torch.random.fork_rng(devices=[]):  # the head's init is fixed by the seed
+        torch.manual_seed(seed)
+        model = Classifier(encoder, num_classes, seed, tuple(cfg.crop_scale), cfg.hflip)
+    groups = param_groups(model.encoder, encoder_lr_mult) + param_groups(model.head)
     job = TrainJob(
-        module=model, param_groups=groups, optim=cfg, amp=True,
-        batches=lambda epoch: stream_batches(shard_dir, "train", cfg.batch_size, 5000, seed=seed * 1000 + epoch),
-        steps_per_epoch=n_train // cfg.batch_size, batch_size_key="finetune.batch_size", lr_key="finetune.lr",
+        module=model, param_groups=groups, optim=cfg, amp=cfg.amp,
+        batches=in_memory_batches(images, labels, batch_size, seed), steps_per_epoch=len(images) // batch_size,
+        batch_size_key="finetune.batch_size", lr_key="finetune.lr",
     )
     history = fit(job, device, desc)
-    pred = model.predict(test[0], device)
-    return {"top1": float((pred == test[1].numpy()).mean()), "train_acc_last_epoch": history[-1]["acc"], "epochs": cfg.epochs}
+    return model, history
+
+
+def top1(model: Classifier, test: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> float:
+    """Top-1 accuracy of ``model`` on ``(images uint8 [N, C, H, W], labels [N])``."""
+    return float((model.predict(test[0], device) == np.asarray(test[1])).mean())

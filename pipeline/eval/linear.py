@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
+from tqdm import tqdm
 
 
 def _topk(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
@@ -24,7 +25,7 @@ def linear_probe(
     scaler = StandardScaler().fit(train[0])
     xtr, xva = scaler.transform(train[0]), scaler.transform(val[0])
     val_acc = {}
-    for c in sorted(c_grid):
+    for c in tqdm(sorted(c_grid), desc="linear probe: C sweep", leave=False, disable=None):  # ~70 s on the default
         clf = LogisticRegression(C=c, max_iter=max_iter)
         clf.fit(xtr, train[1])
         val_acc[c] = float(clf.score(xva, val[1]))

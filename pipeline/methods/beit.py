@@ -134,7 +134,7 @@ class BEiT(Method):
         # evaluated encoder. Paper: 0 (a linear head on the last block), but it probes an
         # intermediate block (its best: 9 of 12), as the last blocks specialise in predicting
         # tokens; head_blocks > 0 trains that deeper network and evaluates the blocks below.
-        head_blocks: int = Field(0, ge=0)
+        head_blocks: int = Field(2, ge=0)
 
     def __init__(self, encoder, params, augment, seed, device):
         super().__init__(encoder, params, augment, seed, device)

@@ -75,7 +75,7 @@ class DINO(Method):
         warmup_teacher_temp: float = Field(0.04, gt=0)
         warmup_teacher_temp_fraction: float = Field(0.0, ge=0, le=1)  # of training; 0 = no warmup
         center_momentum: float = Field(0.9, ge=0, lt=1)
-        momentum_teacher: float = Field(0.996, ge=0, le=1)
+        momentum_teacher: float = Field(0.99, ge=0, le=1)
         momentum_teacher_final: float = Field(1.0, ge=0, le=1)
         num_local_crops: int = Field(6, ge=0)
         local_crop_size: int = Field(12, ge=4)

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipeline.report.tables import few_shot_order  # noqa: E402
+from pipeline.eval.protocols.few_shot import few_shot_order  # noqa: E402
 
 _META = {"Software": None}  # no version string in the PNG: same numbers, same bytes
 
@@ -82,13 +82,12 @@ def label_efficiency(results: dict[str, dict], out: Path) -> None:
     _save(fig, out)
 
 
-def embedding_maps(tsvs: dict[str, Path], classes: list[str], out: Path) -> None:
-    """One scatter per method of its 2-D map (t-SNE/UMAP), coloured by class."""
-    fig, axes = plt.subplots(1, len(tsvs), figsize=(4.5 * len(tsvs), 4.2), squeeze=False)
-    for ax, (method, tsv) in zip(axes[0], tsvs.items()):
-        df = pd.read_csv(tsv, sep="\t")
-        sc = ax.scatter(df["x"], df["y"], c=df["label"], cmap="tab10", s=3)
-        ax.set_title(f"{method} ({df['method'].iloc[0]})")
+def embedding_maps(maps: dict[str, dict], classes: list[str], out: Path) -> None:
+    """One scatter per encoder of its 2-D map (``{"method", "x", "y", "label"}``), coloured by class."""
+    fig, axes = plt.subplots(1, len(maps), figsize=(4.5 * len(maps), 4.2), squeeze=False)
+    for ax, (name, m) in zip(axes[0], maps.items()):
+        sc = ax.scatter(m["x"], m["y"], c=m["label"], cmap="tab10", s=3)
+        ax.set_title(f"{name} ({m['method']})")
         ax.set_xticks([])
         ax.set_yticks([])
     handles = [plt.Line2D([], [], marker="o", ls="", color=sc.cmap(sc.norm(i))) for i in range(len(classes))]

@@ -1,4 +1,5 @@
-"""Collect metric files into one method-by-metric table (rows: encoders, columns: metrics)."""
+"""Collect the metric files into one method-by-metric table (rows: encoders, columns:
+metrics); the columns come from each registered protocol's ``summary``."""
 
 from __future__ import annotations
 
@@ -7,51 +8,52 @@ from pathlib import Path
 
 import pandas as pd
 
-STAGES = ("pretrain", "linear-eval", "finetune", "few-shot", "transfer", "label-efficiency", "diagnostics")
-REQUIRED = ("pretrain", "linear-eval", "finetune", "few-shot", "transfer")
+from pipeline.errors import UserError
+from pipeline.eval import registry
+from pipeline.eval.baselines import label, matching_random_init
 
 
-def load_method_metrics(metrics_dir: Path, method: str) -> dict[str, dict]:
-    out = {}
-    for stage in STAGES:
-        path = metrics_dir / stage / f"{method}.json"
-        if path.is_file():
-            out[stage] = json.loads(path.read_text())
-    return out
+def details_path(metrics_dir: Path, protocol: str, name: str) -> Path:
+    """Where the evaluate stage writes a protocol's full results (dvc.yaml passes the same path)."""
+    return metrics_dir / protocol / f"{name}.details.json"
 
 
-def few_shot_order(key: str) -> tuple[int, int]:
-    """ "5way_10shot" -> (5, 10), so columns read 1, 5, 10 shots rather than string order."""
-    ways, shots = key.split("way_")
-    return int(ways), int(shots.removesuffix("shot"))
+def _read(path: Path, fix: str) -> dict:
+    if not path.is_file():
+        raise UserError(f"{path} is missing; run '{fix}'")
+    return json.loads(path.read_text())
 
 
-def _eval_row(linear_knn: dict, few_shot: dict, transfer: dict) -> dict:
-    """few_shot: ``{classifier: {"5way_1shot": {mean, ci95}}}``; the table shows 5-way prototypes."""
-    row = {"linear top-1": linear_knn["linear"]["top1"]}
-    if "linear_sgd" in linear_knn:
-        row["linear SGD top-1"] = linear_knn["linear_sgd"]["top1"]
-    knn = sorted((int(k[3:-5]), v) for k, v in linear_knn.items() if k.startswith("knn"))  # "knn20_top1" -> 20
-    row.update({f"kNN-{k} top-1": v for k, v in knn})
-    protos = few_shot.get("prototype", {})
-    five_way = sorted((k for k in protos if k.startswith("5way")), key=few_shot_order)
-    row.update({f"few-shot {k.replace('way_', '-way ').replace('shot', '-shot')}": protos[k]["mean"] for k in five_way})
-    row.update({f"transfer {name}": v["top1"] for name, v in transfer.items()})
-    return row
+def load_results(metrics_dir: Path, params) -> tuple[dict[str, dict], dict[str, str]]:
+    """``({encoder label: {protocol: full result}}, {method: its random-init label})``:
+    every method's results, then every baseline's, in report order (``"result"`` of each
+    details file). A protocol that does not apply to an encoder (fine-tuning raw pixels) is
+    left out of its entry."""
+    results = {}
+    for m in params.methods:
+        found = {p: _read(details_path(metrics_dir, p, m), f"dvc repro evaluate@{m}-{p}") for p in params.protocols}
+        results[m] = {p: r["result"] for p, r in found.items()}
+        results[m]["pretrain"] = _read(metrics_dir / "pretrain" / f"{m}.json", f"dvc repro pretrain@{m}")
+    for b in params.baselines:
+        found = {p: _read(details_path(metrics_dir, p, b), f"dvc repro baseline@{b}-{p}") for p in params.protocols}
+        results[label(b)] = {p: r["result"] for p, r in found.items() if "result" in r}  # not "not_applicable"
+    baseline_of = {}
+    for m in params.methods:
+        match = matching_random_init(params, m)
+        if match:
+            baseline_of[m] = label(match)
+    return results, baseline_of
 
 
-def summary_table(metrics_dir: Path, methods: list[str], baselines: dict) -> pd.DataFrame:
-    """One row per pretrained method and per baseline; accuracies as fractions."""
+def summary_table(results: dict[str, dict]) -> pd.DataFrame:
+    """One row per encoder label, one column per protocol summary value (fractions)."""
     rows = {}
-    for m in methods:
-        mm = load_method_metrics(metrics_dir, m)
-        row = _eval_row(mm["linear-eval"], mm["few-shot"], mm["transfer"])
-        row["finetune top-1"] = mm["finetune"]["top1"]
-        rows[m] = row
-    for name, label in (("random_init", "random init (baseline)"), ("raw_pixels", "raw pixels (baseline)")):
-        b = baselines[name]
-        rows[label] = _eval_row(b, b["few_shot"], b["transfer"])
-    rows["random init (baseline)"]["finetune top-1"] = baselines["supervised_scratch"]["top1"]
+    for name, by_protocol in results.items():
+        row = {}
+        for p in registry.names():  # report order
+            if p in by_protocol:
+                row |= registry.get(p).summary(by_protocol[p])
+        rows[name] = row
     return pd.DataFrame.from_dict(rows, orient="index")
 
 

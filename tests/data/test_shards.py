@@ -18,7 +18,7 @@ def _digest(folder):
 
 def test_same_input_gives_byte_identical_shards(fmnist_small, tmp_path):
     train, test = fmnist_small
-    params = DataParams(val_size=100, shard_size=128)
+    params = DataParams(val_size=100, shard_size=128, pretrain_size=None, train_size=None)
     for d in ("a", "b"):
         write_shards(make_splits(train, test, params, seed=0), tmp_path / d, 128, source={})
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
@@ -83,7 +83,7 @@ def test_splits_disjoint_and_sized(fmnist_small):
     key = lambda a: {im.tobytes() for im in a.images}  # noqa: E731
     assert not key(s["val"]) & key(s["train"]) and not key(s["val"]) & key(s["pretrain"])
     with pytest.raises(UserError, match="train_size"):
-        make_splits(train, test, DataParams(val_size=100, train_size=10_000), seed=0)
+        make_splits(train, test, DataParams(val_size=100, train_size=10_000, pretrain_size=None), seed=0)
     json.dumps({"ok": True})
 
 
@@ -94,28 +94,28 @@ def _data(labels, classes=("a", "b", "c"), skipped=()):
 
 def test_one_class_dataset_is_refused_naming_the_source():
     with pytest.raises(UserError, match="data.source=torchvision at data.root=/data/x needs at least two classes"):
-        make_splits(_data([1] * 20), _data([1] * 5), DataParams(source="torchvision", root="/data/x", val_size=2), seed=0)
+        make_splits(_data([1] * 20), _data([1] * 5), DataParams(source="torchvision", root="/data/x", val_size=2, pretrain_size=None, train_size=None), seed=0)
 
 
 def test_class_absent_from_the_source_is_named():
     with pytest.raises(UserError, match=r"train set has no images of class\(es\) \['c'\]"):
-        make_splits(_data([0, 1] * 10), _data([0, 1, 2]), DataParams(val_size=2), seed=0)
+        make_splits(_data([0, 1] * 10), _data([0, 1, 2]), DataParams(val_size=2, pretrain_size=None, train_size=None), seed=0)
 
 
 def test_class_missing_from_labelled_train_split_names_the_keys(fmnist_small):
     train, test = fmnist_small
     with pytest.raises(UserError, match=r"labelled train split has no images of class\(es\) .*raise data.train_size"):
-        make_splits(train, test, DataParams(val_size=100, train_size=5), seed=0)
+        make_splits(train, test, DataParams(val_size=100, train_size=5, pretrain_size=None), seed=0)
 
 
 def test_empty_test_split_names_the_key():
     with pytest.raises(UserError, match="split 'test' is empty .*change data.test_size"):
-        make_splits(_data([0, 1, 2] * 5), _data([]), DataParams(val_size=2), seed=0)
+        make_splits(_data([0, 1, 2] * 5), _data([]), DataParams(val_size=2, pretrain_size=None, train_size=None), seed=0)
 
 
 def test_skipped_source_files_reach_the_manifest(tmp_path):
     train = _data([0, 1, 2] * 5, skipped=["a/notes.txt", "b/.DS_Store"])
-    splits = make_splits(train, _data([0, 1, 2], skipped=["test/c/x.md"]), DataParams(val_size=3), seed=0)
+    splits = make_splits(train, _data([0, 1, 2], skipped=["test/c/x.md"]), DataParams(val_size=3, pretrain_size=None, train_size=None), seed=0)
     assert all(s.skipped == train.skipped for k, s in splits.items() if k != "test")
     m = write_shards(splits, tmp_path, 8, source={})
     assert m["skipped_files"] == {"count": 3, "examples": ["a/notes.txt", "b/.DS_Store", "test/c/x.md"]}

@@ -22,7 +22,7 @@ TINY = {
     "finetune": {"epochs": 1, "batch_size": 64},
     "few_shot": {"shots": [1, 5], "queries": 5, "episodes": 30},
     "linear_eval": {"c_grid": [0.1, 1.0], "max_iter": 100, "sgd_epochs": 1, "sgd_batch_size": 64},
-    "label_efficiency": {"fractions": [0.1, 1.0], "min_steps": 3},
+    "label_efficiency": {"fractions": [0.1], "min_steps": 3},
     "diagnostics": {"images": 100},
 }
 
@@ -67,23 +67,43 @@ def _ran(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
 
 
+PROTOCOLS = ("linear_eval", "knn", "finetune", "few_shot", "transfer", "label_efficiency", "diagnostics")
+BASELINES = ("raw_pixels", "random_init")
+
+
+def test_params_run_every_registered_protocol():
+    from pipeline.eval import registry
+
+    assert tuple(yaml.safe_load((REPO / "params.yaml").read_text())["protocols"]) == PROTOCOLS
+    assert sorted(registry.names()) == sorted(PROTOCOLS)
+
+
 def test_repro_writes_every_metric_and_the_report(repo_copy):
     out = _run(["dvc", "repro"], repo_copy)
-    assert _ran(out) == {"shard", "baselines", "pretrain@simclr", "linear-eval@simclr", "finetune@simclr",
-                         "few-shot@simclr", "transfer@simclr", "label-efficiency@simclr", "diagnostics@simclr", "report"}
+    assert _ran(out) == ({"shard", "pretrain@simclr", "report"} | {f"evaluate@simclr-{p}" for p in PROTOCOLS}
+                         | {f"baseline@{b}-{p}" for b in BASELINES for p in PROTOCOLS})
     metrics = {p.relative_to(repo_copy / "metrics").as_posix(): json.loads(p.read_text()) for p in (repo_copy / "metrics").rglob("*.json")}
-    assert set(metrics) == {"baselines.json", "pretrain/simclr.json", "pretrain/simclr.timing.json", "linear-eval/simclr.json", "finetune/simclr.json",
-                            "few-shot/simclr.json", "transfer/simclr.json", "label-efficiency/simclr.json", "diagnostics/simclr.json"}
-    lin = metrics["linear-eval/simclr.json"]
-    assert 0.1 < lin["linear"]["top1"] <= 1 and 0.1 < lin["knn20_top1"] <= 1
-    assert 0 < lin["linear_sgd"]["top1"] <= 1 and 0 < lin["random_init"]["linear"]["top1"] <= 1
-    fs = metrics["few-shot/simclr.json"]
-    assert set(fs) == {"prototype", "logreg"} and set(fs["logreg"]) == {"5way_1shot", "5way_5shot", "10way_1shot", "10way_5shot"}
-    le = metrics["label-efficiency/simclr.json"]
-    assert set(le) == {"0.1", "1.0"} and all(0 <= le[f][arm] <= 1 for f in le for arm in ("supervised", "linear", "finetune"))
+    expected = {"pretrain/simclr.json", "pretrain/simclr.timing.json"}
+    for p in PROTOCOLS:
+        for name in ("simclr", *BASELINES):
+            expected |= {f"{p}/{name}.json", f"{p}/{name}.details.json"}
+    assert set(metrics) == expected
+    lin, knn = metrics["linear_eval/simclr.json"], metrics["knn/simclr.json"]
+    assert set(lin) == {"linear_top1", "linear_sgd_top1"} and set(knn) == {"knn20_top1", "knn200_top1"}
+    assert 0.2 < lin["linear_top1"] <= 1 and 0.2 < knn["knn20_top1"] <= 1  # chance 0.1
+    assert metrics["linear_eval/simclr.details.json"]["result"]["linear"]["best_c"] in (0.1, 1.0)
+    fs = metrics["few_shot/simclr.details.json"]["result"]
+    assert set(fs) == {"prototype", "logreg"}
+    assert set(fs["logreg"]) == {"5way_1shot", "5way_5shot", "10way_1shot", "10way_5shot"}
+    assert set(metrics["few_shot/simclr.json"]) == {"prototype_5way_1shot", "prototype_5way_1shot_ci95",
+                                                    "prototype_5way_5shot", "prototype_5way_5shot_ci95"}
+    assert set(metrics["label_efficiency/simclr.json"]) == {"linear_0.1", "finetune_0.1"}
+    assert set(metrics["label_efficiency/random_init.json"]) == {"linear_0.1", "finetune_0.1"}  # finetune: supervised
+    assert set(metrics["label_efficiency/raw_pixels.json"]) == {"linear_0.1"}
+    assert metrics["finetune/raw_pixels.json"] == {} and "not_applicable" in metrics["finetune/raw_pixels.details.json"]
+    assert metrics["finetune/random_init.details.json"]["result"]["encoder_lr_mult"] == 1.0  # supervised from scratch
     assert metrics["diagnostics/simclr.json"]["effective_rank"] > 1
-    assert set(metrics["transfer/simclr.json"]) == {"digits", "mnist-sample"}
-    assert set(metrics["baselines.json"]) == {"raw_pixels", "random_init", "supervised_scratch"}
+    assert set(metrics["transfer/simclr.json"]) == {"digits_top1", "mnist-sample_top1"}
     report = (repo_copy / "reports" / "report.md").read_text()
     for needle in ("| simclr |", "| raw pixels (baseline) |", "| random init (baseline) |", "linear top-1", "transfer digits",
                    "Label efficiency", "Representation diagnostics", "logreg"):
@@ -92,9 +112,10 @@ def test_repro_writes_every_metric_and_the_report(repo_copy):
         assert (repo_copy / "reports" / "figures" / fig).stat().st_size > 1000
     assert (repo_copy / "models" / "simclr" / "encoder.pt").is_file()
     loss_tsv = repo_copy / "dvclive" / "pretrain" / "simclr" / "plots" / "metrics" / "loss.tsv"
-    assert loss_tsv.read_text().startswith("step\tloss")
-    shown = _run(["dvc", "metrics", "show", "--json"], repo_copy)
-    assert "linear" in shown and "knn20_top1" in shown and "wall_seconds" not in shown  # wall times are not metrics
+    assert loss_tsv.is_file()
+    shown = json.loads(_run(["dvc", "metrics", "show", "--json"], repo_copy))
+    shown_text = json.dumps(shown)
+    assert "linear_top1" in shown_text and "wall_seconds" not in shown_text and "best_c" not in shown_text  # headlines only
     assert json.loads((repo_copy / "metrics" / "pretrain" / "simclr.timing.json").read_text())["wall_seconds"] > 0
 
 
@@ -126,9 +147,8 @@ def test_pretrain_param_change_reruns_downstream_not_shard(repo_copy):
     _set(repo_copy / "params.yaml", {"pretrain": {"lr": 0.3}})
     out = _run(["dvc", "repro"], repo_copy)
     ran = _ran(out)
-    assert "shard" not in ran and "baselines" not in ran
-    assert {"pretrain@simclr", "linear-eval@simclr", "finetune@simclr", "few-shot@simclr", "transfer@simclr",
-            "label-efficiency@simclr", "diagnostics@simclr", "report"} <= ran
+    assert "shard" not in ran and not any(r.startswith("baseline@") for r in ran)
+    assert {"pretrain@simclr", "report"} | {f"evaluate@simclr-{p}" for p in PROTOCOLS} == ran
     diff = _run(["dvc", "params", "diff", "--md"], repo_copy)
     assert "pretrain.lr" in diff
 
@@ -187,9 +207,101 @@ def test_a_fresh_clone_pulls_from_a_remote_and_runs_nothing(repo_copy, tmp_path)
     tsv_rows = (clone / loss_plot).read_text().strip().splitlines()[1:]
     assert rows and {float(r["loss"]) for r in rows} == {float(line.split("\t")[1]) for line in tsv_rows}
 
-    metrics = clone / "metrics" / "linear-eval" / "simclr.json"
+    metrics = clone / "metrics" / "linear_eval" / "simclr.json"
     committed = metrics.read_bytes()
-    out = _run(["dvc", "repro", "-f", "-s", "linear-eval@simclr"], clone)
-    assert _ran(out) == {"linear-eval@simclr"}, out
+    out = _run(["dvc", "repro", "-f", "-s", "evaluate@simclr-linear_eval"], clone)
+    assert _ran(out) == {"evaluate@simclr-linear_eval"}, out
     assert json.loads(metrics.read_bytes()) == json.loads(committed)  # the stage is deterministic
     assert metrics.read_bytes() == committed
+
+
+TOY_METHOD = '''"""A toy method for the extension test: predict whether an image was flipped upside down."""
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from pipeline.config import Strict
+from pipeline.data.augment import to_float
+from pipeline.methods.base import Method
+from pipeline.methods.registry import register
+
+
+@register
+class UpsideDown(Method):
+    name = "upside_down"
+
+    class Params(Strict):
+        hidden_dim: int = Field(16, ge=1)
+
+    def __init__(self, encoder, params, augment, seed, device):
+        super().__init__(encoder, params, augment, seed, device)
+        self.head = torch.nn.Linear(encoder.feature_dim, 2)
+
+    def training_step(self, images):
+        x = to_float(images)
+        x = torch.cat([x, x.flip(2)])
+        labels = torch.arange(2, device=x.device).repeat_interleave(len(images))
+        return {"loss": F.cross_entropy(self.head(self.encoder(x)), labels)}
+'''
+
+TOY_PROTOCOL = '''"""A toy protocol for the extension test: nearest class mean on frozen features."""
+
+import numpy as np
+from pydantic import Field
+
+from pipeline.config import Strict
+from pipeline.eval.protocol import EvalContext, Protocol
+from pipeline.eval.registry import register
+
+
+class Params(Strict):
+    normalise: bool = Field(True)
+
+
+@register
+class NearestMean(Protocol):
+    name = "nearest_mean"
+    Params = Params
+    order = 100
+
+    def run(self, ctx: EvalContext) -> dict:
+        (xtr, ytr), (xte, yte) = ctx.features("train"), ctx.features("test")
+        if ctx.params.protocol_params[self.name].normalise:
+            xtr, xte = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (xtr, xte))
+        means = np.stack([xtr[ytr == c].mean(0) for c in range(ctx.num_classes)])
+        pred = np.argmin(((xte[:, None] - means[None]) ** 2).sum(-1), axis=1)
+        return {"top1": float((pred == yte).mean())}
+
+    def headline(self, result: dict) -> dict:
+        return {"top1": result["top1"]}
+
+    def summary(self, result: dict) -> dict:
+        return {"nearest mean top-1": result["top1"]}
+'''
+
+
+def test_a_new_method_and_protocol_are_one_module_and_one_params_section_each(repo_copy, tmp_path):
+    """Adding a method and a protocol touches no other file: the registries find the modules,
+    dvc.yaml's matrices take the names from params.yaml, the report takes the columns."""
+    toy = tmp_path / "toy"
+    results = {"metrics", "reports", "dvclive", "models", "dvc.lock", ".dvc"}  # at the top level only
+    shutil.copytree(repo_copy, toy, ignore=lambda d, names: [n for n in names if Path(d) == repo_copy and n in results])
+    shutil.copytree(repo_copy / ".dvc", toy / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp"))
+    (toy / "pipeline" / "methods" / "upside_down.py").write_text(TOY_METHOD)
+    (toy / "pipeline" / "eval" / "protocols" / "nearest_mean.py").write_text(TOY_PROTOCOL)
+    params = yaml.safe_load((toy / "params.yaml").read_text())
+    params.update(methods=["upside_down"], protocols=["nearest_mean", "linear_eval"], baselines=["raw_pixels"])
+    params["upside_down"] = {"hidden_dim": 8}
+    params["nearest_mean"] = {"normalise": True}
+    (toy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = [line for line in _run(["git", "status", "--porcelain"], toy).split("\n") if line.strip()]
+    changed = [line for line in changed if not line.startswith(" D")]  # results left out of the copy
+    assert sorted(line[3:] for line in changed) == sorted(
+        ["params.yaml", "pipeline/eval/protocols/nearest_mean.py", "pipeline/methods/upside_down.py"])
+    out = _run(["dvc", "repro"], toy)
+    assert {"pretrain@upside_down", "evaluate@upside_down-nearest_mean", "baseline@raw_pixels-nearest_mean",
+            "evaluate@upside_down-linear_eval", "report"} <= _ran(out)
+    top1 = json.loads((toy / "metrics" / "nearest_mean" / "upside_down.json").read_text())["top1"]
+    assert 0.15 < top1 <= 1  # chance 0.1
+    assert "nearest mean top-1" in (toy / "reports" / "report.md").read_text()

@@ -1,11 +1,12 @@
-"""Class-balanced label subsets, and the three label-efficiency arms end to end on tiny data."""
+"""Class-balanced label subsets (the label-efficiency protocol itself: tests/eval/test_registry_protocols.py)."""
 
 import numpy as np
 import pytest
 import torch
 
 from pipeline.config import EncoderParams, FinetuneParams
-from pipeline.eval.label_efficiency import balanced_subset, label_efficiency, per_class_count, train_classifier
+from pipeline.eval.finetune import train_classifier
+from pipeline.eval.label_efficiency import balanced_subset, per_class_count
 from pipeline.models.encoder import Encoder
 
 CPU = torch.device("cpu")
@@ -58,36 +59,7 @@ def test_train_classifier_on_in_memory_tensors_is_deterministic():
     def run():
         torch.manual_seed(1)
         enc = Encoder(EncoderParams(width=4, layers=[1]), 1, [0.5], [0.3])
-        model = train_classifier(enc, images, labels, 3, cfg, 0.1, seed=0, device=CPU, desc="t")
+        model, _ = train_classifier(enc, images, labels, 3, cfg, 0.1, seed=0, device=CPU, desc="t")
         return model.head.weight.detach().clone()
 
     assert torch.equal(run(), run())
-
-
-def tensors(data, start, stop):
-    return (torch.from_numpy(data.images[start:stop].copy()).permute(0, 3, 1, 2).contiguous(),
-            torch.from_numpy(data.labels[start:stop].copy()).long())
-
-
-def test_label_efficiency_end_to_end(fmnist_small):
-    train_set, test_set = fmnist_small
-    train, val, test = tensors(train_set, 0, 120), tensors(train_set, 120, 180), tensors(test_set, 0, 100)
-    build = lambda: Encoder(EncoderParams(width=4, layers=[1]), 1, [0.286], [0.353])  # noqa: E731
-    torch.manual_seed(0)
-    ssl = build()
-    before = {k: v.clone() for k, v in ssl.state_dict().items()}
-    cfg = FinetuneParams(epochs=1, batch_size=32, lr=0.1, encoder_lr_mult=0.1)
-    res = label_efficiency(ssl, build, train, val, test, [0.1, 1.0], cfg, c_grid=[0.1, 1.0], max_iter=100, seed=0, device=CPU)
-    assert list(res) == [0.1, 1.0]
-    for fraction, row in res.items():
-        assert set(row) == {"supervised", "linear", "finetune", "n_labels", "fraction_effective"}
-        assert row["fraction_effective"] == row["n_labels"] / 180  # of the 120 train + 60 val images
-        assert all(0.0 <= row[arm] <= 1.0 for arm in ("supervised", "linear", "finetune"))
-    # labels used: the train subset + the val subset, the same for every arm
-    n_expected = len(balanced_subset(train[1], 0.1, 0)) + len(balanced_subset(val[1], 0.1, 1))
-    assert res[0.1]["n_labels"] == n_expected and res[1.0]["n_labels"] == 180
-    assert all(torch.equal(before[k], v) for k, v in ssl.state_dict().items())  # fine-tuning trained a copy
-
-    only = label_efficiency(ssl, build, train, val, test, [1.0], cfg, [0.1, 1.0], 100, seed=0, device=CPU, arms=["linear"])
-    assert set(only[1.0]) == {"linear", "n_labels", "fraction_effective"} and only[1.0]["linear"] == res[1.0]["linear"]
-    assert only[1.0]["linear"] > 0.3  # chance 0.1: frozen random conv features carry signal

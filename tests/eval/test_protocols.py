@@ -45,7 +45,8 @@ def test_knn_refuses_k_outside_the_bank():
     # capping k at the bank would report "knn500" for a vote over fewer neighbours
     x, y = separable()
     bank, labels = x[:30], y[:30]
-    assert knn_accuracy(bank, labels, x, y, k=30, temperature=0.07) >= 0  # the whole bank is fine
+    # the whole bank is fine: its 30 items are all class 0, so every query is called class 0
+    assert knn_accuracy(bank, labels, x, y, k=30, temperature=0.07) == pytest.approx(np.mean(y == 0))
     for k in (31, 0):
         with pytest.raises(ValueError, match=f"k={k} for a bank of 30 items"):
             knn_accuracy(bank, labels, x, y, k=k, temperature=0.07)
@@ -76,12 +77,3 @@ def test_few_shot_too_few_images_is_clear():
     x, y = separable(n_per_class=10)
     with pytest.raises(ValueError, match="images per class"):
         few_shot(x, y, 5, [5], 15, 10, seed=0)
-
-
-def test_protocols_on_real_pixels(tiny_shards, params):
-    from pipeline.eval.features import pixel_features
-    from pipeline.eval.protocols import linear_and_knn
-
-    res = linear_and_knn(pixel_features, str(tiny_shards), params)
-    assert 0.55 < res["linear"]["top1"] <= 1.0  # 400 labelled Fashion-MNIST images
-    assert 0.5 < res["knn20_top1"] <= 1.0

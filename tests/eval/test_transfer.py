@@ -37,7 +37,7 @@ def fake_cifar10(tmp_path, monkeypatch):
 
 
 def test_cifar10_preset_reads_torchvision_format(fake_cifar10):
-    sets = load_transfer("cifar10", 28, 1, str(fake_cifar10), test_fraction=0.3, seed=0)
+    sets = load_transfer("cifar10", 28, 1, str(fake_cifar10), test_fraction=0.3, val_fraction=0.2, seed=0)
     assert sets["train"].images.shape[1:] == (28, 28, 1) and sets["test"].images.shape == (20, 28, 28, 1)
     assert len(sets["train"]) + len(sets["val"]) == 100
     assert sets["train"].classes[0] == "airplane"
@@ -48,11 +48,11 @@ def test_presets_cover_the_issue():
 
 
 def test_offline_sets_split_train_val_test():
-    sets = load_transfer("digits", 28, 1, "unused", test_fraction=0.3, seed=0)
+    sets = load_transfer("digits", 28, 1, "unused", test_fraction=0.3, val_fraction=0.2, seed=0)
     n = sum(len(s) for s in sets.values())
     assert n == 1797 and len(sets["test"]) == 540
 
 
 def test_unknown_transfer_dataset():
     with pytest.raises(UserError, match="valid: digits"):
-        load_transfer("imagenet", 28, 1, "x", 0.3, 0)
+        load_transfer("imagenet", 28, 1, "x", 0.3, 0.2, 0)

@@ -1,32 +1,49 @@
 import json
 
 import pandas as pd
+import pytest
 
-from pipeline.report.tables import summary_table, to_markdown
+from pipeline.errors import UserError
+from pipeline.report.tables import load_results, summary_table, to_markdown
 
-
-def _write(d, stage, method, obj):
-    (d / stage).mkdir(parents=True, exist_ok=True)
-    (d / stage / f"{method}.json").write_text(json.dumps(obj))
-
-
-def _lin(top1):
-    return {"linear": {"top1": top1}, "knn200_top1": 0.5, "knn20_top1": 0.6}
+FS = {"prototype": {"5way_1shot": {"mean": 0.5, "ci95": 0.01}, "10way_1shot": {"mean": 0.3, "ci95": 0.01}}}
 
 
-def test_summary_table_rows_and_columns(tmp_path):
-    fs = {"prototype": {"5way_1shot": {"mean": 0.5, "ci95": 0.01}, "10way_1shot": {"mean": 0.3, "ci95": 0.01}}}
-    _write(tmp_path, "linear-eval", "simclr", _lin(0.86))
-    _write(tmp_path, "few-shot", "simclr", fs)
-    _write(tmp_path, "transfer", "simclr", {"digits": {"top1": 0.9}})
-    _write(tmp_path, "finetune", "simclr", {"top1": 0.88})
-    base = {"few_shot": fs, "transfer": {"digits": {"top1": 0.8}}}
-    baselines = {"random_init": _lin(0.79) | base, "raw_pixels": _lin(0.84) | base, "supervised_scratch": {"top1": 0.87}}
-    df = summary_table(tmp_path, ["simclr"], baselines)
-    assert list(df.index) == ["simclr", "random init (baseline)", "raw pixels (baseline)"]
+def _write(d, protocol, name, obj):
+    (d / protocol).mkdir(parents=True, exist_ok=True)
+    details = obj if "not_applicable" in obj else {"result": obj, "wall_seconds": 1.0}
+    (d / protocol / f"{name}.details.json").write_text(json.dumps(details))
+
+
+def _encoder(d, name, top1, finetune=None):
+    _write(d, "linear_eval", name, {"linear": {"top1": top1}})
+    _write(d, "knn", name, {"knn20_top1": 0.6, "knn200_top1": 0.5})
+    _write(d, "few_shot", name, FS)
+    _write(d, "transfer", name, {"digits": {"top1": 0.9}})
+    _write(d, "finetune", name, {"top1": finetune} if finetune is not None else {"not_applicable": "no encoder"})
+
+
+def test_summary_table_rows_and_columns(tmp_path, params):
+    params = params.model_copy(update={"protocols": ["linear_eval", "knn", "finetune", "few_shot", "transfer"]})
+    _encoder(tmp_path, "simclr", 0.86, 0.88)
+    _encoder(tmp_path, "random_init", 0.79, 0.87)
+    _encoder(tmp_path, "raw_pixels", 0.84)
+    (tmp_path / "pretrain").mkdir()
+    (tmp_path / "pretrain" / "simclr.json").write_text(json.dumps({"loss": 1.0, "knn_top1": 0.7}))
+    results, baseline_of = load_results(tmp_path, params)
+    assert baseline_of == {"simclr": "random init (baseline)"}
+    assert "finetune" not in results["raw pixels (baseline)"]  # not applicable: left out
+    df = summary_table(results)
+    assert list(df.index) == ["simclr", "raw pixels (baseline)", "random init (baseline)"]
     assert list(df.columns)[:3] == ["linear top-1", "kNN-20 top-1", "kNN-200 top-1"]
     assert "few-shot 5-way 1-shot" in df.columns and not any("10-way" in c for c in df.columns)
     assert df.loc["random init (baseline)", "finetune top-1"] == 0.87
     assert pd.isna(df.loc["raw pixels (baseline)", "finetune top-1"])
     md = to_markdown(df)
     assert "| simclr | 86.0 | 60.0 | 50.0 |" in md and "| - |" in md
+
+
+def test_a_missing_result_names_the_stage_to_run(tmp_path, params):
+    params = params.model_copy(update={"protocols": ["linear_eval"]})
+    with pytest.raises(UserError, match=r"linear_eval/simclr.details.json is missing; run 'dvc repro evaluate@simclr-linear_eval'"):
+        load_results(tmp_path, params)

@@ -1,0 +1,54 @@
+"""Representation diagnostics on test images: alignment and uniformity of two augmented
+views, effective rank, collapse, an InfoNCE mutual-information bound; plus a 2-D map of
+the test embeddings (t-SNE; UMAP where installed), drawn by the report."""
+
+from __future__ import annotations
+
+import math
+
+from pipeline import config
+from pipeline.config import DiagnosticsParams
+from pipeline.data.augment import ViewMaker
+from pipeline.eval.diagnostics import diagnose
+from pipeline.eval.embedding_map import embedding_map
+from pipeline.eval.protocol import EvalContext, Protocol
+from pipeline.eval.registry import register
+
+
+@register
+class Diagnostics(Protocol):
+    name = "diagnostics"
+    Params = DiagnosticsParams
+    order = 60
+    needs_encoder = True
+
+    def run(self, ctx: EvalContext) -> dict:
+        images, labels = ctx.split("test")
+        images, labels = images[: ctx.params.diagnostics.images], labels[: ctx.params.diagnostics.images]
+        views = ViewMaker(ctx.params.diagnostics.augment, ctx.seed, ctx.device)
+        result = diagnose(ctx.encoder, images, views, ctx.device, collapse_threshold=ctx.params.diagnostics.collapse_threshold)
+        if ctx.params.diagnostics.tsne:
+            result["embedding_map"] = embedding_map(ctx.featurize(images), labels.numpy(), ctx.seed)
+        return result
+
+    def headline(self, result: dict) -> dict:
+        keys = ("alignment", "uniformity", "effective_rank", "std_sqrt_dim", "mi_lower_bound")
+        return {k: result[k] for k in keys} | {"collapsed": int(result["collapsed"])}
+
+    def section(self, results: dict, baseline_of: dict, params: config.Params) -> list[str]:
+        diag = {m: r[self.name] for m, r in results.items() if self.name in r}
+        if not diag:
+            return []
+        lines = ["## Representation diagnostics (test images)", "",
+                 "| method | alignment (lower better) | uniformity (lower better) | effective rank / dim | std x sqrt(dim) | "
+                 "InfoNCE MI bound (nats) |", "|---|---:|---:|---:|---:|---:|"]
+        for m, d in diag.items():
+            lines.append(f"| {m} | {d['alignment']:.3f} | {d['uniformity']:.3f} | {d['effective_rank']:.1f} / {d['feature_dim']} | "
+                         f"{d['std_sqrt_dim']:.3f} | {d['mi_lower_bound']:.2f} (K = {d['infonce_k']}, log K = "
+                         f"{math.log(d['infonce_k']):.2f}) |")
+        lines.append("")
+        for m, d in diag.items():
+            if d["collapsed"]:
+                lines.append(f"> **WARNING: {m} has collapsed**: the per-dimension std of its normalised embedding x sqrt(dim) "
+                             f"is {d['std_sqrt_dim']:.3f} (about 1 when healthy). Its other numbers are not meaningful.")
+        return lines + [""]

@@ -1,0 +1,32 @@
+"""Weighted kNN on frozen features (Wu et al. 2018, as in DINO): each test image votes with
+its k nearest train images (cosine similarity, weights exp(sim / temperature))."""
+
+from __future__ import annotations
+
+from pipeline import config
+from pipeline.config import KnnParams
+from pipeline.eval.checks import check_knn
+from pipeline.eval.knn import knn_accuracy
+from pipeline.eval.protocol import EvalContext, Protocol
+from pipeline.eval.registry import register
+
+
+@register
+class Knn(Protocol):
+    name = "knn"
+    Params = KnnParams
+    order = 15
+
+    def check(self, params: config.Params, manifest: dict) -> None:
+        check_knn(params, manifest)
+
+    def run(self, ctx: EvalContext) -> dict:
+        train, test = ctx.features("train"), ctx.features("test")
+        knn = ctx.params.knn
+        return {f"knn{k}_top1": knn_accuracy(*train, *test, k, knn.temperature) for k in knn.ks}
+
+    def headline(self, result: dict) -> dict:
+        return dict(result)
+
+    def summary(self, result: dict) -> dict:
+        return {f"kNN-{k[3:-5]} top-1": v for k, v in result.items()}  # "knn20_top1" -> "kNN-20 top-1"

@@ -1,0 +1,39 @@
+"""Linear evaluation of frozen features: (a) L-BFGS logistic regression, its L2 strength
+swept on val and refit on train+val; (b) optionally a linear layer trained by SGD on
+augmented images' features (the ImageNet-style protocol)."""
+
+from __future__ import annotations
+
+from pipeline.config import LinearParams
+from pipeline.eval.linear import linear_probe
+from pipeline.eval.linear_sgd import linear_sgd
+from pipeline.eval.protocol import EvalContext, Protocol
+from pipeline.eval.registry import register
+
+
+@register
+class LinearEval(Protocol):
+    name = "linear_eval"
+    Params = LinearParams
+    order = 10
+
+    def run(self, ctx: EvalContext) -> dict:
+        train, val, test = (ctx.features(s) for s in ("train", "val", "test"))
+        le = ctx.params.linear_eval
+        out = {"linear": linear_probe(train, val, test, le.c_grid, le.max_iter)}
+        if le.sgd_epochs and ctx.encoder is not None:  # trains on the encoder's features of augmented images
+            out["linear_sgd"] = linear_sgd(ctx.encoder, ctx.split("train"), ctx.split("test"), le.sgd_epochs, le.sgd_batch_size,
+                                           le.sgd_lr, ctx.seed, ctx.device, crop_scale=tuple(le.sgd_crop_scale), amp=le.amp)
+        return out
+
+    def headline(self, result: dict) -> dict:
+        out = {"linear_top1": result["linear"]["top1"]}
+        if "linear_sgd" in result:
+            out["linear_sgd_top1"] = result["linear_sgd"]["top1"]
+        return out
+
+    def summary(self, result: dict) -> dict:
+        row = {"linear top-1": result["linear"]["top1"]}
+        if "linear_sgd" in result:
+            row["linear SGD top-1"] = result["linear_sgd"]["top1"]
+        return row

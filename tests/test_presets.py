@@ -1,0 +1,74 @@
+"""Presets are overlays on params.yaml: valid when merged, holding only what differs."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import parse_params
+from pipeline.presets import PRESETS, apply
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = sorted(p.stem for p in PRESETS.glob("*.yaml"))
+
+
+def _leaves(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def _get(d, dotted):
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return KeyError
+        d = d[part]
+    return d
+
+
+def test_there_is_a_gpu_preset():
+    assert "gpu" in NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_preset_merges_into_valid_params_and_holds_only_differences(name):
+    base_text = (ROOT / "params.yaml").read_text()
+    overlay = yaml.safe_load((PRESETS / f"{name}.yaml").read_text())
+    merged = yaml.safe_load(apply(base_text, (PRESETS / f"{name}.yaml").read_text()))
+    parse_params(merged)
+    base = yaml.safe_load(base_text)
+    same = [k for k, v in _leaves(overlay) if _get(base, k) == v]
+    assert not same, f"presets/{name}.yaml repeats params.yaml values (an overlay holds only differences): {same}"
+    for key, value in _leaves(overlay):
+        assert _get(merged, key) == value, key
+    # every other value comes from params.yaml
+    for key, value in _leaves(base):
+        if not any(key == k or key.startswith(k + ".") for k, _ in _leaves(overlay)) and _get(overlay, key) is KeyError:
+            assert _get(merged, key) == value, key
+
+
+def test_gpu_preset_is_the_documented_recipe():
+    merged = parse_params(yaml.safe_load(apply((ROOT / "params.yaml").read_text(), (PRESETS / "gpu.yaml").read_text())))
+    assert merged.data.pretrain_size is None and merged.data.train_size is None  # the full dataset
+    assert list(merged.encoder.layers) == [2, 2, 2, 2] and merged.encoder.width == 64
+    assert merged.pretrain.epochs == 500
+    # the label-efficiency arms follow the finetune and linear_eval recipes
+    assert merged.label_efficiency.finetune == merged.finetune
+    assert merged.label_efficiency.c_grid == merged.linear_eval.c_grid == merged.transfer.c_grid
+
+
+def test_cli_merges_in_place_keeping_comments_and_refuses_unknown_presets(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    run = lambda *a: subprocess.run([sys.executable, "-m", "pipeline.presets", *a, "--params", str(params)],  # noqa: E731
+                                    capture_output=True, text=True, cwd=ROOT)
+    res = run("gpu")
+    assert res.returncode == 0, res.stderr
+    text = params.read_text()
+    assert "# Embedded default" in text and yaml.safe_load(text)["pretrain"]["epochs"] == 500
+    res = run("tpu")
+    assert res.returncode == 2 and "unknown preset 'tpu'" in res.stderr and "Traceback" not in res.stderr
