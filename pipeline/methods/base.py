@@ -66,8 +66,8 @@ class Method(nn.Module):
 
     def require_crops_fit_encoder(self, count: int, size: int, count_key: str, size_key: str) -> None:
         """Multi-crop methods: crops of another size than the images cannot go through a ViT,
-        whose position table is built for one image size (torchvision fails deep in its
-        forward with an AssertionError about the image height). Refuse early, naming the keys."""
+        whose position table is built for one image size (the forward fails deep inside with
+        a shape mismatch when the positions are added). Refuse early, naming the keys."""
         arch, image_size = self.encoder.params.arch, self.encoder.image_size
         if arch == "vit" and count and size != image_size:
             raise UserError(

@@ -17,7 +17,6 @@ dVAE wrapper) can be assigned to ``method.tokenizer`` in place of ``KMeansTokeni
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -25,14 +24,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
-from torchvision.models.vision_transformer import EncoderBlock
 
 from pipeline import dist
 from pipeline.config import Strict
 from pipeline.errors import UserError
 from pipeline.methods.base import Method
 from pipeline.methods.registry import register
-from pipeline.models.vit import patchify
+from pipeline.models.vit import LN_EPS, block, patchify
 
 
 def beit_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -145,10 +143,8 @@ class BEiT(Method):
         vit = encoder.backbone
         self.seed = seed
         self.mask_token = nn.Parameter(torch.zeros(1, 1, vit.dim))
-        self.head_blocks = nn.Sequential(*[
-            EncoderBlock(vit.heads, vit.dim, vit.mlp_dim, dropout=0.0, attention_dropout=0.0,
-                         norm_layer=partial(nn.LayerNorm, eps=1e-6)) for _ in range(params.head_blocks)
-        ], *([nn.LayerNorm(vit.dim, eps=1e-6)] if params.head_blocks else []))
+        self.head_blocks = nn.Sequential(*[block(vit.dim, vit.heads, vit.mlp_dim) for _ in range(params.head_blocks)],
+                                         *([nn.LayerNorm(vit.dim, eps=LN_EPS)] if params.head_blocks else []))
         self.lm_head = nn.Linear(vit.dim, params.codebook_size)
         nn.init.trunc_normal_(self.mask_token, std=0.02)  # as the reference code
         nn.init.trunc_normal_(self.lm_head.weight, std=0.02)

@@ -10,11 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
 
 from pipeline.config import Strict
-from pipeline.methods.base import Method
-from pipeline.methods.ema import cosine_tau, ema_update, frozen_copy
+from pipeline.methods.ema import MomentumMethod, cosine_tau
 from pipeline.methods.registry import register
 from pipeline.models.heads import mlp
 
@@ -29,8 +27,9 @@ def regression_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 @register
-class BYOL(Method):
+class BYOL(MomentumMethod):
     name = "byol"
+    ema_targets = {"target_encoder": "encoder", "target_projector": "projector"}
 
     class Params(Strict):
         # BYOL Sec. 3.3: tau_base = 0.996, increased to 1 with a cosine schedule
@@ -46,8 +45,7 @@ class BYOL(Method):
         super().__init__(encoder, params, augment, seed, device)
         self.projector = mlp(encoder.feature_dim, params.hidden_dim, params.projection_dim, layers=2)
         self.predictor = mlp(params.projection_dim, params.predictor_hidden_dim, params.projection_dim, layers=2)
-        self.target_encoder = frozen_copy(self.encoder)
-        self.target_projector = frozen_copy(self.projector)
+        self.make_targets()
 
     def training_step(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         views = self.two_views(images)
@@ -57,14 +55,5 @@ class BYOL(Method):
         # symmetrised over both view orders, summed as in the paper (L + L~)
         return {"loss": regression_loss(p1, z2) + regression_loss(p2, z1)}
 
-    def tau_at(self, progress: float) -> float:
+    def momentum(self, progress: float) -> float:
         return cosine_tau(self.params.base_tau, self.params.final_tau, progress)
-
-    def after_optimizer_step(self, progress: float) -> None:
-        tau = self.tau_at(progress)
-        ema_update(self.target_encoder, self.encoder, tau)
-        ema_update(self.target_projector, self.projector, tau)
-
-    def optimized_parameters(self) -> list[nn.Parameter]:
-        target = {id(p) for p in [*self.target_encoder.parameters(), *self.target_projector.parameters()]}
-        return [p for p in self.parameters() if p.requires_grad and id(p) not in target]

@@ -16,8 +16,7 @@ from torch import nn
 from pipeline import dist
 from pipeline.config import Strict
 from pipeline.data.augment import to_float
-from pipeline.methods.base import Method
-from pipeline.methods.ema import cosine_tau, ema_update, frozen_copy
+from pipeline.methods.ema import MomentumMethod, cosine_tau
 from pipeline.methods.registry import register
 from pipeline.models.heads import mlp
 
@@ -63,8 +62,9 @@ def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor
 
 
 @register
-class DINO(Method):
+class DINO(MomentumMethod):
     name = "dino"
+    ema_targets = {"teacher_encoder": "encoder", "teacher_head": "head"}
 
     class Params(Strict):
         out_dim: int = Field(4096, ge=2)
@@ -88,8 +88,7 @@ class DINO(Method):
         super().__init__(encoder, params, augment, seed, device)
         self.require_crops_fit_encoder(params.num_local_crops, params.local_crop_size, "dino.num_local_crops", "dino.local_crop_size")
         self.head = DinoHead(encoder.feature_dim, params.hidden_dim, params.bottleneck_dim, params.out_dim)
-        self.teacher_encoder = frozen_copy(encoder)
-        self.teacher_head = frozen_copy(self.head)
+        self.make_targets()
         self.register_buffer("center", torch.zeros(params.out_dim))
         # training progress (0..1) after the last optimizer step: drives the teacher temperature
         self.register_buffer("progress", torch.zeros(()))
@@ -136,18 +135,14 @@ class DINO(Method):
         loss = dino_loss(student, teacher, self.center, p.student_temp, self.teacher_temperature())
         return {"loss": loss}
 
+    def momentum(self, progress: float) -> float:
+        return cosine_tau(self.params.momentum_teacher, self.params.momentum_teacher_final, progress)
+
     @torch.no_grad()
     def after_optimizer_step(self, progress: float) -> None:
+        super().after_optimizer_step(progress)  # teacher EMA
         p = self.params
-        tau = cosine_tau(p.momentum_teacher, p.momentum_teacher_final, progress)
-        ema_update(self.teacher_encoder, self.encoder, tau)
-        ema_update(self.teacher_head, self.head, tau)
         if self._batch_center is not None:
             self.center.mul_(p.center_momentum).add_(self._batch_center, alpha=1 - p.center_momentum)
             self._batch_center = None
         self.progress.fill_(progress)
-
-    def optimized_parameters(self) -> list[nn.Parameter]:
-        """The student only: the teacher moves by EMA."""
-        teacher = {id(q) for m in (self.teacher_encoder, self.teacher_head) for q in m.parameters()}
-        return [q for q in self.parameters() if q.requires_grad and id(q) not in teacher]

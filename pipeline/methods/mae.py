@@ -16,7 +16,7 @@ from pipeline.data.augment import random_resized_crop, to_float
 from pipeline.errors import UserError
 from pipeline.methods.base import Method
 from pipeline.methods.registry import register
-from pipeline.models.vit import patchify, transformer
+from pipeline.models.vit import Transformer, patchify
 
 CROP_RATIO = (3 / 4, 4 / 3)  # torchvision's RandomResizedCrop default, which MAE uses
 HFLIP = 0.5  # RandomHorizontalFlip()
@@ -62,7 +62,7 @@ class Decoder(nn.Module):
 
     Visible tokens are projected to the decoder width, a shared learned mask token fills the
     masked positions, the shuffle is undone, fixed sin-cos positions are added and a few
-    transformer blocks (torchvision's) run over all ``1 + L`` tokens.
+    pre-norm transformer blocks run over all ``1 + L`` tokens.
     """
 
     def __init__(self, enc_dim: int, dim: int, depth: int, heads: int, mlp_ratio: float, grid: int, patch_dim: int):
@@ -70,7 +70,7 @@ class Decoder(nn.Module):
         self.embed = nn.Linear(enc_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.normal_(self.mask_token, std=0.02)  # as the reference code
-        self.transformer = transformer(grid * grid + 1, depth, heads, dim, int(dim * mlp_ratio), "sincos", grid)
+        self.transformer = Transformer(grid, depth, heads, dim, int(dim * mlp_ratio), "sincos")
         self.pred = nn.Linear(dim, patch_dim)
 
     def forward(self, latent: torch.Tensor, restore: torch.Tensor) -> torch.Tensor:

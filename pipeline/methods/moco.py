@@ -22,8 +22,7 @@ from torch import nn
 
 from pipeline import dist
 from pipeline.config import Strict
-from pipeline.methods.base import Method
-from pipeline.methods.ema import cosine_tau, ema_update, frozen_copy
+from pipeline.methods.ema import MomentumMethod, cosine_tau
 from pipeline.methods.registry import register
 from pipeline.models.heads import mlp
 
@@ -45,8 +44,9 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature:
 
 
 @register
-class MoCo(Method):
+class MoCo(MomentumMethod):
     name = "moco"
+    ema_targets = {"key_encoder": "encoder", "key_projector": "projector"}
 
     class Params(Strict):
         # MoCo v2 (facebookresearch/moco README: --moco-t 0.2 with --mlp); 0.07 is MoCo v1's
@@ -71,8 +71,7 @@ class MoCo(Method):
     def __init__(self, encoder, params, augment, seed, device):
         super().__init__(encoder, params, augment, seed, device)
         self.projector = mlp(encoder.feature_dim, params.hidden_dim, params.projection_dim, layers=2)
-        self.key_encoder = frozen_copy(self.encoder)
-        self.key_projector = frozen_copy(self.projector)
+        self.make_targets()
         # random unit keys to start with, as in the paper; buffers so checkpoints carry them
         self.register_buffer("queue", F.normalize(torch.randn(params.queue_size, params.projection_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
@@ -135,15 +134,6 @@ class MoCo(Method):
         self.queue[rows] = keys.to(self.queue.dtype)
         self.queue_ptr.fill_((ptr + keys.shape[0]) % size)
 
-    def momentum_at(self, progress: float) -> float:
+    def momentum(self, progress: float) -> float:
         p = self.params
         return cosine_tau(p.momentum, 1.0, progress) if p.momentum_cosine else p.momentum
-
-    def after_optimizer_step(self, progress: float) -> None:
-        m = self.momentum_at(progress)
-        ema_update(self.key_encoder, self.encoder, m)
-        ema_update(self.key_projector, self.projector, m)
-
-    def optimized_parameters(self) -> list[nn.Parameter]:
-        target = {id(p) for p in [*self.key_encoder.parameters(), *self.key_projector.parameters()]}
-        return [p for p in self.parameters() if p.requires_grad and id(p) not in target]

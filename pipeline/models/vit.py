@@ -1,9 +1,9 @@
-"""A small Vision Transformer for masked image modeling (MAE, BEiT).
+"""A small Vision Transformer for masked image modeling (MAE, BEiT), from public torch pieces.
 
-This is torchvision's ``VisionTransformer`` with two changes for small images: the patch
-embedding (``conv_proj``) takes 1 or 3 channels, and the classification head is dropped
-(the encoder returns features). Its pieces are exposed so that masked image modeling can
-work on tokens rather than images:
+Patch embedding (a stride-``p`` convolution), a class token, a position table (fixed
+2-D sin-cos or learned), pre-norm transformer blocks (``nn.TransformerEncoderLayer`` with
+``norm_first=True``, GELU, no dropout: the ViT/MAE block) and a final LayerNorm. Its pieces
+are exposed so that masked image modeling can work on tokens rather than images:
 
     tokens = vit.embed(x)                  # [N, L, D] patch embeddings, no position yet
     tokens = tokens + vit.patch_pos        # each patch token gets its position
@@ -11,22 +11,24 @@ work on tokens rather than images:
 
 ``encode_subset(x, keep)`` does the three steps for the patch indices ``keep`` (MAE's
 visible patches). Patches are numbered row-major over the ``grid x grid`` patch grid, the
-order of ``conv_proj``'s output and of ``patchify``.
+order of ``patch_embed``'s output and of ``patchify``.
+
+Initialisation follows MAE's reference code: xavier-uniform linear layers (attention
+projections included) with zero biases, the patch embedding xavier-uniform as a linear map
+of the flattened patch, class token and learned positions normal(std 0.02).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
-from torchvision.models.vision_transformer import Encoder as TransformerEncoder
-from torchvision.models.vision_transformer import VisionTransformer
+
+LN_EPS = 1e-6  # as ViT and MAE
 
 
 def patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
     """``[N, C, H, W]`` -> ``[N, L, p*p*C]``: patch ``i*grid + j`` is row i, column j (the
-    token order of ``conv_proj``); inside a patch, pixels are row-major with channels last."""
+    token order of ``patch_embed``); inside a patch, pixels are row-major with channels last."""
     n, c, h, w = x.shape
     p = patch_size
     x = x.reshape(n, c, h // p, p, w // p, p)
@@ -51,15 +53,48 @@ def sincos_pos_embed(grid: int, dim: int) -> torch.Tensor:
     return torch.cat([torch.zeros(1, dim, dtype=torch.float64), table]).float().unsqueeze(0)
 
 
-def transformer(seq_length: int, depth: int, heads: int, dim: int, mlp_dim: int, pos_embed: str, grid: int) -> TransformerEncoder:
-    """torchvision's transformer encoder (positions + blocks + final LayerNorm), no dropout
-    (neither MAE nor BEiT pretrains with it). With ``pos_embed='sincos'`` its learned
-    position table is swapped for a fixed buffer: it never trains and needs no weight decay."""
-    enc = TransformerEncoder(seq_length, depth, heads, dim, mlp_dim, dropout=0.0, attention_dropout=0.0)
-    if pos_embed == "sincos":
-        del enc.pos_embedding
-        enc.register_buffer("pos_embedding", sincos_pos_embed(grid, dim))
-    return enc
+def block(dim: int, heads: int, mlp_dim: int) -> nn.TransformerEncoderLayer:
+    """One pre-norm ViT block, ``[N, T, dim]`` -> ``[N, T, dim]``: x + MHA(LN(x)), then
+    x + MLP(LN(x)) with GELU; no dropout (neither MAE nor BEiT pretrains with it)."""
+    layer = nn.TransformerEncoderLayer(dim, heads, mlp_dim, dropout=0.0, activation="gelu", layer_norm_eps=LN_EPS,
+                                       batch_first=True, norm_first=True)
+    xavier_init(layer)
+    return layer
+
+
+def xavier_init(module: nn.Module) -> None:
+    """MAE's init: xavier-uniform weights and zero biases for every linear map (the fused
+    q/k/v projection of ``nn.MultiheadAttention`` included), LayerNorms at (1, 0)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.MultiheadAttention):
+            nn.init.xavier_uniform_(m.in_proj_weight)
+            nn.init.zeros_(m.in_proj_bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class Transformer(nn.Module):
+    """Positions + blocks + final LayerNorm over a class token and ``grid * grid`` patch
+    tokens: ``[N, 1 + L, dim]`` -> ``[N, 1 + L, dim]``. With ``pos_embed='sincos'`` the
+    position table is a fixed buffer (it never trains and needs no weight decay), with
+    ``'learned'`` a parameter."""
+
+    def __init__(self, grid: int, depth: int, heads: int, dim: int, mlp_dim: int, pos_embed: str):
+        super().__init__()
+        if pos_embed == "sincos":
+            self.register_buffer("pos_embedding", sincos_pos_embed(grid, dim))
+        else:
+            self.pos_embedding = nn.Parameter(torch.empty(1, 1 + grid * grid, dim).normal_(std=0.02))
+        self.blocks = nn.Sequential(*[block(dim, heads, mlp_dim) for _ in range(depth)])
+        self.ln = nn.LayerNorm(dim, eps=LN_EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ln(self.blocks(x + self.pos_embedding))
 
 
 class ViT(nn.Module):
@@ -72,32 +107,28 @@ class ViT(nn.Module):
     def __init__(self, image_size: int, in_channels: int, patch_size: int, dim: int, depth: int, heads: int,
                  mlp_ratio: float, pos_embed: str = "sincos", pool: str = "mean"):
         super().__init__()
-        mlp_dim = int(dim * mlp_ratio)
-        vit = VisionTransformer(image_size, patch_size, depth, heads, dim, mlp_dim)
-        # torchvision's patch embedding is fixed to RGB: rebuild it for in_channels, with
-        # torchvision's own initialisation (truncated normal, std sqrt(1 / fan_in)).
-        vit.conv_proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
-        nn.init.trunc_normal_(vit.conv_proj.weight, std=math.sqrt(1 / (in_channels * patch_size * patch_size)))
-        nn.init.zeros_(vit.conv_proj.bias)
-        vit.heads = nn.Identity()  # features, not ImageNet logits
         self.grid = image_size // patch_size
-        vit.encoder = transformer(self.grid**2 + 1, depth, heads, dim, mlp_dim, pos_embed, self.grid)
-        self.vit = vit
         self.image_size, self.in_channels, self.patch_size, self.dim = image_size, in_channels, patch_size, dim
-        self.heads, self.mlp_dim = heads, mlp_dim
+        self.heads, self.mlp_dim = heads, int(dim * mlp_ratio)
         self.num_patches = self.grid**2
         self.pool = pool
         self.feature_dim = dim
+        self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+        # MAE: the patch embedding is a linear map of the flattened patch, initialised as one
+        nn.init.xavier_uniform_(self.patch_embed.weight.view(dim, -1))
+        nn.init.zeros_(self.patch_embed.bias)
+        self.class_token = nn.Parameter(torch.empty(1, 1, dim).normal_(std=0.02))
+        self.transformer = Transformer(self.grid, depth, heads, dim, self.mlp_dim, pos_embed)
 
     @property
     def blocks(self) -> nn.Sequential:
-        """The transformer blocks (torchvision ``EncoderBlock``s)."""
-        return self.vit.encoder.layers
+        """The transformer blocks, each ``[N, T, dim]`` -> ``[N, T, dim]``."""
+        return self.transformer.blocks
 
     @property
     def pos_embedding(self) -> torch.Tensor:
         """``[1, 1 + L, dim]``: row 0 is the class token's position."""
-        return self.vit.encoder.pos_embedding
+        return self.transformer.pos_embedding
 
     @property
     def patch_pos(self) -> torch.Tensor:
@@ -106,13 +137,13 @@ class ViT(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Patch embedding: ``[N, C, H, W]`` -> ``[N, L, dim]``, without positions."""
-        return self.vit._process_input(x)
+        return self.patch_embed(x).flatten(2).transpose(1, 2)
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Patch tokens that already carry their positions, ``[N, K, dim]`` (any K, any subset
         of patches) -> ``[N, 1 + K, dim]``: class token prepended, blocks, final LayerNorm."""
-        cls = (self.vit.class_token + self.pos_embedding[:, :1]).expand(tokens.shape[0], -1, -1)
-        return self.vit.encoder.ln(self.blocks(torch.cat([cls, tokens], dim=1)))
+        cls = (self.class_token + self.pos_embedding[:, :1]).expand(tokens.shape[0], -1, -1)
+        return self.transformer.ln(self.blocks(torch.cat([cls, tokens], dim=1)))
 
     def encode_subset(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """Encode only the patches ``keep`` (``[N, K]`` long patch indices) of each image
@@ -122,10 +153,9 @@ class ViT(nn.Module):
         return self.encode(tokens)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """All tokens, torchvision's own path: ``[N, C, H, W]`` -> ``[N, 1 + L, dim]``."""
-        tokens = self.embed(x)
-        cls = self.vit.class_token.expand(x.shape[0], -1, -1)
-        return self.vit.encoder(torch.cat([cls, tokens], dim=1))
+        """All tokens: ``[N, C, H, W]`` -> ``[N, 1 + L, dim]``."""
+        cls = self.class_token.expand(x.shape[0], -1, -1)
+        return self.transformer(torch.cat([cls, self.embed(x)], dim=1))
 
     def pool_tokens(self, h: torch.Tensor) -> torch.Tensor:
         """``[N, 1 + L, dim]`` -> ``[N, dim]`` per ``pool``."""

@@ -150,7 +150,7 @@ def test_head_blocks_sit_between_encoder_and_token_classifier(real_images):
     mask = deep.masks(4, x.device)
     before = deep.predict(x, mask)
     with torch.no_grad():
-        deep.head_blocks[0].mlp[0].weight.mul_(2)  # the head changes the logits, not the features
+        deep.head_blocks[0].linear1.weight.mul_(2)  # the head changes the logits, not the features
     assert not torch.allclose(deep.predict(x, mask), before)
     out = deep.training_step(real_images[:16])
     out["loss"].backward()

@@ -62,9 +62,9 @@ def test_target_moves_only_in_after_optimizer_step():
 
 def test_tau_schedule_endpoints():
     byol = _byol()
-    assert abs(byol.tau_at(0.0) - 0.996) < 1e-12
-    assert abs(byol.tau_at(0.5) - 0.998) < 1e-12
-    assert byol.tau_at(1.0) == 1.0
+    assert abs(byol.momentum(0.0) - 0.996) < 1e-12
+    assert abs(byol.momentum(0.5) - 0.998) < 1e-12
+    assert byol.momentum(1.0) == 1.0
     # at the end of training (tau = 1) the target stops following the online network
     with torch.no_grad():
         for p in byol.encoder.parameters():

@@ -195,7 +195,7 @@ def _dino_from_params(default_params_dict, dino_section: dict, shared_encoder: d
 
 @pytest.mark.parametrize("override", [{"encoder": {"arch": "vit"}}, "shared"])
 def test_vit_encoder_with_local_crops_is_a_user_error(default_params_dict, override):
-    # 12 px local crops fed to a ViT built for 28 px: torchvision's AssertionError, mid-training
+    # 12 px local crops fed to a ViT built for 28 px: a shape error deep in the forward, mid-training
     from pipeline.errors import UserError
 
     dino_section, shared = (override, None) if override != "shared" else ({}, {"arch": "vit"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -10,6 +11,8 @@ import torch
 from pipeline.config import parse_params
 from pipeline.methods import registry
 from pipeline.methods.base import Method
+from pipeline.methods.byol import BYOL
+from pipeline.methods.ema import MomentumMethod
 from pipeline.models.encoder import build_encoder
 from pipeline.train.optim import param_groups
 
@@ -60,12 +63,64 @@ def test_trains_with_finite_decreasing_loss(name, default_params_dict, real_batc
     assert feats.shape == (8, method.encoder.feature_dim)
 
 
+TARGET_PREFIXES = ("target_", "teacher_", "key_")  # BYOL's target, DINO's teacher, MoCo's key network
+
+
+def _target_modules(method: Method) -> dict[str, torch.nn.Module]:
+    """The EMA networks of a method, found by name (not by their flags, which is what is
+    under test): declared ``ema_targets`` and any child named like a target network."""
+    names = set(getattr(method, "ema_targets", {})) | {n for n, _ in method.named_children() if n.startswith(TARGET_PREFIXES)}
+    return {n: getattr(method, n) for n in sorted(names)}
+
+
+def _assert_targets_move_only_by_ema(method: Method, batch: torch.Tensor) -> None:
+    """Build the optimizer as stages/pretrain.py does, then check by identity that no target
+    parameter is in it, and that an optimizer step (with the EMA hook skipped) leaves them."""
+    opt = torch.optim.SGD(param_groups(method, params=method.optimized_parameters()), lr=1.0)
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert {id(p) for p in method.encoder.parameters()} <= in_opt, "the encoder must be trained"
+    targets = _target_modules(method)
+    for name, module in targets.items():
+        leaked = [n for n, p in module.named_parameters() if id(p) in in_opt]
+        assert not leaked, f"{name}: parameters {leaked[:3]} are in the optimizer"
+    before = {n: [p.detach().clone() for p in m.parameters()] for n, m in targets.items()}
+    method.train()
+    out = method(batch)
+    opt.zero_grad()
+    out["loss"].backward()
+    opt.step()  # no after_optimizer_step: only the EMA hook may move a target
+    for name, module in targets.items():
+        for p, b in zip(module.parameters(), before[name]):
+            assert p.grad is None, f"{name}: a gradient reached the target network"
+            assert torch.equal(p, b), f"{name}: the optimizer step changed the target network"
+
+
 @pytest.mark.parametrize("name", METHODS)
-def test_optimizer_sees_no_target_network(name, default_params_dict):
+def test_target_networks_move_only_by_ema(name, default_params_dict, real_batch):
     method = _build(name, default_params_dict)
-    optimized = {id(p) for p in method.optimized_parameters()}
-    assert all(p.requires_grad for p in method.optimized_parameters())
-    assert {id(p) for p in method.encoder.parameters()} <= optimized
+    method.prepare(real_batch)
+    _assert_targets_move_only_by_ema(method, real_batch[:32])
+    if isinstance(method, MomentumMethod):  # the names above do find its targets
+        assert set(_target_modules(method)) == set(method.ema_targets)
+
+
+class _UnfrozenTarget(BYOL):
+    """BYOL with the classic bug: a deep copy of the online network that still requires
+    grad, so the default ``optimized_parameters`` hands it to the optimizer."""
+
+    def make_targets(self) -> None:
+        for target, online in self.ema_targets.items():
+            setattr(self, target, copy.deepcopy(getattr(self, online)))
+
+
+def test_an_unfrozen_target_fails_the_check(default_params_dict, real_batch):
+    params = parse_params(default_params_dict)
+    manifest = {"channels": 1, "image_size": 28, "mean": [0.286], "std": [0.353]}
+    torch.manual_seed(0)
+    encoder = build_encoder(params.encoder_for("byol"), manifest)
+    bad = _UnfrozenTarget(encoder, params.method_params["byol"], params.augment, 0, torch.device("cpu"))
+    with pytest.raises(AssertionError, match="in the optimizer"):
+        _assert_targets_move_only_by_ema(bad, real_batch[:32])
 
 
 def test_unknown_method_lists_valid():

@@ -116,8 +116,17 @@ def test_training_step_feeds_standardised_tiles_to_the_backbone():
     seen = []
     enc.backbone.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach()))
     images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    logits = []
+    method.classifier.register_forward_hook(lambda mod, args, out: logits.append(out.detach()))
+    gen_state = method.views.gen.get_state()
     out = method(images)
-    assert set(out) == {"loss", "permutation_acc"} and 0 <= out["permutation_acc"].item() <= 1
+    assert set(out) == {"loss", "permutation_acc"}
+    # replay the step's draws on a copy of its generator to get the permutation labels
+    g = torch.Generator().set_state(gen_state)
+    extract_tiles(images.float() / 255, method.tile_size, params.image_crop, params.tile_crop, g)
+    labels = torch.randint(10, (5,), generator=g)
+    torch.testing.assert_close(out["loss"].detach(), torch.nn.functional.cross_entropy(logits[0], labels))
+    assert out["permutation_acc"].item() == (logits[0].argmax(1) == labels).float().mean().item()
     (inputs,) = seen
     assert inputs.shape == (45, 1, 12, 12)  # 9 tiles per image, each through the encoder on its own
     assert torch.allclose(inputs.mean(dim=(1, 2, 3)), torch.zeros(45), atol=1e-4)

@@ -103,10 +103,10 @@ def test_key_encoder_moves_only_in_after_optimizer_step():
 
 
 def test_momentum_schedule():
-    assert _moco(momentum=0.99).momentum_at(0.7) == 0.99
+    assert _moco(momentum=0.99).momentum(0.7) == 0.99
     cosine = _moco(momentum=0.99, momentum_cosine=True)
-    assert abs(cosine.momentum_at(0.0) - 0.99) < 1e-12 and cosine.momentum_at(1.0) == 1.0
-    assert abs(cosine.momentum_at(0.5) - 0.995) < 1e-12
+    assert abs(cosine.momentum(0.0) - 0.99) < 1e-12 and cosine.momentum(1.0) == 1.0
+    assert abs(cosine.momentum(0.5) - 0.995) < 1e-12
 
 
 def test_queue_is_checkpointed():

@@ -89,7 +89,11 @@ def _tiny_method(seed=0):
 
 def test_training_step_logs_accuracy_and_is_seeded():
     images = torch.randint(0, 256, (6, 1, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    out1, out2 = _tiny_method()(images), _tiny_method()(images)
+    method, logits = _tiny_method(), []
+    method.head.register_forward_hook(lambda mod, args, out: logits.append(out.detach()))
+    out1, out2 = method(images), _tiny_method()(images)
     assert set(out1) == {"loss", "rotation_acc"}
-    assert 0 <= out1["rotation_acc"].item() <= 1 and math.isfinite(out1["loss"].item())
+    labels = torch.arange(4).repeat_interleave(6)  # rotate_all: every image at 0, then every image at 90, ...
+    assert out1["rotation_acc"].item() == (logits[0].argmax(1) == labels).float().mean().item()
+    torch.testing.assert_close(out1["loss"].detach(), torch.nn.functional.cross_entropy(logits[0], labels))
     assert out1["loss"].item() == out2["loss"].item()  # same seed -> same crops and flips

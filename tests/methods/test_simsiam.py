@@ -59,5 +59,9 @@ def test_heads_follow_the_paper():
     pred = [m for m in model.predictor if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in pred] == [(64, 16), (16, 64)]  # bottleneck
     assert not isinstance(model.predictor[-1], nn.BatchNorm1d)
+    z = []
+    model.projector.register_forward_hook(lambda mod, args, out: z.append(out.detach()))
     out = model.training_step(random_images(4, size=16))
-    assert out["loss"].ndim == 0 and 0 <= out["z_std"] <= 1
+    z1 = z[0][:4]  # the first view's projections: std over the batch of the unit vectors, mean over dims
+    assert out["loss"].ndim == 0
+    torch.testing.assert_close(out["z_std"], nn.functional.normalize(z1, dim=1).std(dim=0).mean())

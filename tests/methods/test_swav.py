@@ -229,7 +229,7 @@ def _swav_from_params(default_params_dict, swav_section: dict, shared_encoder: d
 
 @pytest.mark.parametrize("override", [{"encoder": {"arch": "vit"}}, "shared"])
 def test_vit_encoder_with_small_crops_is_a_user_error(default_params_dict, override):
-    # 12 px small crops fed to a ViT built for 28 px: torchvision's AssertionError, mid-training
+    # 12 px small crops fed to a ViT built for 28 px: a shape error deep in the forward, mid-training
     from pipeline.errors import UserError
 
     swav_section, shared = (override, None) if override != "shared" else ({}, {"arch": "vit"})
