@@ -1,25 +1,54 @@
-# CUDA-enabled PyTorch base; runs the DVC pipeline (or one stage) as a non-root user.
+# The tested stack in an image: the same Python (3.11) and the exact versions of constraints.txt that
+# scripts/run.sh installs and the tests run (torch 2.14.1 included). The mounted checkout's code runs.
 #   docker build -t ssl-pipeline .
-#   docker run --gpus all --ipc=host -v "$PWD":/app ssl-pipeline dvc repro
-FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+#   docker run --gpus all --ipc=host --user "$(id -u):$(id -g)" -v "$PWD":/app ssl-pipeline dvc repro
+#
+# BASE: a CUDA-capable base. PyPI's torch wheel carries its CUDA libraries (the nvidia-* wheels pinned in
+# constraints.txt) and the GPU driver comes from the host (--gpus all), so no nvidia/cuda image is needed:
+# python:3.11-slim-bookworm is the tests' Python and Debian release, and much smaller. Any Debian-based
+# image with python3 and its venv module works (tests/container/run.sh builds on a debootstrapped bookworm).
+ARG BASE=python:3.11-slim-bookworm
+FROM ${BASE}
 
 # git: DVC needs it; dataset-fashion-mnist: the embedded dataset's IDX files.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends git=1:2.* dataset-fashion-mnist=0.0~git* \
     && rm -rf /var/lib/apt/lists/*
 
-RUN useradd --create-home --uid 1000 ssl
-WORKDIR /app
+# Extra pip options for the build only (package sources, CA bundle), e.g. a local index:
+#   --build-arg PIP_OPTS="--extra-index-url file:///opt/pypi/simple --cert /etc/ssl/certs/ca-certificates.crt"
+# An ARG is not an ENV: nothing of the build host's pip setup stays in the image.
+ARG PIP_OPTS=""
 
-# Dependencies first (cached layer), the code after.
-COPY pyproject.toml README.md ./
+# A venv works the same on a python:* image and on Debian's python3 (whose system pip is externally managed).
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+WORKDIR /app
+COPY constraints.txt pyproject.toml README.md ./
 COPY pipeline/__init__.py pipeline/__init__.py
-RUN pip install --no-cache-dir . && pip uninstall -y ssl-pipeline
+# Every version comes from constraints.txt (pip cannot see that, hence DL3013); the project itself is
+# uninstalled again: the mounted checkout is what runs (PYTHONPATH=/app).
+# hadolint ignore=DL3013,SC2086
+RUN python3 -m venv "$VIRTUAL_ENV" \
+    && pip install --no-cache-dir $PIP_OPTS -c constraints.txt torch torchvision \
+    && pip install --no-cache-dir $PIP_OPTS -c constraints.txt . \
+    && pip uninstall -y ssl-pipeline \
+    && rm -rf pipeline
+
+# Non-root. Under `docker run --user "$(id -u):$(id -g)"` the uid may have no passwd entry: HOME and every
+# cache (pip, torch hub, matplotlib, DVC's site cache, git) then point at world-writable places.
+RUN useradd --create-home --uid 1000 ssl \
+    && chmod 1777 /home/ssl \
+    && git config --system --add safe.directory /app
+ENV HOME=/home/ssl \
+    XDG_CACHE_HOME=/tmp/.cache \
+    XDG_CONFIG_HOME=/tmp/.config \
+    PIP_CACHE_DIR=/tmp/.cache/pip \
+    TORCH_HOME=/tmp/.cache/torch \
+    MPLCONFIGDIR=/tmp/.cache/matplotlib \
+    MPLBACKEND=Agg \
+    PYTHONPATH=/app
 
 COPY --chown=ssl:ssl . .
-# A mounted checkout at /app wins over anything baked in: the code you run is the code you see.
-ENV PYTHONPATH=/app \
-    MPLBACKEND=Agg
-RUN git config --system --add safe.directory /app
 USER 1000:1000
 CMD ["dvc", "repro"]

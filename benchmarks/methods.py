@@ -5,10 +5,12 @@
 
 Copies the repository to a temporary directory, sets `methods:` to every method, shortens
 pretraining (``--epochs`` for all, ``--epochs-for`` for the methods that need a longer
-schedule; each method keeps the rest of its params.yaml recipe), and runs `dvc repro linear-eval@<method>` for each (which
-runs shard and pretrain@<method> first). Records per method: pretrain wall time, final loss,
-linear (L-BFGS, C swept on val) and kNN-20 top-1 of the pretrained encoder and of the same
-architecture at random init. Writes benchmarks/results/methods.json and prints a table.
+schedule; each method keeps the rest of its params.yaml recipe), and runs the `linear_eval`
+and `knn` protocols on each (`dvc repro evaluate@<method>-linear_eval ...`, which runs shard
+and pretrain@<method> first) and on the random init of its architecture (`baseline@...`).
+Records per method: pretrain wall time, final loss, linear (L-BFGS, C swept on val) and
+kNN-20 top-1 of the pretrained encoder and of the same architecture at random init. Writes
+benchmarks/results/methods.json and prints a table.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ def main() -> None:
         params["data"]["pretrain_size"] = args.pretrain_size
         params["pretrain"]["epochs"] = args.epochs
         params["linear_eval"]["sgd_epochs"] = 0  # protocol (a) and kNN only, to keep the sweep short
+        params["protocols"] = ["linear_eval", "knn"]
+        own = [m for m in methods if "encoder" in (params.get(m) or {})]  # e.g. MAE's ViT: its own random init
+        params["baselines"] = ["random_init"] + [f"random_init_{m}" for m in own]
         for m in methods:  # method-level overrides keep their recipe (optimizer, lr); only the epochs change
             if m in epochs_for or isinstance(params.get(m, {}).get("pretrain"), dict):
                 params.setdefault(m, {}).setdefault("pretrain", {})["epochs"] = epochs_for.get(m, args.epochs)
@@ -67,12 +72,14 @@ def main() -> None:
         print(f"{'method':14s} {'pretrain s':>10s} {'loss':>8s} {'linear':>7s} {'rand lin':>8s} {'kNN-20':>7s} {'rand kNN':>8s}", flush=True)
         for m in methods:
             t0 = time.time()
-            res = run(["dvc", "repro", f"linear-eval@{m}"], work)
+            base = f"random_init_{m}" if m in own else "random_init"
+            res = run(["dvc", "repro", *(f"{stage}-{p}" for stage in (f"evaluate@{m}", f"baseline@{base}")
+                                         for p in ("linear_eval", "knn"))], work)
             if res.returncode:
                 results[m] = {"error": (res.stdout + res.stderr)[-1500:]}
                 print(f"{m:14s} FAILED\n{results[m]['error']}", flush=True)
             else:
-                results[m] = _row(work, m, time.time() - t0)
+                results[m] = _row(work, m, base, time.time() - t0)
                 r = results[m]
                 print(f"{m:14s} {r['pretrain_seconds']:10.0f} {r['loss']:8.3f} {100 * r['linear_top1']:7.1f} {100 * r['random_init_linear_top1']:8.1f} "
                       f"{100 * r['knn20_top1']:7.1f} {100 * r['random_init_knn20_top1']:8.1f}", flush=True)
@@ -80,13 +87,13 @@ def main() -> None:
             Path(args.out).write_text(json.dumps({"settings": vars(args), "results": results}, indent=2) + "\n")
 
 
-def _row(work: Path, m: str, seconds: float) -> dict:
-    pre = json.loads((work / "metrics" / "pretrain" / f"{m}.json").read_text())
-    pre |= json.loads((work / "metrics" / "pretrain" / f"{m}.timing.json").read_text())  # wall times live apart
-    lin = json.loads((work / "metrics" / "linear-eval" / f"{m}.json").read_text())
+def _row(work: Path, m: str, base: str, seconds: float) -> dict:
+    read = lambda *parts: json.loads((work / "metrics" / Path(*parts)).read_text())  # noqa: E731
+    pre = read("pretrain", f"{m}.json") | read("pretrain", f"{m}.timing.json")  # wall times live apart
     r = {"pretrain_seconds": pre["wall_seconds"], "stage_seconds_incl_eval": round(seconds, 1), "loss": pre["loss"],
-         "epochs": pre["epochs"], "linear_top1": lin["linear"]["top1"], "knn20_top1": lin["knn20_top1"],
-         "random_init_linear_top1": lin["random_init"]["linear"]["top1"], "random_init_knn20_top1": lin["random_init"]["knn20_top1"]}
+         "linear_top1": read("linear_eval", f"{m}.json")["linear_top1"], "knn20_top1": read("knn", f"{m}.json")["knn20_top1"],
+         "random_init_linear_top1": read("linear_eval", f"{base}.json")["linear_top1"],
+         "random_init_knn20_top1": read("knn", f"{base}.json")["knn20_top1"]}
     r["beats_random_init"] = r["linear_top1"] > r["random_init_linear_top1"] and r["knn20_top1"] > r["random_init_knn20_top1"]
     return r
 

@@ -23,8 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -63,9 +61,9 @@ def main() -> None:
 
 
 def _measure(work: Path, env: dict, args) -> None:
-    methods = yaml.safe_load((work / "params.yaml").read_text())["methods"]
-    per_method = ("pretrain", "linear-eval", "finetune", "few-shot", "transfer", "label-efficiency", "diagnostics")
-    stages = ["shard", "baselines"] + [f"{s}@{m}" for m in methods for s in per_method] + ["report"]
+    # dvc.yaml lists shard, pretrain, the evaluations and baselines, then report: an order that runs
+    # each stage after its inputs
+    stages = _run(["dvc", "stage", "list", "--name-only"], work, env).split()
     load_before = os.getloadavg()[0]
     seconds, t_all = {}, time.time()
     for stage in stages:
@@ -74,7 +72,8 @@ def _measure(work: Path, env: dict, args) -> None:
         seconds[stage] = round(time.time() - t0, 1)
         print(f"{stage:24s} {seconds[stage]:8.1f} s", flush=True)
     total = round(time.time() - t_all, 1)
-    metrics = {p.relative_to(work / "metrics").as_posix(): json.loads(p.read_text()) for p in (work / "metrics").rglob("*.json")}
+    metrics = {p.relative_to(work / "metrics").as_posix(): json.loads(p.read_text()) for p in (work / "metrics").rglob("*.json")
+               if not p.name.endswith(".details.json")}  # the headline files
     report = (work / "reports" / "report.md").read_text()
     result = {"total_seconds": total, "stage_seconds": seconds, "load_average_before": load_before,
               "load_average_after": os.getloadavg()[0], "cpus": os.cpu_count(), "platform": platform.platform(),

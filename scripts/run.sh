@@ -19,12 +19,13 @@ setup() {
   else
     echo "no apt-get: install Fashion-MNIST yourself, or set data.download: true in params.yaml" >&2
   fi
-  if [ ! -f "$VENV/.installed" ] || [ pyproject.toml -nt "$VENV/.installed" ]; then
+  if [ ! -f "$VENV/.installed" ] || [ pyproject.toml -nt "$VENV/.installed" ] || [ constraints.txt -nt "$VENV/.installed" ]; then
     python3 -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    # torch first, pinned: the wheels this project is tested with (a CUDA build; runs on CPU too)
-    "$VENV/bin/python" -m pip install -q torch==2.14.1 torchvision==0.29.1
-    "$VENV/bin/python" -m pip install -q -e '.[dev]'
+    # constraints.txt pins every package the tests run (torch==2.14.1, a CUDA build that runs on CPU too);
+    # the Dockerfile installs from the same file, so the image is the tested stack.
+    "$VENV/bin/python" -m pip install -q -c constraints.txt torch torchvision
+    "$VENV/bin/python" -m pip install -q -c constraints.txt -e '.[dev]'
     touch "$VENV/.installed"
   fi
   # DVC needs a git repository (a tarball download has none)
