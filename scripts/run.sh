@@ -10,11 +10,11 @@ VENV=${VENV:-.venv}
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 
 setup() {
-  # Fashion-MNIST's IDX files (/usr/share/datasets/fashion-mnist), git for DVC, venv for Python.
+  # Fashion-MNIST's IDX files (/usr/share/datasets/fashion-mnist), the fortunes text corpora, git for DVC, venv for Python.
   if command -v apt-get >/dev/null; then
-    if ! dpkg -s dataset-fashion-mnist git python3-venv >/dev/null 2>&1; then
+    if ! dpkg -s dataset-fashion-mnist fortunes fortunes-de fortunes-es fortunes-it git python3-venv >/dev/null 2>&1; then
       $SUDO apt-get update -qq
-      $SUDO apt-get install -y -qq dataset-fashion-mnist git python3-venv >/dev/null
+      $SUDO apt-get install -y -qq dataset-fashion-mnist fortunes fortunes-de fortunes-es fortunes-it git python3-venv >/dev/null
     fi
   else
     echo "no apt-get: install Fashion-MNIST yourself, or set data.download: true in params.yaml" >&2

@@ -1,0 +1,69 @@
+"""Read Debian's fortunes as labelled text: categories (English) and languages (transfer).
+
+Files come from each package's own file list (``dpkg -L``), not from the folder, because the
+translated packages install files beside the English ones.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+FORTUNE_DIR = "/usr/share/games/fortunes"
+LANG_PACKAGES = {"en": "fortunes", "de": "fortunes-de", "es": "fortunes-es", "it": "fortunes-it"}
+
+
+def package_files(package: str) -> list[Path]:
+    """Sorted fortune data files of a package: regular files under the fortunes tree, without
+    the ``.dat`` index / ``.u8`` copies; the English package only its top-level folder."""
+    out = subprocess.run(["dpkg", "-L", package], check=True, capture_output=True, text=True).stdout
+    files = []
+    for line in out.splitlines():
+        p = Path(line)
+        if not line.startswith(FORTUNE_DIR + "/") or p.suffix in (".dat", ".u8") or not p.is_file() or p.is_symlink():
+            continue
+        if package == "fortunes" and p.parent != Path(FORTUNE_DIR):
+            continue
+        files.append(p)
+    return sorted(files)
+
+
+def read_entries(path: Path) -> list[str]:
+    """Entries of one file in file order: split on lines holding only ``%``, whitespace
+    collapsed to single spaces, empty entries dropped. Bytes that are not UTF-8 are replaced."""
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    chunks = re.split(r"^%\s*$", text, flags=re.MULTILINE)
+    return [e for e in (" ".join(c.split()) for c in chunks) if e]
+
+
+def fortunes_by_category(min_count: int = 50, merge_into: str | None = "other") -> tuple[list[str], list[str]]:
+    """English entries and their category (file name), in deterministic (file, entry) order.
+    Categories below ``min_count`` are merged into ``merge_into`` (or dropped when ``None``)."""
+    texts, cats = [], []
+    for f in package_files("fortunes"):
+        for e in read_entries(f):
+            texts.append(e)
+            cats.append(f.name)
+    counts = Counter(cats)
+    keep_t, keep_c = [], []
+    for t, c in zip(texts, cats):
+        if counts[c] < min_count:
+            if merge_into is None:
+                continue
+            c = merge_into
+        keep_t.append(t)
+        keep_c.append(c)
+    return keep_t, keep_c
+
+
+def fortunes_by_language(languages: tuple[str, ...] = ("en", "de", "es", "it")) -> tuple[list[str], list[str]]:
+    """Entries labelled by language, for the transfer task, in (language, file, entry) order."""
+    texts, langs = [], []
+    for lang in languages:
+        for f in package_files(LANG_PACKAGES[lang]):
+            for e in read_entries(f):
+                texts.append(e)
+                langs.append(lang)
+    return texts, langs

@@ -1,0 +1,49 @@
+"""A small Transformer over token ids: bidirectional (MLM) or causal (CLM), with a tied LM head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TextTransformer(nn.Module):
+    """``forward(ids [N, L], mask [N, L]) -> hidden [N, L, D]``; ``features -> [N, D]``;
+    ``logits(hidden) -> [N, L, V]``. ``mask`` is 1 for real tokens, 0 for padding."""
+
+    def __init__(self, vocab_size: int, dim: int = 128, depth: int = 2, heads: int = 4,
+                 max_len: int = 128, causal: bool = False, dropout: float = 0.0):
+        super().__init__()
+        self.causal = causal
+        self.tok = nn.Embedding(vocab_size, dim)
+        self.pos = nn.Embedding(max_len, dim)
+        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        # enable_nested_tensor off: the nested fast path would zero padded outputs only sometimes.
+        self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+        nn.init.normal_(self.tok.weight, std=0.02)
+        nn.init.normal_(self.pos.weight, std=0.02)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        L = ids.shape[1]
+        x = self.tok(ids) + self.pos(torch.arange(L, device=ids.device))
+        # Boolean like the padding mask (True = may not attend): mixed types take a slow, deprecated path.
+        causal = torch.ones(L, L, dtype=torch.bool, device=ids.device).triu(1) if self.causal else None
+        x = self.blocks(x, mask=causal, src_key_padding_mask=~mask.bool(), is_causal=self.causal)
+        return self.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM head tied to the token embedding: ``[N, L, D] -> [N, L, V]``."""
+        return hidden @ self.tok.weight.T + self.bias
+
+    def features(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``[N, D]``. Bidirectional: mean over real tokens (every state saw the whole entry).
+        Causal: the last real token's state, the only one that has seen the whole entry; a mean
+        would weight early states that saw only a prefix."""
+        h = self.forward(ids, mask)
+        m = mask.to(h.dtype)
+        if self.causal:
+            last = mask.long().sum(1) - 1
+            return h[torch.arange(len(h)), last]
+        return (h * m[..., None]).sum(1) / m.sum(1, keepdim=True)

@@ -1,0 +1,47 @@
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from pipeline.data import text as T
+
+pytestmark = pytest.mark.skipif(shutil.which("dpkg") is None or not Path(T.FORTUNE_DIR, "people").exists(),
+                                reason="Debian fortunes not installed")
+
+
+def test_read_entries(tmp_path):
+    f = tmp_path / "cat"
+    f.write_text("one\n  two\tthree\n%\n%\n\n  second  entry \n%\nlast\n")
+    assert T.read_entries(f) == ["one two three", "second entry", "last"]
+
+
+def test_english_categories_from_package_list():
+    texts, cats = T.fortunes_by_category(min_count=0)
+    c = Counter(cats)
+    assert len(c) == 40 and c["pratchett"] == 2 and c["people"] > 1000
+    assert not any(x.endswith((".dat", ".u8")) for x in c)
+    assert all(t and t == " ".join(t.split()) for t in texts)
+    assert (texts, cats) == T.fortunes_by_category(min_count=0)  # deterministic
+
+
+def test_min_count_merges_or_drops():
+    _, merged = T.fortunes_by_category(min_count=50)
+    _, dropped = T.fortunes_by_category(min_count=50, merge_into=None)
+    assert Counter(merged)["other"] == 54 and "pratchett" not in merged
+    assert len(merged) - len(dropped) == 54 and min(Counter(dropped).values()) >= 50
+
+
+def test_languages():
+    texts, langs = T.fortunes_by_language()
+    c = Counter(langs)
+    assert set(c) == {"en", "de", "es", "it"} and all(v > 5000 for v in c.values())
+    # no file counted twice (the translated packages add symlinks beside the English files)
+    assert c["en"] == len(T.fortunes_by_category(min_count=0)[0])
+
+
+def test_translated_symlinks_not_double_counted():
+    # fortunes-it lists symlinks in the top folder pointing at it/<name>: read each file once
+    for pkg in ("fortunes-de", "fortunes-es", "fortunes-it"):
+        files = T.package_files(pkg)
+        assert len({f.resolve() for f in files}) == len(files)

@@ -1,0 +1,41 @@
+import pytest
+import torch
+
+from pipeline.models.text_transformer import TextTransformer
+from pipeline.text.objectives import clm_loss, mask_tokens, mlm_loss
+
+
+def _ids(n=3, L=10, V=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(5, V, (n, L), generator=g), torch.ones(n, L, dtype=torch.long)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_shapes_padding_grad(causal):
+    torch.manual_seed(0)
+    m = TextTransformer(40, dim=32, depth=2, heads=4, max_len=32, causal=causal).eval()
+    ids, att = _ids()
+    h = m(ids, att)
+    assert h.shape == (3, 10, 32) and m.features(ids, att).shape == (3, 32)
+    assert m.logits(h).shape == (3, 10, 40)
+    padded = torch.cat([ids, torch.zeros(3, 5, dtype=torch.long)], 1)
+    patt = torch.cat([att, torch.zeros(3, 5, dtype=torch.long)], 1)
+    assert torch.allclose(m.features(ids, att), m.features(padded, patt), atol=1e-5)
+    m.train()
+    m.logits(m(ids, att)).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
+
+
+def test_causal_never_sees_the_future():
+    torch.manual_seed(0)
+    m = TextTransformer(40, dim=32, depth=2, heads=4, max_len=32, causal=True).eval()
+    ids, att = _ids()
+    for t in range(9):
+        other = ids.clone()
+        other[:, t + 1] = (other[:, t + 1] + 1 - 5) % 35 + 5
+        a, b = m(ids, att), m(other, att)
+        assert torch.allclose(a[:, : t + 1], b[:, : t + 1], atol=1e-6)
+        assert not torch.allclose(a[:, t + 1], b[:, t + 1])
+    bi = TextTransformer(40, dim=32, depth=2, heads=4, max_len=32, causal=False).eval()
+    other = ids.clone(); other[:, -1] = 5 + (ids[:, -1] - 4) % 35
+    assert not torch.allclose(bi(ids, att)[:, 0], bi(other, att)[:, 0])
