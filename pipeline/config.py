@@ -125,11 +125,19 @@ class PretrainParams(OptimParams):
     weight_decay: float = Field(1e-4, ge=0)
     warmup_epochs: float = Field(1.0, ge=0)
     checkpoint_every: int = Field(1, ge=1)  # epochs between resumable checkpoints
+    checkpoint_every_steps: int = Field(0, ge=0)  # optimizer steps between checkpoints inside an epoch; 0: off
     knn_every: int = Field(1, ge=1)  # epochs between kNN monitor evaluations
     knn_bank_size: int = Field(5000, ge=10)  # labelled train images in the monitor's bank
     knn_query_size: int = Field(2000, ge=10)  # val images the monitor classifies
+    knn_k: int = Field(20, ge=1)  # the monitor's k (a smaller bank votes over all of it)
+    prepare_images: int = Field(5000, ge=1)  # pretrain images a method's prepare() sees (BEiT's tokenizer)
     shuffle_buffer: int = Field(5000, ge=1)
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
+    # Processes on this node: above 1, the stage starts itself under torchrun (--standalone);
+    # several nodes are launched by hand with torchrun (README)
+    nproc_per_node: int = Field(1, ge=1)
+    # SyncBatchNorm under DDP: auto = on CUDA only (torch's SyncBatchNorm does not run on CPU)
+    sync_batchnorm: Literal["auto"] | bool = "auto"
 
 
 class KnnParams(Strict):

@@ -37,10 +37,41 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(x), dim=0)
 
 
+def all_gather_object(obj):
+    """``[obj of rank 0, obj of rank 1, ...]`` (``[obj]`` without a process group). Tensors
+    inside ``obj`` should be on the CPU: they are unpickled on the receiving rank."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj):
+    """Rank 0's ``obj`` on every rank (``obj`` itself without a process group)."""
+    if world_size() == 1:
+        return obj
+    box = [obj if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
 def init_from_env() -> None:
-    """Start the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    """Start the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on GPUs,
+    gloo on CPUs. Each process takes the GPU of its LOCAL_RANK, before the group starts,
+    so NCCL binds each rank to its own device."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def shutdown() -> None:
+    """End the process group (if any) so every rank exits without NCCL/gloo teardown warnings."""
+    if is_distributed():
+        dist.destroy_process_group()

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pipeline import dist
 from pipeline.config import load_params
-from pipeline.data.shards import load_split, read_manifest, stream_batches
+from pipeline.data.shards import read_manifest, stream_batches
 from pipeline.errors import UserError, exit_on_user_error
 from pipeline.eval.features import encoder_features
 from pipeline.eval.knn import knn_accuracy
@@ -23,7 +28,6 @@ from pipeline.train.checkpoint import fingerprint
 from pipeline.train.loop import TrainJob, check_finite, fit, pick_device
 from pipeline.train.optim import param_groups
 
-PREPARE_SAMPLE = 5000  # pretrain images a method may fit data-dependent parts on (BEiT's tokenizer)
 
 
 @exit_on_user_error
@@ -40,41 +44,68 @@ def main() -> None:
     params = load_params(args.params)
     method_cls = registry.get(args.method)
     manifest = read_manifest(args.shards)
+    p = params.pretrain_for(args.method)
+    if p.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+        _check_world(p, args, manifest, p.nproc_per_node)
+        # bad params and data were refused above, in this one process (one line, status 2)
+        sys.exit(_under_torchrun(p.nproc_per_node))
     dist.init_from_env()
     seed_everything(params.seed)
     device = pick_device()
     out = Path(args.out)
-    with StagedOutputs() as staged:  # outputs appear together at the end, or not at all
-        _train(args, params, method_cls, manifest, device, out, staged)
+    try:
+        with StagedOutputs() as staged:  # outputs appear together at the end, or not at all
+            _train(args, params, method_cls, manifest, device, out, staged)
+    finally:
+        dist.shutdown()
+
+
+def _check_world(p, args, manifest: dict, world: int) -> None:
+    """Params that cannot work with ``world`` processes, refused before any process starts
+    (or on every rank alike, under a torchrun started by hand)."""
+    n_images = manifest["splits"]["pretrain"]["count"]
+    if n_images < p.batch_size * world:
+        raise UserError(f"pretrain.batch_size={p.batch_size} (x {world} processes) exceeds the {n_images} pretrain images "
+                        f"in {args.shards}; lower pretrain.batch_size (or a `pretrain: {{batch_size: ...}}` override under "
+                        f"'{args.method}:') or raise data.pretrain_size")
+    if world > 1 and p.sync_batchnorm is True and not torch.cuda.is_available():
+        raise UserError("pretrain.sync_batchnorm: true needs CUDA (torch's SyncBatchNorm runs on GPU modules only) and this "
+                        "host has no GPU; set pretrain.sync_batchnorm: auto (or false)")
+
+
+def _under_torchrun(nproc: int) -> int:
+    """Run this stage again under ``torchrun --standalone`` with ``nproc`` processes on this
+    node; its exit status. (With one process the stage runs in plain python: torchrun would
+    only add a launcher process.) A rank's error reaches the log from that rank; torchrun
+    reports a failed rank with status 1."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", __file__, *sys.argv[1:]]
+    print(f"[pretrain] {nproc} processes: {' '.join(cmd[1:])}", flush=True)
+    return subprocess.call(cmd)
 
 
 def _train(args, params, method_cls, manifest, device, out: Path, staged: StagedOutputs) -> None:
     # staged first (only rank 0 writes): an unwritable output path fails now, not after training
     paths = {"encoder": staged.file(out / "encoder.pt"), "provenance": staged.file(out / "provenance.json"),
-             "metrics": staged.file(args.metrics), "timing": staged.file(args.timing),
-             "live": staged.dir(args.live)} if dist.is_main() else {}
+             "metrics": staged.file(args.metrics), "timing": staged.file(args.timing)} if dist.is_main() else {}
 
     p = params.pretrain_for(args.method)
     method = method_cls(build_encoder(params.encoder_for(args.method), manifest), params.method_params[args.method], params.augment,
                         params.seed + dist.rank(), device)
     n_images = manifest["splits"]["pretrain"]["count"]
-    if n_images < p.batch_size * dist.world_size():
-        raise UserError(f"pretrain.batch_size={p.batch_size} (x {dist.world_size()} processes) exceeds the {n_images} pretrain images "
-                        f"in {args.shards}; lower pretrain.batch_size (or a `pretrain: {{batch_size: ...}}` override under "
-                        f"'{args.method}:') or raise data.pretrain_size")
+    _check_world(p, args, manifest, dist.world_size())
     method.to(device)
-    sample = next(stream_batches(args.shards, "pretrain", min(n_images, PREPARE_SAMPLE), 1, params.seed))[0].to(device)
+    # the same sample on every rank (rank 0's view of the stream): what one process prepares on
+    sample = next(stream_batches(args.shards, "pretrain", min(n_images, p.prepare_images), 1, params.seed,
+                                 rank=0, world_size=1))[0].to(device)
     method.prepare(sample)
-    bank_x, bank_y = load_split(args.shards, "train")
-    query_x, query_y = load_split(args.shards, "val")
-    bank_x, bank_y = bank_x[: p.knn_bank_size], bank_y[: p.knn_bank_size].numpy()
-    query_x, query_y = query_x[: p.knn_query_size], query_y[: p.knn_query_size].numpy()
+    bank_x, bank_y = _first_images(args.shards, "train", manifest, p.knn_bank_size)
+    query_x, query_y = _first_images(args.shards, "val", manifest, p.knn_query_size)
 
     def monitor(epoch: int, stats: dict) -> dict:
         if (epoch + 1) % p.knn_every and epoch + 1 != p.epochs:
             return {}
         featurize = encoder_features(method.encoder, device)
-        k = min(20, len(bank_y))  # the monitor's k; a bank smaller than 20 votes over all of it
+        k = min(p.knn_k, len(bank_y))  # a bank smaller than k votes over all of it
         return {"knn_top1": knn_accuracy(featurize(bank_x), bank_y, featurize(query_x), query_y, k, params.knn.temperature)}
 
     resolved = {"seed": params.seed, "encoder": params.encoder_for(args.method).model_dump(), "augment": params.augment.model_dump(),
@@ -87,38 +118,109 @@ def _train(args, params, method_cls, manifest, device, out: Path, staged: Staged
         steps_per_epoch=n_images // (p.batch_size * dist.world_size()),
         after_optimizer_step=method.after_optimizer_step, extra_state=method.extra_state,
         load_extra_state=method.load_extra_state, on_epoch_end=monitor,
-        checkpoint_path=out / "checkpoint.pt", checkpoint_every=p.checkpoint_every, fingerprint=run_fingerprint, amp=p.amp,
+        checkpoint_path=out / "checkpoint.pt", checkpoint_every=p.checkpoint_every, checkpoint_every_steps=p.checkpoint_every_steps,
+        fingerprint=run_fingerprint, amp=p.amp,
         batch_size_key="pretrain.batch_size", lr_key=f"pretrain.lr, or a `pretrain: {{lr: ...}}` override under '{args.method}:'",
+        sync_batchnorm=None if p.sync_batchnorm == "auto" else p.sync_batchnorm, sync_batchnorm_key="pretrain.sync_batchnorm",
     )
+    job.batches_from = lambda epoch, skip: stream_batches(args.shards, "pretrain", p.batch_size, p.shuffle_buffer,
+                                                          params.seed * 1000 + epoch, skip_batches=skip)
+    curves = LiveCurves(Path(args.live), job.steps_per_epoch)
+    job.on_epoch_logged = curves.log
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    history = fit(job, device, desc=f"pretrain {args.method}")
+    try:
+        history = fit(job, device, desc=f"pretrain {args.method}")
+    finally:
+        curves.close()
     method.finalize(sample)
     check_finite(method.encoder, f"[pretrain {args.method}] after finalize", "pretrain.lr")
     if not dist.is_main():
         return
     last = history[-1]
-    _log_curves(paths["live"], history)
     save_encoder(method.encoder, paths["encoder"])
     write_json(paths["provenance"], provenance(resolved, method=args.method, device=str(device), world_size=dist.world_size()))
     write_json(paths["metrics"], {"loss": last["loss"], "knn_top1": last["knn_top1"], "epochs": p.epochs})
-    write_json(paths["timing"], {
-        "wall_seconds": round(time.time() - t0, 1),
-        "images_per_second": round(sum(h["images_per_s"] for h in history) / len(history), 1),
-    })
+    wall = time.time() - t0
+    images_per_s = sum(h["images_per_s"] for h in history) / len(history)
+    write_json(paths["timing"], {"wall_seconds": round(wall, 1), "images_per_second": round(images_per_s, 1)})
+    # stderr: stdout carries the per-epoch lines; this is the one line to read at the end
+    print(f"[pretrain {args.method}] done: {p.epochs} epochs, loss {last['loss']:.4f}, kNN top-1 {100 * last['knn_top1']:.1f}%, "
+          f"{wall:.0f} s ({images_per_s * dist.world_size():.0f} images/s, {dist.world_size()} process"
+          f"{'es' if dist.world_size() > 1 else ''})", file=sys.stderr, flush=True)
 
 
-def _log_curves(live_dir: Path, history: list[dict]) -> None:
-    """Write the per-epoch curves with DVCLive (replayed from the history, so a resumed run
-    draws the same curves as an uninterrupted one)."""
-    from dvclive import Live
+def _first_images(shards: str, split: str, manifest: dict, n: int) -> tuple[torch.Tensor, np.ndarray]:
+    """The split's first ``n`` images and labels in shard order (what ``load_split(...)[:n]``
+    gives), decoding only those, on every rank alike (``load_split`` refuses to run under
+    torchrun: WebDataset's default node splitter)."""
+    n = min(n, manifest["splits"][split]["count"])
+    x, y = next(stream_batches(shards, split, n, 1, seed=0, rank=0, world_size=1, ordered=True))
+    return x, y.numpy()
 
-    with Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
-        for h in history:
-            live.step = h["epoch"]
-            for key in ("loss", "lr", "knn_top1"):
-                if key in h:
-                    live.log_metric(key, h[key])
+
+class LiveCurves:
+    """DVCLive curves written while training runs, one point per epoch, at the optimizer
+    step that ended it (the x axis is the real step; ``epoch`` is a curve of its own).
+
+    The folder is written in place, not staged with the other outputs: it is a ``cache:
+    false`` plots folder that nothing downstream reads, and seeing it grow during a run (and
+    what a failed or diverged run did before it stopped) is its purpose. The headline
+    outputs stay all-or-nothing. A fresh run clears it (DVCLive's default); a resumed run
+    continues it with ``resume=True`` after dropping any point past the checkpoint it resumes
+    from (epochs logged after the last checkpoint are trained and logged again), so a
+    resumed run draws the same curves as an uninterrupted one; when the folder is gone, the
+    checkpoint's history draws the earlier points. (dvc.yaml marks the folder ``persist``, so
+    ``dvc repro`` does not delete it before restarting a killed run.) Nothing is created
+    before the first epoch ends (a run that fails earlier leaves no folder). Main rank only.
+    """
+
+    KEYS = ("loss", "lr", "knn_top1")
+
+    def __init__(self, folder: Path, steps_per_epoch: int):
+        self.folder, self.steps_per_epoch, self.live = folder, steps_per_epoch, None
+
+    def log(self, history: list[dict]) -> None:
+        if self.live is None:
+            self.live = self._open(history)
+        self._point(history[-1])
+
+    def _point(self, stats: dict) -> None:
+        self.live.step = stats["epoch"] * self.steps_per_epoch
+        self.live.log_metric("epoch", stats["epoch"])
+        for key in self.KEYS:
+            if key in stats:
+                self.live.log_metric(key, stats[key])
+        self.live.next_step()  # writes the point and the summary now
+
+    def _open(self, history: list[dict]):
+        from dvclive import Live
+
+        earlier = history[:-1]  # epochs of a checkpoint this run resumed from
+        metrics = self.folder / "plots" / "metrics"
+        resume = bool(earlier) and (metrics / "loss.tsv").is_file()
+        if resume:  # the killed run's curves: keep them up to the checkpoint
+            _drop_points_after(metrics, earlier[-1]["epoch"] * self.steps_per_epoch)
+        live = Live(dir=str(self.folder), save_dvc_exp=False, dvcyaml=None, report=None, resume=resume)
+        if earlier and not resume:  # resumed, but its curves are gone: draw them from the checkpoint's history
+            self.live = live
+            for stats in earlier:
+                self._point(stats)
+        return live
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.end()
+
+
+def _drop_points_after(metrics_dir: Path, last_step: int) -> None:
+    """Keep only the points at steps <= ``last_step`` in DVCLive's ``.tsv`` files."""
+    for path in sorted(metrics_dir.rglob("*.tsv")) if metrics_dir.is_dir() else []:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f, delimiter="\t"))
+        kept = rows[:1] + [r for r in rows[1:] if int(float(r[0])) <= last_step]
+        with open(path, "w", newline="") as f:
+            csv.writer(f, delimiter="\t", lineterminator="\n").writerows(kept)
 
 
 if __name__ == "__main__":

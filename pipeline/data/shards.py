@@ -198,36 +198,62 @@ def load_split(shard_dir: str | Path, split: str) -> tuple[torch.Tensor, torch.T
 
 
 def stream_batches(
-    shard_dir: str | Path, split: str, batch_size: int, shuffle_buffer: int, seed: int
+    shard_dir: str | Path, split: str, batch_size: int, shuffle_buffer: int, seed: int,
+    rank: int | None = None, world_size: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of shuffled uint8 batches ``([B, C, H, W], [B])`` streamed from the shards.
 
-    Shards are split across DDP ranks (``split_by_node``); shard order and the sample
-    shuffle buffer are seeded, so an epoch's order depends only on ``seed`` (pass
-    ``base_seed + epoch``) and a resumed run sees the same batches. The last incomplete
-    batch is dropped (contrastive losses want equal batch sizes). Once the epoch is read
-    to the end, the samples read from each shard are checked against the manifest.
+    Shard order and the sample shuffle buffer are seeded, so an epoch's order depends only
+    on ``seed`` (pass ``base_seed + epoch``) and a resumed run sees the same batches. The
+    last incomplete batch is dropped (contrastive losses want equal batch sizes).
+
+    Under DDP (``rank``/``world_size``, default: this process's) every rank reads the same
+    seeded stream and keeps every ``world_size``-th sample (``split_by_rank``), and every rank
+    yields exactly ``count // (batch_size * world_size)`` batches: the same number whatever
+    the shard count (3 shards on 2 ranks, 6 on 4), so no rank leaves the epoch while the
+    others wait in an all-reduce. With one process this is the whole stream, as before.
+    Each rank decodes only its own samples; the tar bytes of the others are read and
+    skipped (a rank's own samples are all decoded, so a corrupt one fails on its rank even
+    past the batches it yields), which also lets every rank check every shard's sample count against the
+    manifest once the epoch is read to the end.
     """
+    from pipeline import dist
+
+    rank = dist.rank() if rank is None else rank
+    world_size = dist.world_size() if world_size is None else world_size
     manifest = read_manifest(shard_dir)
     paths = shard_paths(shard_dir, split)
-    read: Counter[str] = Counter()
-
-    def nodesplitter(src):
-        # Record the shards this rank reads, so a shard that yields nothing counts as 0.
-        for item in wds.split_by_node(src):
-            read[item["url"]] += 0
-            yield item
-
+    total = manifest["splits"][split]["count"]
+    n_batches = total // (batch_size * world_size)
+    read: Counter[str] = Counter({p: 0 for p in paths})  # a shard that yields nothing counts as 0
+    # nodesplitter=None: shards are not split by node; samples are split by rank below.
     ds = wds.WebDataset(paths, shardshuffle=len(paths) if len(paths) > 1 else False, seed=seed,
-                        nodesplitter=nodesplitter, handler=_reraise_corrupt, empty_check=False
+                        nodesplitter=None, handler=_reraise_corrupt, empty_check=False
                         ).shuffle(shuffle_buffer, initial=shuffle_buffer, seed=seed)
-    images, labels = [], []
-    for sample in ds:
-        img, label = _decode(sample, manifest.get("image_size"), manifest["channels"])
+    images, labels, yielded = [], [], 0
+    for sample in split_by_rank(ds, rank, world_size):
         read[sample["__url__"]] += 1
+        if sample.get("__mine__") is False:
+            continue  # another rank's sample: counted, not decoded
+        img, label = _decode(sample, manifest.get("image_size"), manifest["channels"])
         images.append(img)
         labels.append(label)
         if len(images) == batch_size:
-            yield _to_batch(images, labels)
+            if yielded < n_batches:  # a rank with a sample more than others drops its extra batch
+                yield _to_batch(images, labels)
+            yielded += 1
             images, labels = [], []
     _check_counts(shard_dir, manifest, split, read, paths)
+
+
+def split_by_rank(samples: Iterator[dict], rank: int, world_size: int) -> Iterator[dict]:
+    """Every sample of ``samples``, marked ``__mine__`` False unless its position in the
+    stream is ``rank`` modulo ``world_size`` (DistributedSampler's interleaved assignment
+    over a stream every rank reads identically). Nothing is marked with one process."""
+    if world_size == 1:
+        yield from samples
+        return
+    for i, sample in enumerate(samples):
+        if i % world_size != rank:
+            sample["__mine__"] = False
+        yield sample

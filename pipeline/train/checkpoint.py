@@ -19,7 +19,7 @@ import torch
 from pipeline.errors import UserError
 from pipeline.outputs import replace_atomically, save_torch
 
-FORMAT = "ssl-pipeline-checkpoint/2"
+FORMAT = "ssl-pipeline-checkpoint/3"  # 3: per-rank RNG and extra state ("ranks"), world size
 
 
 def fingerprint(*parts) -> str:

@@ -305,3 +305,39 @@ def test_a_new_method_and_protocol_are_one_module_and_one_params_section_each(re
     top1 = json.loads((toy / "metrics" / "nearest_mean" / "upside_down.json").read_text())["top1"]
     assert 0.15 < top1 <= 1  # chance 0.1
     assert "nearest mean top-1" in (toy / "reports" / "report.md").read_text()
+
+
+def test_dvc_repro_after_a_sigkill_mid_epoch_ends_with_the_uninterrupted_weights(repo_copy):
+    """`pretrain.checkpoint_every_steps`: `dvc repro` killed with SIGKILL (dvc and its stage)
+    inside epoch 2, then `dvc repro` again: the stage resumes from the checkpoint (kept:
+    `persist: true`) at its step and writes the encoder of an uninterrupted run, byte for byte."""
+    import signal
+    import time
+
+    import torch
+
+    _set(repo_copy / "params.yaml", {"pretrain": {"epochs": 2, "checkpoint_every_steps": 1}})  # 300 // 64 = 4 steps an epoch
+    _run(["dvc", "repro", "pretrain@simclr"], repo_copy)
+    encoder, ckpt = repo_copy / "models/simclr/encoder.pt", repo_copy / "models/simclr/checkpoint.pt"
+    straight = encoder.read_bytes()
+
+    proc = subprocess.Popen(["dvc", "repro", "--force", "--no-run-cache", "pretrain@simclr"], cwd=repo_copy, env=_env(repo_copy),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline, position = time.time() + 300, None
+    while time.time() < deadline and proc.poll() is None:
+        try:  # replaced atomically: a read sees an old or a new checkpoint, or fails on the rename race
+            state = torch.load(ckpt, weights_only=True)
+        except Exception:  # noqa: BLE001
+            state = {}
+        if state.get("steps_in_epoch") and state.get("epoch") == 0 and not state.get("finished"):
+            position = state["steps_in_epoch"]
+            os.killpg(proc.pid, signal.SIGKILL)  # dvc and the stage's python, as a pre-emption would
+            break
+        time.sleep(0.01)
+    proc.wait(timeout=60)
+    assert position is not None, "the run ended before a checkpoint inside epoch 2 was seen"
+    assert not encoder.exists()  # dvc removed the old outputs before the killed run; nothing was written since
+
+    out = _run(["dvc", "repro", "pretrain@simclr"], repo_copy)
+    assert f"after epoch 1 and {position} steps of epoch 2" in out, out[-3000:]
+    assert encoder.read_bytes() == straight

@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from pipeline.config import AugmentParams, EncoderParams
 from pipeline.methods.dino import DINO, DinoHead, dino_loss
 from pipeline.models.encoder import Encoder
-from tests.methods.test_swav import run_as_ranks
 from pipeline.train.optim import param_groups
 
 
@@ -142,23 +141,6 @@ def test_multi_crop_student_sees_all_crops(images):
     out["loss"].backward()
     assert all(p.grad is None for p in method.teacher_head.parameters())
     assert F.normalize(method.head.last_layer.weight.grad, dim=1).isfinite().all()
-
-
-def test_center_uses_the_batch_mean_of_every_rank(images):
-    """Two ranks with different halves of the batch move the center by the same global mean."""
-    methods, teacher_out = [_tiny_dino(), _tiny_dino()], [None, None]
-    for rank, m in enumerate(methods):
-        m.teacher_head.register_forward_hook(lambda mod, i, o, rank=rank: teacher_out.__setitem__(rank, o.detach()))
-
-    def rank_step(rank):
-        methods[rank](images.chunk(2)[rank])
-        return methods[rank]._batch_center
-
-    centers = run_as_ranks(2, rank_step)
-    global_mean = torch.cat(teacher_out).mean(dim=0)  # [K] over both ranks' 2 global crops
-    for c in centers:
-        assert torch.allclose(c, global_mean, atol=1e-6)
-    assert not torch.allclose(centers[0], teacher_out[0].mean(dim=0), atol=1e-4)  # not rank 0's mean alone
 
 
 @pytest.mark.parametrize("whole_image_bn", [True, False])

@@ -1,11 +1,9 @@
 import math
-import threading
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline import dist
 from pipeline.config import AugmentParams, EncoderParams
 from pipeline.methods import swav as swav_module
 from pipeline.methods.swav import SwAV, sinkhorn, swav_loss
@@ -161,56 +159,6 @@ def test_codes_from_large_crops_only_and_queue_used_once_full(images, monkeypatc
     assert rows == [16, 16, 16, 16, 48, 48]
     assert method.queue.shape == (2, 32, 8) and method.queue_filled == 32
     assert torch.allclose(method.queue.norm(dim=-1), torch.ones(2, 32), atol=1e-5)  # unit features
-
-
-
-def run_as_ranks(world, fn):
-    """Run ``fn(rank)`` in ``world`` threads that ``pipeline.dist`` sees as the ranks of a
-    process group: ``world_size``/``rank`` answer per thread and ``gather_with_grad``
-    concatenates every thread's tensor in rank order (gradients reach the caller's own
-    slice only; a process group also sums the other ranks' gradients into it, which for a
-    loss every rank computes identically multiplies them by ``world``, and DDP's mean
-    over ranks undoes that). Returns the ranks' results."""
-    barrier, local, slots = threading.Barrier(world, timeout=60), threading.local(), [None] * world
-
-    def gather(x):
-        slots[local.rank] = x
-        barrier.wait()
-        out = torch.cat([t if r == local.rank else t.detach() for r, t in enumerate(slots)])
-        barrier.wait()  # everyone has read the slots before any rank writes the next
-        return out
-
-    results, errors = [None] * world, []
-
-    def worker(rank):
-        local.rank = rank
-        try:
-            results[rank] = fn(rank)
-        except BaseException as err:  # noqa: BLE001 - re-raised in the test's thread
-            errors.append(err)
-            barrier.abort()
-
-    threads = [threading.Thread(target=worker, args=(r,)) for r in range(world)]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(dist, "world_size", lambda: world)
-        patch.setattr(dist, "rank", lambda: local.rank)
-        patch.setattr(dist, "gather_with_grad", gather)
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    if errors:
-        raise errors[0]
-    return results
-
-
-def test_sinkhorn_normalises_over_the_global_batch_under_ddp():
-    """Two ranks with half the batch each get the codes of the whole batch."""
-    scores = cosine_scores(10, 4, 3, seed=2)
-    full, local_only = sinkhorn(scores, EPS, 3), sinkhorn(scores.chunk(2)[0], EPS, 3)
-    halves = run_as_ranks(2, lambda rank: sinkhorn(scores.chunk(2)[rank], EPS, 3))
-    assert torch.allclose(torch.cat(halves), full, atol=1e-6)
-    assert not torch.allclose(halves[0], local_only, atol=1e-3)  # the sums did cross the ranks
 
 
 def _swav_from_params(default_params_dict, swav_section: dict, shared_encoder: dict | None = None) -> SwAV:

@@ -83,10 +83,10 @@ def test_every_methods_training_state_loads_weights_only(name, default_params_di
     method.train()(images)["loss"].backward()
     opt.step()
     method.after_optimizer_step(0.1)
-    state = {"module": method.state_dict(), "optimizer": opt.state_dict(), "extra": method.extra_state(),
-             "torch_rng": torch.get_rng_state(), "epoch": 0, "history": [{"loss": 1.0, "epoch": 1}],
+    state = {"module": method.state_dict(), "optimizer": opt.state_dict(),
+             "ranks": [{"extra": method.extra_state(), "torch_rng": torch.get_rng_state()}], "world_size": 1, "epoch": 0, "history": [{"loss": 1.0, "epoch": 1}],
              "fingerprint": "f", "finished": False}
     ckpt.save(tmp_path / "c.pt", state)
     back = ckpt.load_resumable(tmp_path / "c.pt", "f")
     assert back is not None and back["module"].keys() == method.state_dict().keys()
-    method.load_extra_state(back["extra"])
+    method.load_extra_state(back["ranks"][0]["extra"])

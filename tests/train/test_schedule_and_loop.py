@@ -162,3 +162,49 @@ def test_batch_larger_than_the_data_names_the_key(tmp_path):
     job.steps_per_epoch, job.batch_size_key = 0, "finetune.batch_size"
     with pytest.raises(UserError, match="finetune.batch_size=16 is larger than"):
         fit(job, torch.device("cpu"))
+
+
+class NoisyRegression(Regression):
+    """Draws from torch's global RNG every step, so an exact resume needs that RNG restored."""
+
+    def forward(self, x, y):
+        return {"loss": ((self.lin(x + 0.1 * torch.randn_like(x)).squeeze(1) - y) ** 2).mean()}
+
+
+def _noisy_job(folder, epochs=3, every=3):
+    job = _job(folder, epochs)
+    torch.manual_seed(0)
+    job.module = NoisyRegression()
+    job.param_groups = param_groups(job.module)
+    job.checkpoint_every_steps = every
+    return job
+
+
+def test_resume_within_an_epoch_is_exact(tmp_path):
+    """4 steps an epoch, a checkpoint every 3 optimizer steps (3, 6, 9) besides epoch ends:
+    killed in epoch 2 after its 3rd step (step 7), the run resumes from step 6 (epoch 2,
+    2 steps in), and ends with the weights, epoch losses and RNG of an uninterrupted run."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    straight = _noisy_job(tmp_path / "a")
+    want = fit(straight, torch.device("cpu"))
+    rng_after = torch.get_rng_state()
+
+    def killed_batches(epoch):
+        for i, batch in enumerate(_data(epoch)):
+            if epoch == 1 and i == 3:
+                raise KeyboardInterrupt  # after 3 steps of epoch 2, between checkpoints
+            yield batch
+
+    killed = _noisy_job(tmp_path / "b")
+    killed.batches = killed_batches
+    with __import__("pytest").raises(KeyboardInterrupt):
+        fit(killed, torch.device("cpu"))
+    state = torch.load(tmp_path / "b" / "ckpt.pt", weights_only=True)
+    assert (state["epoch"], state["steps_in_epoch"], state["finished"]) == (0, 2, False)
+    resumed = _noisy_job(tmp_path / "b")
+    got = fit(resumed, torch.device("cpu"))
+    assert [h["loss"] for h in got] == [h["loss"] for h in want]
+    for p, q in zip(straight.module.parameters(), resumed.module.parameters()):
+        assert torch.equal(p, q)
+    assert torch.equal(torch.get_rng_state(), rng_after)

@@ -1,0 +1,298 @@
+"""DDP with real process groups: 2 processes on gloo (torch.multiprocessing spawn), never threads.
+
+- a 2-rank ``fit`` equals a 1-rank ``fit`` at the same global batch (SimCLR, BYOL, SwAV);
+- every rank's RNGs are checkpointed and restored: a 2-rank run interrupted after an epoch
+  and resumed ends with the weights of an uninterrupted one;
+- over 3 shards (uneven on 2 ranks) every rank takes the same number of steps and the run
+  finishes under a timeout.
+
+SyncBatchNorm does not run on CPU, so each rank normalises its own half of the batch; the
+1-rank reference does the same by normalising each rank's half separately (``PerRankBN``).
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[2]
+WORLD = 2
+GLOBAL_BATCH = 16  # 8 images per rank
+STEPS = 2
+# float32, 2 optimizer steps of SGD at lr 0.6 * 16 / 256: measured differences are ~1e-7
+# (summation order of the gathered loss and of DDP's gradient all-reduce), so 1e-5 is tight
+# enough to catch a missing or doubled gradient term or a wrong normalisation group
+# (those differ by 1e-2 or more) and loose enough for float rounding.
+RTOL, ATOL = 1e-4, 1e-5
+
+
+# -- what every process builds -------------------------------------------------------------
+
+
+def _params(method: str):
+    from pipeline.config import parse_params
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["encoder"].update({"layers": [1, 1], "width": 8})
+    raw["swav"].update({"num_prototypes": 30, "freeze_prototypes_iters": 0, "num_small_crops": 2})
+    raw["byol"].update({"hidden_dim": 32, "projection_dim": 16, "predictor_hidden_dim": 32})
+    return parse_params(raw)
+
+
+class DeterministicViews:
+    """Views that depend only on the image and the call count, so a rank's half of the
+    batch gets exactly the views the reference gives those images (the real ViewMaker draws
+    per call and rank). Call k: flip when k is odd, brightness x(1 + 0.05 * (k mod 3))."""
+
+    def __init__(self):
+        self.calls = 0
+        self.gen = torch.Generator().manual_seed(0)
+
+    def __call__(self, images, out_size=None, scale=None):
+        from pipeline.data.augment import to_float
+
+        k, self.calls = self.calls, self.calls + 1
+        x = to_float(images)
+        x = (x.flip(-1) if k % 2 else x) * (1 + 0.05 * (k % 3))
+        if out_size is not None:
+            x = F.interpolate(x, size=(out_size, out_size), mode="bilinear", align_corners=False)
+        return x
+
+    def state_dict(self):
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state):
+        self.calls = state["calls"]
+
+
+class PerRankBN(nn.Module):
+    """BatchNorm over each rank's rows separately: a batch is view-major ``[V * N, ...]``
+    (every method stacks its views so), row i belongs to image ``i mod N`` and that image
+    to rank ``(i mod N) // (N / world)``."""
+
+    def __init__(self, bn: nn.Module, n: int, world: int):
+        super().__init__()
+        self.bn, self.n, self.world = bn, n, world
+
+    def forward(self, x):
+        rank_of_row = (torch.arange(x.shape[0]) % self.n) // (self.n // self.world)
+        rows = [torch.nonzero(rank_of_row == r).squeeze(1) for r in range(self.world)]
+        out = torch.cat([self.bn(x[idx]) for idx in rows])
+        return out[torch.argsort(torch.cat(rows))]
+
+
+def per_rank_batchnorm(module: nn.Module, n: int, world: int) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            setattr(module, name, PerRankBN(child, n, world))
+        else:
+            per_rank_batchnorm(child, n, world)
+
+
+def _images(epoch: int, step: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1000 * epoch + step)
+    return torch.randint(0, 256, (GLOBAL_BATCH, 1, 28, 28), generator=g, dtype=torch.uint8)
+
+
+def _method(name: str, seed: int, views: str):
+    from pipeline.methods import registry
+    from pipeline.models.encoder import build_encoder
+
+    params = _params(name)
+    torch.manual_seed(0)  # the same initial weights in every process
+    manifest = {"channels": 1, "image_size": 28, "mean": [0.3], "std": [0.35]}
+    method = registry.get(name)(build_encoder(params.encoder_for(name), manifest), params.method_params[name],
+                                params.augment, seed, torch.device("cpu"))
+    if views == "deterministic":
+        method.views = DeterministicViews()
+    return method, params
+
+
+def _job(name: str, rank: int, world: int, views: str, epochs: int = 1, checkpoint: Path | None = None, stop_at: int | None = None):
+    from pipeline.train.loop import TrainJob
+    from pipeline.train.optim import param_groups
+
+    method, params = _method(name, seed=100 + rank, views=views)
+    per_rank = GLOBAL_BATCH // world
+
+    def batches(epoch):
+        if epoch == stop_at:  # a kill between epochs, on every rank before any collective
+            raise KeyboardInterrupt
+        return [(_images(epoch, s)[rank * per_rank:(rank + 1) * per_rank],) for s in range(STEPS)]
+
+    optim = params.pretrain_for(name).model_copy(update={"epochs": epochs, "batch_size": per_rank, "warmup_epochs": 0})
+    job = TrainJob(module=method, param_groups=param_groups(method, params=method.optimized_parameters()), optim=optim,
+                   batches=batches, steps_per_epoch=STEPS, after_optimizer_step=method.after_optimizer_step,
+                   extra_state=method.extra_state, load_extra_state=method.load_extra_state, checkpoint_path=checkpoint,
+                   fingerprint="t", amp=False)
+    return job, method
+
+
+def _result(method, history, named: dict | None = None) -> dict:
+    """Weights, last gradients and last epoch's loss; ``named``: the parameters by their
+    names before any module was wrapped (the names stay comparable across runs)."""
+    named = dict(method.named_parameters()) if named is None else named
+    return {"params": {k: p.detach().clone() for k, p in named.items()},
+            "grads": {k: p.grad.detach().clone() for k, p in named.items() if p.grad is not None},
+            "loss": history[-1]["loss"]}
+
+
+# -- the ranks -----------------------------------------------------------------------------
+
+
+def _init(rank: int, init_file: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+
+
+def _equivalence_rank(rank: int, init_file: str, out: str, methods: list[str]) -> None:
+    from pipeline.train.loop import fit
+
+    try:
+        _init(rank, init_file)
+        results = {}
+        for name in methods:
+            job, method = _job(name, rank, WORLD, "deterministic")
+            results[name] = _result(method, fit(job, torch.device("cpu")))
+        # every rank's RNG restored on resume: interrupted after epoch 1 of 2, then resumed
+        job, method = _job("simclr", rank, WORLD, "real", epochs=2)
+        results["straight"] = _result(method, fit(job, torch.device("cpu")))
+        ckpt = Path(out) / "ckpt.pt"
+        job, _ = _job("simclr", rank, WORLD, "real", epochs=2, checkpoint=ckpt, stop_at=1)
+        try:
+            fit(job, torch.device("cpu"))
+        except KeyboardInterrupt:
+            pass
+        torch.distributed.barrier()  # rank 0 has written the checkpoint
+        job, method = _job("simclr", rank, WORLD, "real", epochs=2, checkpoint=ckpt)
+        results["resumed"] = _result(method, fit(job, torch.device("cpu")))
+        torch.save(results, Path(out) / f"rank{rank}.pt")
+    except BaseException:
+        (Path(out) / f"rank{rank}.error").write_text(traceback.format_exc())
+        raise
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _uneven_rank(rank: int, init_file: str, out: str, shards: str) -> None:
+    from pipeline.data.shards import read_manifest, stream_batches
+    from pipeline.train.loop import fit
+
+    try:
+        _init(rank, init_file)
+        job, method = _job("simclr", rank, WORLD, "real", epochs=2)
+        count = read_manifest(shards)["splits"]["pretrain"]["count"]
+        steps = []
+
+        def batches(epoch):
+            for batch in stream_batches(shards, "pretrain", 64, 100, seed=epoch):
+                steps.append(epoch)
+                yield batch[:1]
+
+        job.batches, job.steps_per_epoch = batches, count // (64 * WORLD)
+        job.optim = job.optim.model_copy(update={"batch_size": 64})
+        fit(job, torch.device("cpu"))
+        torch.save({"steps": steps}, Path(out) / f"rank{rank}.pt")
+    except BaseException:
+        (Path(out) / f"rank{rank}.error").write_text(traceback.format_exc())
+        raise
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _spawn(target, tmp_path: Path, *args, timeout: float) -> list[dict]:
+    """Run ``target(rank, init_file, out, *args)`` in WORLD processes; fail on a timeout
+    (killing them) or on any rank's error (its traceback in the message)."""
+    ctx = mp.get_context("spawn")
+    init_file = tmp_path / "pg-init"
+    procs = [ctx.Process(target=target, args=(r, str(init_file), str(tmp_path), *args)) for r in range(WORLD)]
+    env = os.environ.copy()
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout)
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+        hung = [r for r, p in enumerate(procs) if p.is_alive()]
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+    errors = [(tmp_path / f"rank{r}.error").read_text() for r in range(WORLD) if (tmp_path / f"rank{r}.error").exists()]
+    assert not hung, f"ranks {hung} still running after {timeout} s (blocked in a collective?)\n" + "\n".join(errors)
+    assert not errors and all(p.exitcode == 0 for p in procs), "\n".join(errors) or [p.exitcode for p in procs]
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+# -- the tests -----------------------------------------------------------------------------
+
+METHODS = ["simclr", "byol", "swav"]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    return _spawn(_equivalence_rank, out, METHODS, timeout=120)
+
+
+def _reference(name: str) -> dict:
+    """One process, the global batch, BatchNorm per rank's half."""
+    from pipeline.train.loop import fit
+
+    job, method = _job(name, 0, 1, "deterministic")
+    named = dict(method.named_parameters())
+    per_rank_batchnorm(method, GLOBAL_BATCH, WORLD)
+    return _result(method, fit(job, torch.device("cpu")), named)
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_two_ranks_equal_one_rank_at_the_same_global_batch(two_ranks, name):
+    ref = _reference(name)
+    ranks = [r[name] for r in two_ranks]
+    # the ranks' weights agree exactly (DDP averages the gradients before every step)
+    assert _max_diff(ranks[0]["params"], ranks[1]["params"]) == 0
+    # the epoch loss: each rank logs the mean over its half; their mean is the global one
+    loss = sum(r["loss"] for r in ranks) / WORLD
+    assert loss == pytest.approx(ref["loss"], rel=RTOL, abs=ATOL)
+    assert ranks[0]["grads"].keys() == ref["grads"].keys()
+    for k in ref["grads"]:  # the last step's gradients, after DDP's all-reduce
+        torch.testing.assert_close(ranks[0]["grads"][k], ref["grads"][k], rtol=RTOL, atol=ATOL, msg=f"grad {k}")
+    for k in ref["params"]:  # the weights after two steps
+        torch.testing.assert_close(ranks[0]["params"][k], ref["params"][k], rtol=RTOL, atol=ATOL, msg=f"param {k}")
+    moved = max(float((ref["params"][k] - _method(name, 0, "deterministic")[0].state_dict()[k]).abs().max())
+                for k in ref["params"])
+    assert moved > 100 * ATOL  # the steps did change the weights: the comparison is not vacuous
+
+
+def test_each_rank_resumes_its_own_rng(two_ranks):
+    """Interrupted after epoch 1 and resumed, each rank draws the views it would have drawn:
+    the weights equal the uninterrupted run's. (With rank 0's generator restored on both
+    ranks, rank 1's views after the resume differ and so do the weights.)"""
+    for r in two_ranks:
+        for k, p in r["straight"]["params"].items():
+            assert torch.equal(p, r["resumed"]["params"][k]), k
+
+
+def test_uneven_shards_give_every_rank_the_same_steps(tiny_shards, tmp_path):
+    """400 pretrain images in 3 shards (150, 150, 100) on 2 ranks, batch 64: by whole shards
+    the ranks would get 250 and 150 images (3 and 2 steps) and one would wait in an
+    all-reduce; by sample every rank takes 400 // 128 = 3 steps an epoch."""
+    results = _spawn(_uneven_rank, tmp_path, str(tiny_shards), timeout=90)
+    assert [r["steps"] for r in results] == [[0, 0, 0, 1, 1, 1]] * WORLD
