@@ -15,6 +15,7 @@ import torch
 
 from pipeline import dist
 from pipeline.config import load_params
+from pipeline.data.loader import epoch_batches
 from pipeline.data.shards import read_manifest, stream_batches
 from pipeline.errors import UserError, exit_on_user_error
 from pipeline.eval.features import encoder_features
@@ -109,12 +110,14 @@ def _train(args, params, method_cls, manifest, device, out: Path, staged: Staged
         return {"knn_top1": knn_accuracy(featurize(bank_x), bank_y, featurize(query_x), query_y, k, params.knn.temperature)}
 
     resolved = {"seed": params.seed, "encoder": params.encoder_for(args.method).model_dump(), "augment": params.augment.model_dump(),
-                "pretrain": p.model_dump(), args.method: params.method_params[args.method].model_dump()}
+                "pretrain": p.model_dump(exclude={"loader_workers"}), args.method: params.method_params[args.method].model_dump()}
     # the code is part of the run: a checkpoint made by other code is never resumed
     run_fingerprint = fingerprint(args.method, resolved, manifest["splits"]["pretrain"]["shards"], code_fingerprint(__file__))
+    workers = loader_workers(p.loader_workers)
     job = TrainJob(
         module=method, param_groups=param_groups(method, params=method.optimized_parameters()), optim=p,
-        batches=lambda epoch: stream_batches(args.shards, "pretrain", p.batch_size, p.shuffle_buffer, params.seed * 1000 + epoch),
+        batches=lambda epoch: epoch_batches(args.shards, "pretrain", p.batch_size, p.shuffle_buffer, params.seed * 1000 + epoch,
+                                            workers, device),
         steps_per_epoch=n_images // (p.batch_size * dist.world_size()),
         after_optimizer_step=method.after_optimizer_step, extra_state=method.extra_state,
         load_extra_state=method.load_extra_state, on_epoch_end=monitor,
@@ -123,8 +126,8 @@ def _train(args, params, method_cls, manifest, device, out: Path, staged: Staged
         batch_size_key="pretrain.batch_size", lr_key=f"pretrain.lr, or a `pretrain: {{lr: ...}}` override under '{args.method}:'",
         sync_batchnorm=None if p.sync_batchnorm == "auto" else p.sync_batchnorm, sync_batchnorm_key="pretrain.sync_batchnorm",
     )
-    job.batches_from = lambda epoch, skip: stream_batches(args.shards, "pretrain", p.batch_size, p.shuffle_buffer,
-                                                          params.seed * 1000 + epoch, skip_batches=skip)
+    job.batches_from = lambda epoch, skip: epoch_batches(args.shards, "pretrain", p.batch_size, p.shuffle_buffer,
+                                                         params.seed * 1000 + epoch, workers, device, skip_batches=skip)
     curves = LiveCurves(Path(args.live), job.steps_per_epoch)
     job.on_epoch_logged = curves.log
     out.mkdir(parents=True, exist_ok=True)
@@ -148,6 +151,15 @@ def _train(args, params, method_cls, manifest, device, out: Path, staged: Staged
     print(f"[pretrain {args.method}] done: {p.epochs} epochs, loss {last['loss']:.4f}, kNN top-1 {100 * last['knn_top1']:.1f}%, "
           f"{wall:.0f} s ({images_per_s * dist.world_size():.0f} images/s, {dist.world_size()} process"
           f"{'es' if dist.world_size() > 1 else ''})", file=sys.stderr, flush=True)
+
+
+def loader_workers(requested: int | None) -> int:
+    """``pretrain.loader_workers``, or the cores this process may use (at most 8) shared by the
+    processes on this node."""
+    if requested is not None:
+        return requested
+    per_process = len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(8, per_process))
 
 
 def _first_images(shards: str, split: str, manifest: dict, n: int) -> tuple[torch.Tensor, np.ndarray]:

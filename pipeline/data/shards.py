@@ -199,7 +199,8 @@ def load_split(shard_dir: str | Path, split: str) -> tuple[torch.Tensor, torch.T
 
 def stream_batches(
     shard_dir: str | Path, split: str, batch_size: int, shuffle_buffer: int, seed: int,
-    rank: int | None = None, world_size: int | None = None,
+    rank: int | None = None, world_size: int | None = None, ordered: bool = False, skip_batches: int = 0,
+    batch_slice: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of shuffled uint8 batches ``([B, C, H, W], [B])`` streamed from the shards.
 
@@ -216,6 +217,17 @@ def stream_batches(
     skipped (a rank's own samples are all decoded, so a corrupt one fails on its rank even
     past the batches it yields), which also lets every rank check every shard's sample count against the
     manifest once the epoch is read to the end.
+
+    ``ordered``: no shuffling at all, the samples in shard order (``load_split``'s order), so
+    the first batch of ``k`` images is the split's first ``k``, decoded without the rest.
+
+    ``skip_batches``: the epoch from its batch ``skip_batches`` on (a resume inside an
+    epoch): the same batches as without it, less the first ones, whose samples are read and
+    counted but not decoded.
+
+    ``batch_slice=(i, n)``: only the batches ``skip_batches + i``, ``+ i + n``, ... of them
+    (a DataLoader worker ``i`` of ``n``, ``pipeline/data/loader.py``); the others' samples
+    are read and counted, not decoded. The ``n`` slices interleaved are the whole epoch.
     """
     from pipeline import dist
 
@@ -226,22 +238,27 @@ def stream_batches(
     total = manifest["splits"][split]["count"]
     n_batches = total // (batch_size * world_size)
     read: Counter[str] = Counter({p: 0 for p in paths})  # a shard that yields nothing counts as 0
-    # nodesplitter=None: shards are not split by node; samples are split by rank below.
-    ds = wds.WebDataset(paths, shardshuffle=len(paths) if len(paths) > 1 else False, seed=seed,
-                        nodesplitter=None, handler=_reraise_corrupt, empty_check=False
-                        ).shuffle(shuffle_buffer, initial=shuffle_buffer, seed=seed)
-    images, labels, yielded = [], [], 0
+    # nodesplitter/workersplitter=None: shards are split neither by node nor by DataLoader
+    # worker; samples are split by rank below, and batches by worker (``batch_slice``).
+    ds = wds.WebDataset(paths, shardshuffle=len(paths) if len(paths) > 1 and not ordered else False, seed=seed,
+                        nodesplitter=None, workersplitter=None, handler=_reraise_corrupt, empty_check=False)
+    if not ordered:
+        ds = ds.shuffle(shuffle_buffer, initial=shuffle_buffer, seed=seed)
+    offset, stride = batch_slice
+    images, labels, mine = [], [], 0
     for sample in split_by_rank(ds, rank, world_size):
         read[sample["__url__"]] += 1
         if sample.get("__mine__") is False:
             continue  # another rank's sample: counted, not decoded
+        batch, mine = mine // batch_size, mine + 1  # the batch of this rank's epoch the sample is in
+        if batch < skip_batches or (batch - skip_batches) % stride != offset:
+            continue  # before the resume position, or another worker's batch: counted, not decoded
         img, label = _decode(sample, manifest.get("image_size"), manifest["channels"])
         images.append(img)
         labels.append(label)
         if len(images) == batch_size:
-            if yielded < n_batches:  # a rank with a sample more than others drops its extra batch
+            if batch < n_batches:  # a rank with a sample more than others drops its extra batch
                 yield _to_batch(images, labels)
-            yielded += 1
             images, labels = [], []
     _check_counts(shard_dir, manifest, split, read, paths)
 
