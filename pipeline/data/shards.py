@@ -200,7 +200,7 @@ def load_split(shard_dir: str | Path, split: str) -> tuple[torch.Tensor, torch.T
 def stream_batches(
     shard_dir: str | Path, split: str, batch_size: int, shuffle_buffer: int, seed: int,
     rank: int | None = None, world_size: int | None = None, ordered: bool = False, skip_batches: int = 0,
-    batch_slice: tuple[int, int] = (0, 1),
+    batch_slice: tuple[int, int] = (0, 1), drop_last: bool = True,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of shuffled uint8 batches ``([B, C, H, W], [B])`` streamed from the shards.
 
@@ -228,6 +228,9 @@ def stream_batches(
     ``batch_slice=(i, n)``: only the batches ``skip_batches + i``, ``+ i + n``, ... of them
     (a DataLoader worker ``i`` of ``n``, ``pipeline/data/loader.py``); the others' samples
     are read and counted, not decoded. The ``n`` slices interleaved are the whole epoch.
+
+    ``drop_last=False`` (one process, no ``batch_slice``): also the last, smaller batch, so
+    the batches hold every sample (feature extraction).
     """
     from pipeline import dist
 
@@ -236,7 +239,7 @@ def stream_batches(
     manifest = read_manifest(shard_dir)
     paths = shard_paths(shard_dir, split)
     total = manifest["splits"][split]["count"]
-    n_batches = total // (batch_size * world_size)
+    n_batches = total // (batch_size * world_size) if drop_last else -(-total // batch_size)
     read: Counter[str] = Counter({p: 0 for p in paths})  # a shard that yields nothing counts as 0
     # nodesplitter/workersplitter=None: shards are split neither by node nor by DataLoader
     # worker; samples are split by rank below, and batches by worker (``batch_slice``).
@@ -261,6 +264,8 @@ def stream_batches(
                 yield _to_batch(images, labels)
             images, labels = [], []
     _check_counts(shard_dir, manifest, split, read, paths)
+    if images and not drop_last:
+        yield _to_batch(images, labels)
 
 
 def split_by_rank(samples: Iterator[dict], rank: int, world_size: int) -> Iterator[dict]:

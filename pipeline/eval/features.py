@@ -14,7 +14,10 @@ from pipeline.data.augment import to_float
 Featurizer = Callable[[torch.Tensor], np.ndarray]  # uint8 [N, C, H, W] -> float32 [N, D]
 
 
-def encoder_features(encoder: nn.Module, device: torch.device, batch_size: int = 1024) -> Featurizer:
+BATCH = 1024  # images per forward pass (and per streamed batch of a split: EvalContext.features)
+
+
+def encoder_features(encoder: nn.Module, device: torch.device, batch_size: int = BATCH) -> Featurizer:
     """Features of ``encoder`` in eval mode (BatchNorm running statistics). The caller's
     encoder is left alone (its device and train/eval mode): a copy is moved and switched."""
     encoder = copy.deepcopy(encoder).to(device).eval()

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from pipeline.config import Params
-from pipeline.data.shards import load_split
-from pipeline.eval.features import Featurizer, encoder_features, pixel_features
+from pipeline.data.shards import load_split, stream_batches
+from pipeline.eval.features import BATCH, Featurizer, encoder_features, pixel_features
 from pipeline.models.encoder import Encoder
 
 def seed_everything(seed: int) -> None:
@@ -67,10 +67,18 @@ class EvalContext:
         return self._featurizer(images)
 
     def features(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(features [N, D], labels [N])`` of a labelled split, computed once per stage."""
+        """``(features [N, D], labels [N])`` of a labelled split, computed once per stage,
+        batch by batch as the shards stream in shard order: only the features are held,
+        never the split's images (unless a protocol asked for them: ``split``)."""
         if name not in self._features:
-            images, labels = self.split(name)
-            self._features[name] = (self.featurize(images), labels.numpy())
+            if name in self._splits:
+                images, labels = self._splits[name]
+                self._features[name] = (self.featurize(images), labels.numpy())
+            else:
+                batches = stream_batches(self.shards, name, BATCH, 1, seed=0, rank=0, world_size=1, ordered=True,
+                                         drop_last=False)
+                feats, labels = zip(*((self.featurize(x), y.numpy()) for x, y in batches))
+                self._features[name] = (np.concatenate(feats), np.concatenate(labels))
         return self._features[name]
 
     def trainable_encoder(self) -> Encoder:

@@ -5,12 +5,13 @@ images): raw pixels and a small random encoder, as the baselines stage runs them
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from pipeline.config import EncoderParams, parse_params
-from pipeline.data.shards import read_manifest
+from pipeline.data.shards import load_split, read_manifest
 from pipeline.eval import registry
 from pipeline.eval.baselines import baseline_encoder, matching_random_init
 from pipeline.eval.label_efficiency import balanced_subset
@@ -122,6 +123,23 @@ def test_features_are_computed_once_per_split_and_leave_the_encoder_alone(tiny_s
     registry.get("few_shot").run(ctx)
     assert sorted(calls) == [200, 300, 400]  # train, val, test: once each across three protocols
     assert enc.training  # featurizing did not switch the caller's encoder to eval mode
+
+
+def test_features_stream_batch_by_batch_without_holding_the_images(tiny_shards, small, monkeypatch):
+    """400 train images in streamed batches of 128 (the last one 16): every image once, in
+    the split's order, the features of the whole split; no split's images are kept."""
+    from pipeline.eval import protocol
+
+    monkeypatch.setattr(protocol, "BATCH", 128)
+    ctx = ctx_for(tiny_shards, small, encoder(tiny_shards))
+    sizes = []
+    real = ctx.featurize
+    monkeypatch.setattr(ctx, "featurize", lambda images: sizes.append(len(images)) or real(images))
+    feats, labels = ctx.features("train")
+    assert sizes == [128, 128, 128, 16] and ctx._splits == {}
+    images, want_labels = load_split(tiny_shards, "train")
+    np.testing.assert_array_equal(labels, want_labels.numpy())
+    np.testing.assert_allclose(feats, real(images), rtol=1e-5, atol=1e-5)
 
 
 def test_random_init_baseline_is_the_pretraining_init_and_leaves_the_global_rng(tiny_shards, params):
