@@ -12,19 +12,17 @@ SyncBatchNorm does not run on CPU, so each rank normalises its own half of the b
 
 from __future__ import annotations
 
-import os
-import traceback
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from tests.dist.group import WORLD, spawn
+
 REPO = Path(__file__).resolve().parents[2]
-WORLD = 2
 GLOBAL_BATCH = 16  # 8 images per rank
 STEPS = 2
 # float32, 2 optimizer steps of SGD at lr 0.6 * 16 / 256: measured differences are ~1e-7
@@ -148,93 +146,45 @@ def _result(method, history, named: dict | None = None) -> dict:
 # -- the ranks -----------------------------------------------------------------------------
 
 
-def _init(rank: int, init_file: str) -> None:
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-
-
-def _equivalence_rank(rank: int, init_file: str, out: str, methods: list[str]) -> None:
+def _equivalence_rank(rank: int, out: str, methods: list[str]) -> dict:
     from pipeline.train.loop import fit
 
+    results = {}
+    for name in methods:
+        job, method = _job(name, rank, WORLD, "deterministic")
+        results[name] = _result(method, fit(job, torch.device("cpu")))
+    # every rank's RNG restored on resume: interrupted after epoch 1 of 2, then resumed
+    job, method = _job("simclr", rank, WORLD, "real", epochs=2)
+    results["straight"] = _result(method, fit(job, torch.device("cpu")))
+    ckpt = Path(out) / "ckpt.pt"
+    job, _ = _job("simclr", rank, WORLD, "real", epochs=2, checkpoint=ckpt, stop_at=1)
     try:
-        _init(rank, init_file)
-        results = {}
-        for name in methods:
-            job, method = _job(name, rank, WORLD, "deterministic")
-            results[name] = _result(method, fit(job, torch.device("cpu")))
-        # every rank's RNG restored on resume: interrupted after epoch 1 of 2, then resumed
-        job, method = _job("simclr", rank, WORLD, "real", epochs=2)
-        results["straight"] = _result(method, fit(job, torch.device("cpu")))
-        ckpt = Path(out) / "ckpt.pt"
-        job, _ = _job("simclr", rank, WORLD, "real", epochs=2, checkpoint=ckpt, stop_at=1)
-        try:
-            fit(job, torch.device("cpu"))
-        except KeyboardInterrupt:
-            pass
-        torch.distributed.barrier()  # rank 0 has written the checkpoint
-        job, method = _job("simclr", rank, WORLD, "real", epochs=2, checkpoint=ckpt)
-        results["resumed"] = _result(method, fit(job, torch.device("cpu")))
-        torch.save(results, Path(out) / f"rank{rank}.pt")
-    except BaseException:
-        (Path(out) / f"rank{rank}.error").write_text(traceback.format_exc())
-        raise
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        fit(job, torch.device("cpu"))
+    except KeyboardInterrupt:
+        pass
+    torch.distributed.barrier()  # rank 0 has written the checkpoint
+    job, method = _job("simclr", rank, WORLD, "real", epochs=2, checkpoint=ckpt)
+    results["resumed"] = _result(method, fit(job, torch.device("cpu")))
+    return results
 
 
-def _uneven_rank(rank: int, init_file: str, out: str, shards: str) -> None:
+def _uneven_rank(rank: int, out: str, shards: str) -> dict:
     from pipeline.data.shards import read_manifest, stream_batches
     from pipeline.train.loop import fit
 
-    try:
-        _init(rank, init_file)
-        job, method = _job("simclr", rank, WORLD, "real", epochs=2)
-        count = read_manifest(shards)["splits"]["pretrain"]["count"]
-        steps = []
+    job, method = _job("simclr", rank, WORLD, "real", epochs=2)
+    count = read_manifest(shards)["splits"]["pretrain"]["count"]
+    steps = []
 
-        def batches(epoch):
-            for batch in stream_batches(shards, "pretrain", 64, 100, seed=epoch):
-                steps.append(epoch)
-                yield batch[:1]
+    def batches(epoch):
+        for batch in stream_batches(shards, "pretrain", 64, 100, seed=epoch):
+            steps.append(epoch)
+            yield batch[:1]
 
-        job.batches, job.steps_per_epoch = batches, count // (64 * WORLD)
-        job.optim = job.optim.model_copy(update={"batch_size": 64})
-        fit(job, torch.device("cpu"))
-        torch.save({"steps": steps}, Path(out) / f"rank{rank}.pt")
-    except BaseException:
-        (Path(out) / f"rank{rank}.error").write_text(traceback.format_exc())
-        raise
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-
-
-def _spawn(target, tmp_path: Path, *args, timeout: float) -> list[dict]:
-    """Run ``target(rank, init_file, out, *args)`` in WORLD processes; fail on a timeout
-    (killing them) or on any rank's error (its traceback in the message)."""
-    ctx = mp.get_context("spawn")
-    init_file = tmp_path / "pg-init"
-    procs = [ctx.Process(target=target, args=(r, str(init_file), str(tmp_path), *args)) for r in range(WORLD)]
-    env = os.environ.copy()
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(timeout)
-    finally:
-        os.environ.clear()
-        os.environ.update(env)
-        hung = [r for r, p in enumerate(procs) if p.is_alive()]
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join()
-    errors = [(tmp_path / f"rank{r}.error").read_text() for r in range(WORLD) if (tmp_path / f"rank{r}.error").exists()]
-    assert not hung, f"ranks {hung} still running after {timeout} s (blocked in a collective?)\n" + "\n".join(errors)
-    assert not errors and all(p.exitcode == 0 for p in procs), "\n".join(errors) or [p.exitcode for p in procs]
-    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    job.batches, job.steps_per_epoch = batches, count // (64 * WORLD)
+    job.optim = job.optim.model_copy(update={"batch_size": 64})
+    fit(job, torch.device("cpu"))
+    return {"steps": steps}
 
 
 # -- the tests -----------------------------------------------------------------------------
@@ -245,7 +195,7 @@ METHODS = ["simclr", "byol", "swav"]
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    return _spawn(_equivalence_rank, out, METHODS, timeout=120)
+    return spawn(_equivalence_rank, out, METHODS, timeout=120)
 
 
 def _reference(name: str) -> dict:
@@ -294,5 +244,5 @@ def test_uneven_shards_give_every_rank_the_same_steps(tiny_shards, tmp_path):
     """400 pretrain images in 3 shards (150, 150, 100) on 2 ranks, batch 64: by whole shards
     the ranks would get 250 and 150 images (3 and 2 steps) and one would wait in an
     all-reduce; by sample every rank takes 400 // 128 = 3 steps an epoch."""
-    results = _spawn(_uneven_rank, tmp_path, str(tiny_shards), timeout=90)
+    results = spawn(_uneven_rank, tmp_path, str(tiny_shards), timeout=90)
     assert [r["steps"] for r in results] == [[0, 0, 0, 1, 1, 1]] * WORLD

@@ -11,12 +11,9 @@ caller's own slice, which hides exactly this; here it is asserted.
 
 from __future__ import annotations
 
-import traceback
-from pathlib import Path
-
 import torch
 
-from tests.dist.test_ddp import WORLD, _init, _spawn
+from tests.dist.group import WORLD, spawn
 
 
 def _z():
@@ -66,36 +63,28 @@ def _images():
     return torch.randint(0, 256, (16, 1, 28, 28), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
 
 
-def _rank(rank: int, init_file: str, out: str) -> None:
+def _rank(rank: int, out: str) -> dict:
     from pipeline.methods.swav import sinkhorn
 
-    try:
-        _init(rank, init_file)
-        results = {}
-        z1, z2 = _z()
-        for name, loss_fn in {**LOSSES, "simclr": _simclr}.items():
-            mine = z1.chunk(WORLD)[rank].clone().requires_grad_()
-            loss = loss_fn(mine, z2.chunk(WORLD)[rank])
-            loss.backward()
-            results[name] = (loss.detach(), mine.grad)
-        results["sinkhorn"] = sinkhorn(_sinkhorn_scores().chunk(WORLD)[rank], 0.05, 3)
-        dino, teacher_out = _tiny_dino(), []
-        dino.teacher_head.register_forward_hook(lambda mod, i, o: teacher_out.append(o.detach()))
-        dino(_images().chunk(WORLD)[rank])
-        results["dino"] = (dino._batch_center, teacher_out[0])
-        torch.save(results, Path(out) / f"rank{rank}.pt")
-    except BaseException:
-        (Path(out) / f"rank{rank}.error").write_text(traceback.format_exc())
-        raise
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    results = {}
+    z1, z2 = _z()
+    for name, loss_fn in {**LOSSES, "simclr": _simclr}.items():
+        mine = z1.chunk(WORLD)[rank].clone().requires_grad_()
+        loss = loss_fn(mine, z2.chunk(WORLD)[rank])
+        loss.backward()
+        results[name] = (loss.detach(), mine.grad)
+    results["sinkhorn"] = sinkhorn(_sinkhorn_scores().chunk(WORLD)[rank], 0.05, 3)
+    dino, teacher_out = _tiny_dino(), []
+    dino.teacher_head.register_forward_hook(lambda mod, i, o: teacher_out.append(o.detach()))
+    dino(_images().chunk(WORLD)[rank])
+    results["dino"] = (dino._batch_center, teacher_out[0])
+    return results
 
 
 def test_cross_rank_statistics_in_a_process_group(tmp_path):
     from pipeline.methods.swav import sinkhorn
 
-    ranks = _spawn(_rank, tmp_path, timeout=60)
+    ranks = spawn(_rank, tmp_path, timeout=60)
     z1, z2 = _z()
     for name, loss_fn in LOSSES.items():  # a loss over the global batch, the same on every rank
         full1 = z1.clone().requires_grad_()
