@@ -159,6 +159,7 @@ class LinearParams(Strict):
     sgd_lr: float = Field(0.1, gt=0)  # per 256 images
     sgd_crop_scale: list[float] = Field(default_factory=lambda: [0.5, 1.0], min_length=2, max_length=2)
     amp: bool = True  # protocol (b): bfloat16 autocast on CUDA; ignored on CPU
+    nproc_per_node: int = Field(1, ge=1)  # >1: the stage runs under torchrun, protocol (b) with DDP
 
 
 class FinetuneParams(OptimParams):
@@ -167,6 +168,7 @@ class FinetuneParams(OptimParams):
     crop_scale: list[float] = Field(default_factory=lambda: [0.5, 1.0], min_length=2, max_length=2)  # training views
     hflip: float = Field(0.5, ge=0, le=1)
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
+    nproc_per_node: int = Field(1, ge=1)  # >1: the finetune stage runs under torchrun with DDP
 
 
 class FewShotParams(Strict):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import torch
 import torch.distributed as dist
@@ -75,3 +77,18 @@ def shutdown() -> None:
     """End the process group (if any) so every rank exits without NCCL/gloo teardown warnings."""
     if is_distributed():
         dist.destroy_process_group()
+
+
+def relaunch_under_torchrun(nproc: int, script: str, tag: str) -> int:
+    """Run ``script`` with this process's arguments again under ``torchrun --standalone``
+    with ``nproc`` processes on this node, and return its exit status (a stage asked by a
+    param for more than one process starts itself so; with one it runs in plain python:
+    torchrun would only add a launcher process). A rank's error reaches the log from that
+    rank; torchrun reports a failed rank with status 1."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", script, *sys.argv[1:]]
+    print(f"[{tag}] {nproc} processes: {' '.join(cmd[1:])}", flush=True)
+    return subprocess.call(cmd)
+
+
+def launched_by_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ

@@ -10,8 +10,10 @@ a baseline (raw pixels, a random init).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from pipeline import dist
 from pipeline.config import load_params
 from pipeline.data.shards import read_manifest
 from pipeline.errors import UserError, exit_on_user_error
@@ -42,25 +44,39 @@ def main() -> None:
     manifest = read_manifest(args.shards)
     check_classes(manifest)
     protocol.check(params, manifest)  # before any featurizing or training
+    if args.baseline and args.baseline not in params.baselines:
+        raise UserError(f"--baseline {args.baseline!r} is not in params.yaml baselines {params.baselines}")
+    if args.encoder and not Path(args.encoder).is_file():
+        raise UserError(f"{args.encoder} not found; run 'dvc repro' (pretraining writes it)")
+    nproc = getattr(params.protocol_params[protocol.name], "nproc_per_node", 1)
+    if nproc > 1 and not dist.launched_by_torchrun():  # bad params and data were refused above, once
+        sys.exit(dist.relaunch_under_torchrun(nproc, __file__, protocol.name))
+    dist.init_from_env()
+    try:
+        _evaluate(args, protocol, params, manifest)
+    finally:
+        dist.shutdown()
+
+
+def _evaluate(args, protocol, params, manifest) -> None:
     if args.baseline:
-        if args.baseline not in params.baselines:
-            raise UserError(f"--baseline {args.baseline!r} is not in params.yaml baselines {params.baselines}")
         name, encoder = args.baseline, baseline_encoder(params, args.baseline, manifest)
     else:
-        if not Path(args.encoder).is_file():
-            raise UserError(f"{args.encoder} not found; run 'dvc repro' (pretraining writes it)")
         name, encoder = Path(args.encoder).parent.name, load_encoder(args.encoder)
     ctx = EvalContext(name, encoder, args.baseline is None, args.shards, manifest, params, pick_device())
     with StagedOutputs() as staged:  # metrics and details appear together, or not at all
-        metrics, details = staged.file(args.metrics), staged.file(args.details)
+        # under DDP every rank runs the protocol (training is split between them); rank 0 writes
+        paths = (staged.file(args.metrics), staged.file(args.details)) if dist.is_main() else None
         reason = protocol.not_applicable(ctx)
         if reason:
             headline, result = {}, {"not_applicable": reason}
         else:
             headline, result = run_protocol(protocol, ctx)
-        write_json(metrics, headline)
-        write_json(details, result)
-    print(f"{protocol.name}@{name}: {reason or protocol.summary_line(headline)}")
+        if paths:
+            write_json(paths[0], headline)
+            write_json(paths[1], result)
+    if dist.is_main():
+        print(f"{protocol.name}@{name}: {reason or protocol.summary_line(headline)}")
 
 
 if __name__ == "__main__":

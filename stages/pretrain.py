@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,10 +45,10 @@ def main() -> None:
     method_cls = registry.get(args.method)
     manifest = read_manifest(args.shards)
     p = params.pretrain_for(args.method)
-    if p.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+    if p.nproc_per_node > 1 and not dist.launched_by_torchrun():
         _check_world(p, args, manifest, p.nproc_per_node)
         # bad params and data were refused above, in this one process (one line, status 2)
-        sys.exit(_under_torchrun(p.nproc_per_node))
+        sys.exit(dist.relaunch_under_torchrun(p.nproc_per_node, __file__, "pretrain"))
     dist.init_from_env()
     seed_everything(params.seed)
     device = pick_device()
@@ -72,16 +71,6 @@ def _check_world(p, args, manifest: dict, world: int) -> None:
     if world > 1 and p.sync_batchnorm is True and not torch.cuda.is_available():
         raise UserError("pretrain.sync_batchnorm: true needs CUDA (torch's SyncBatchNorm runs on GPU modules only) and this "
                         "host has no GPU; set pretrain.sync_batchnorm: auto (or false)")
-
-
-def _under_torchrun(nproc: int) -> int:
-    """Run this stage again under ``torchrun --standalone`` with ``nproc`` processes on this
-    node; its exit status. (With one process the stage runs in plain python: torchrun would
-    only add a launcher process.) A rank's error reaches the log from that rank; torchrun
-    reports a failed rank with status 1."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", __file__, *sys.argv[1:]]
-    print(f"[pretrain] {nproc} processes: {' '.join(cmd[1:])}", flush=True)
-    return subprocess.call(cmd)
 
 
 def _train(args, params, method_cls, manifest, device, out: Path, staged: StagedOutputs) -> None:
@@ -164,8 +153,7 @@ def loader_workers(requested: int | None) -> int:
 
 def _first_images(shards: str, split: str, manifest: dict, n: int) -> tuple[torch.Tensor, np.ndarray]:
     """The split's first ``n`` images and labels in shard order (what ``load_split(...)[:n]``
-    gives), decoding only those, on every rank alike (``load_split`` refuses to run under
-    torchrun: WebDataset's default node splitter)."""
+    gives), decoding only those, on every rank alike."""
     n = min(n, manifest["splits"][split]["count"])
     x, y = next(stream_batches(shards, split, n, 1, seed=0, rank=0, world_size=1, ordered=True))
     return x, y.numpy()

@@ -180,10 +180,12 @@ def _reraise_corrupt(exn: Exception) -> bool:
 
 
 def load_split(shard_dir: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """A whole split in shard order: uint8 images ``[N, C, H, W]`` and labels ``[N]`` (-1 if none)."""
+    """A whole split in shard order: uint8 images ``[N, C, H, W]`` and labels ``[N]`` (-1 if
+    none); every DDP rank gets all of it (a protocol splits its training batches itself)."""
     manifest = read_manifest(shard_dir)
     paths = shard_paths(shard_dir, split)
-    ds = wds.WebDataset(paths, shardshuffle=False, handler=_reraise_corrupt, empty_check=False)
+    ds = wds.WebDataset(paths, shardshuffle=False, nodesplitter=None, workersplitter=None, handler=_reraise_corrupt,
+                        empty_check=False)
     images, labels = [], []
     read = Counter({p: 0 for p in paths})
     for sample in ds:

@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline import dist
 from pipeline.config import FinetuneParams
 from pipeline.data.augment import random_resized_crop, to_float
-from pipeline.eval.linear_sgd import in_memory_batches
+from pipeline.eval.linear_sgd import in_memory_batches, steps_per_epoch
 from pipeline.train.loop import TrainJob, fit
 from pipeline.train.optim import param_groups
 
@@ -30,7 +31,7 @@ class Classifier(nn.Module):
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.gen is None or self.gen.device != images.device:
             self.gen = torch.Generator(device=images.device)
-            self.gen.manual_seed(self.seed)
+            self.gen.manual_seed(self.seed + dist.rank())  # each rank its own views (rank 0: as one process)
         x = random_resized_crop(to_float(images), self.crop_scale, (0.75, 1.3333), self.hflip, self.gen)
         logits = self.head(self.encoder(x))
         return {"loss": F.cross_entropy(logits, labels), "acc": (logits.argmax(1) == labels).float().mean()}
@@ -59,7 +60,7 @@ def train_classifier(
     groups = param_groups(model.encoder, encoder_lr_mult) + param_groups(model.head)
     job = TrainJob(
         module=model, param_groups=groups, optim=cfg, amp=cfg.amp,
-        batches=in_memory_batches(images, labels, batch_size, seed), steps_per_epoch=len(images) // batch_size,
+        batches=in_memory_batches(images, labels, batch_size, seed), steps_per_epoch=steps_per_epoch(len(images), batch_size),
         batch_size_key="finetune.batch_size", lr_key="finetune.lr",
     )
     history = fit(job, device, desc)

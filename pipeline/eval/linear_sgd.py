@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline import dist
 from pipeline.config import OptimParams
 from pipeline.data.augment import random_resized_crop, to_float
 from pipeline.train.loop import TrainJob, fit
@@ -30,17 +31,29 @@ def in_memory_batches(
 ) -> Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
     """``batches(epoch)`` for a ``TrainJob`` over in-memory tensors: each epoch a fresh
     permutation drawn from a generator seeded with ``(seed, epoch)``, full batches only.
-    images: ``[N, C, H, W]`` (uint8), labels: ``[N]`` (int64)."""
+    images: ``[N, C, H, W]`` (uint8), labels: ``[N]`` (int64).
+
+    Under DDP ``batch_size`` is per process: every rank draws the same permutation and
+    takes its slice of each global batch of ``batch_size x world`` images, so the ranks
+    together see the one-process run's global batches and all take
+    ``N // (batch_size x world)`` steps (``steps_per_epoch``)."""
     labels = labels.long()
+    rank, world = dist.rank(), dist.world_size()
+    step = batch_size * world
 
     def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
         perm = torch.randperm(len(images), generator=gen)
-        for i in range(0, len(perm) - batch_size + 1, batch_size):
-            idx = perm[i : i + batch_size]
+        for i in range(0, len(perm) - step + 1, step):
+            idx = perm[i + rank * batch_size : i + (rank + 1) * batch_size]
             yield images[idx], labels[idx]
 
     return batches
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimizer steps of an epoch of ``n`` images at ``batch_size`` per process."""
+    return n // (batch_size * dist.world_size())
 
 
 def _topk(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
@@ -80,7 +93,7 @@ class FrozenLinear(nn.Module):
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.gen is None or self.gen.device != images.device:
             self.gen = torch.Generator(device=images.device)
-            self.gen.manual_seed(self.seed)
+            self.gen.manual_seed(self.seed + dist.rank())  # each rank its own views (rank 0: as one process)
         x = random_resized_crop(to_float(images), self.crop_scale, CROP_RATIO, 0.5, self.gen)
         with torch.no_grad():
             feats = self.encoder(x).float()
@@ -119,11 +132,11 @@ def linear_sgd(
         raise ValueError("linear_sgd needs at least 2 training images")
     n_classes = int(max(int(y_tr.max()), int(y_te.max()))) + 1
     batch_size = min(batch_size, len(x_tr))
-    model = FrozenLinear(encoder, n_classes, seed, crop_scale)
+    model = FrozenLinear(encoder, n_classes, seed, crop_scale)  # the head is seeded alike on every rank; views per rank
     optim = OptimParams(epochs=epochs, batch_size=batch_size, optimizer="sgd", lr=lr, momentum=0.9, weight_decay=0.0)
     job = TrainJob(
         module=model, param_groups=param_groups(model.head), optim=optim, amp=amp,
-        batches=in_memory_batches(x_tr, y_tr, batch_size, seed), steps_per_epoch=len(x_tr) // batch_size,
+        batches=in_memory_batches(x_tr, y_tr, batch_size, seed), steps_per_epoch=steps_per_epoch(len(x_tr), batch_size),
     )
     was_training = encoder.training
     grad_flags = [p.requires_grad for p in encoder.parameters()]
