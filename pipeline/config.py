@@ -39,6 +39,15 @@ class DataParams(Strict):
     test_size: Optional[int] = Field(None, ge=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)  # for sources without a test split
     shard_size: int = Field(10000, ge=1)
+    # Stored size: None keeps image_size (every image resized to image_size x image_size,
+    # as before); set, the short side is resized to store_size and the centre cropped to
+    # store_size x store_size (no distortion): the shards' and the encoder's image size.
+    store_size: Optional[int] = Field(None, ge=8, le=1024)
+    image_format: Literal["png", "jpeg"] = "png"  # sample encoding in the shards
+    jpeg_quality: int = Field(90, ge=1, le=100)  # with image_format jpeg
+    # Processes decoding/resizing/encoding (None: os.cpu_count(), at most 8); the output
+    # bytes are the same for any count, so it is left out of the manifest.
+    workers: Optional[int] = Field(None, ge=1, le=64)
 
 
 class EncoderParams(Strict):

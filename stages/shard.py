@@ -1,4 +1,10 @@
-"""DVC stage `shard`: source images -> WebDataset shards + manifest.json."""
+"""DVC stage `shard`: source images -> WebDataset shards + manifest.json.
+
+Streaming: the source gives sample references (file paths, indices) and labels, the splits
+are computed from the labels, and worker processes (``data.workers``) load, resize and
+encode the images a chunk at a time, so memory does not grow with the dataset. The output
+is byte-identical for any number of workers.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,26 @@ import argparse
 
 from pipeline.config import load_params
 from pipeline.data import sources
-from pipeline.data.shards import write_shards
+from pipeline.data.shards import SampleFormat, default_workers, write_shards
 from pipeline.data.splits import make_splits
 from pipeline.errors import exit_on_user_error
 from pipeline.outputs import StagedOutputs
+
+# data.* keys that do not change the output (left out of the manifest), and new keys left out
+# at their defaults, so a manifest is byte-identical to one written before they existed.
+_NOT_IN_MANIFEST = {"workers"}
+_OMITTED_AT_DEFAULT = {"store_size": None, "image_format": "png"}
+
+
+def manifest_source(d) -> dict:
+    """The data params as the manifest records them."""
+    src = d.model_dump(exclude=_NOT_IN_MANIFEST)
+    for key, default in _OMITTED_AT_DEFAULT.items():
+        if src[key] == default:
+            del src[key]
+    if src.get("image_format", "png") == "png":
+        del src["jpeg_quality"]  # unused with png
+    return src
 
 
 @exit_on_user_error
@@ -21,14 +43,16 @@ def main() -> None:
     params = load_params(args.params)
     d = params.data
     if d.source == "fashion-mnist":
-        train, test = sources.fashion_mnist(d.root, d.image_size, d.channels, d.download)
+        train, test = sources.fashion_mnist_refs(d.root, d.download)
     elif d.source == "imagefolder":
-        train, test = sources.image_folder(d.root, d.image_size, d.channels, d.test_fraction, params.seed)
+        train, test = sources.image_folder_refs(d.root, d.test_fraction, params.seed)
     else:
-        train, test = sources.torchvision_dataset(d.torchvision_name, d.root, d.image_size, d.channels, d.download)
+        train, test = sources.torchvision_refs(d.torchvision_name, d.root, d.download)
     splits = make_splits(train, test, d, params.seed)
+    fmt = SampleFormat(d.image_size, d.channels, d.store_size, d.image_format, d.jpeg_quality)
     with StagedOutputs() as staged:  # the shard folder appears whole (manifest included) or not at all
-        manifest = write_shards(splits, staged.dir(args.out), d.shard_size, source=d.model_dump())
+        manifest = write_shards(splits, staged.dir(args.out), d.shard_size, source=manifest_source(d),
+                                fmt=fmt, workers=default_workers(d.workers))
     print("shards:", ", ".join(f"{s} {v['count']}" for s, v in manifest["splits"].items()), "images in", args.out)
 
 

@@ -1,28 +1,41 @@
 """WebDataset tar shards: writing (byte-identical for the same input) and reading.
 
-A sample is ``{__key__, png, cls}``; pretrain shards carry no ``cls`` so pretraining cannot
-use labels. ``manifest.json`` records counts (per split and per shard), classes, image
-format, normalisation stats and the sha256 of every shard. Every reader verifies a shard's
-sha256 (once per process) before trusting it, and checks that it read as many samples as
-the manifest says.
+A sample is ``{__key__, png, cls}`` (``jpg`` instead of ``png`` with ``data.image_format:
+jpeg``; such a manifest says ``"image_format": "jpeg"``, a manifest without the key is png);
+pretrain shards carry no ``cls`` so pretraining cannot use labels. ``manifest.json`` records
+counts (per split and per shard), classes, image format, normalisation stats and the sha256
+of every shard.
+
+The writer never holds a split in memory: samples come as references (``SampleRefs``) and
+are loaded, resized and encoded a chunk at a time by a pool of worker processes, in order,
+with a bounded number of chunks in flight; the normalisation stats are exact integer sums.
+Shards and manifest are byte-identical for any number of workers.
+
+Every reader verifies a shard's sha256 (once per process) before trusting it, and checks
+that it read as many samples as the manifest says.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import math
+import multiprocessing
 import os
-from collections import Counter
+import sys
+from collections import Counter, deque
+from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
 
-from pipeline.data.sources import ImageSet
+from pipeline.data.sources import ArrayReader, ImageSet, SampleRefs, load_image
 from pipeline.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -48,52 +61,216 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_split(data: ImageSet, out_dir: Path, split: str, shard_size: int, with_labels: bool) -> dict[str, int]:
-    """Write ``{split}-NNNNNN.tar`` shards in dataset order; returns {file name: sample count}."""
+class SampleFormat(NamedTuple):
+    """How samples are stored: ``size`` x ``size`` (any aspect squashed), or with
+    ``store_size`` the short side resized to it and the centre cropped square; PNG or JPEG."""
+
+    size: int
+    channels: int
+    store_size: int | None = None
+    image_format: str = "png"  # png | jpeg
+    jpeg_quality: int = 90
+
+    @property
+    def side(self) -> int:
+        return self.store_size or self.size
+
+    @property
+    def ext(self) -> str:  # the sample's key in the tar: png or jpg
+        return "png" if self.image_format == "png" else "jpg"
+
+
+# Samples per task sent to a worker, and tasks in flight per worker: together they bound the
+# encoded samples held at once (neither changes the output).
+CHUNK = 32
+TASKS_PER_WORKER = 4
+
+
+def default_workers(workers: int | None) -> int:
+    """``data.workers``, or the CPUs this process may use, at most 8."""
+    if workers:
+        return workers
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cpus))
+
+
+def _jpeg(image: np.ndarray, quality: int) -> bytes:
+    img = Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality, optimize=False, progressive=False)  # deterministic for a libjpeg
+    return buf.getvalue()
+
+
+def _pixel_sums(image: np.ndarray) -> np.ndarray:
+    """Exact per-channel sums of the pixel values and of their squares, int64 ``[2, C]``."""
+    values = np.arange(256, dtype=np.int64)
+    out = np.empty((2, image.shape[-1]), np.int64)
+    for c in range(image.shape[-1]):
+        counts = np.bincount(image[..., c].ravel(), minlength=256).astype(np.int64)
+        out[0, c], out[1, c] = counts @ values, counts @ (values * values)
+    return out
+
+
+def encode_chunk(reader, index: np.ndarray, fmt: SampleFormat, stats: bool) -> list[tuple[bytes, np.ndarray | None]]:
+    """Samples ``index`` of ``reader``: (encoded bytes, pixel sums if ``stats``) each."""
+    out = []
+    for i in index:
+        image = load_image(reader, i, fmt.size, fmt.channels, fmt.store_size)
+        data = _png(image) if fmt.image_format == "png" else _jpeg(image, fmt.jpeg_quality)
+        out.append((data, _pixel_sums(image) if stats else None))
+    return out
+
+
+_WORKER: dict = {}  # a worker process's readers and format (set by _init_worker)
+
+
+def _init_worker(readers: list, fmt: SampleFormat) -> None:
+    _WORKER.update(readers=readers, fmt=fmt)
+
+
+def _encode_task(task: tuple[int, np.ndarray, bool]) -> list[tuple[bytes, np.ndarray | None]]:
+    reader_id, index, stats = task
+    return encode_chunk(_WORKER["readers"][reader_id], index, _WORKER["fmt"], stats)
+
+
+def _encoded(tasks: list[tuple[int, np.ndarray, bool]], readers: list, fmt: SampleFormat, pool,
+             window: int) -> Iterator[tuple[bytes, np.ndarray | None]]:
+    """Every sample of ``tasks`` encoded, in order. With a pool, at most ``window`` tasks
+    are submitted and not yet consumed (Pool.imap would read ahead without bound and keep
+    every finished result until consumed)."""
+    if pool is None:
+        for reader_id, index, stats in tasks:
+            yield from encode_chunk(readers[reader_id], index, fmt, stats)
+        return
+    pending: deque = deque()
+    for task in tasks:
+        pending.append(pool.apply_async(_encode_task, (task,)))
+        if len(pending) >= window:
+            yield from pending.popleft().get()
+    while pending:
+        yield from pending.popleft().get()
+
+
+@contextlib.contextmanager
+def _worker_pool(readers: list, fmt: SampleFormat, workers: int):
+    """A pool of ``workers`` processes (None for one: everything runs in this process);
+    terminated on leaving, also on an error."""
+    if workers <= 1:
+        yield None
+        return
+    for reader in readers:  # e.g. an IDX file decompressed once, shared by the forked workers
+        getattr(reader, "prepare", lambda: None)()
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+    try:
+        pool = ctx.Pool(workers, _init_worker, (readers, fmt))
+    except OSError as err:  # e.g. no /dev/shm for the pool's locks: same bytes, one process
+        print(f"warning: cannot start {workers} worker processes ({err}); encoding in this process", file=sys.stderr)
+        pool = None
+    if pool is None:
+        yield None
+        return
+    with pool:
+        yield pool
+
+
+def write_split(data: ImageSet | SampleRefs, out_dir: Path, split: str, shard_size: int, with_labels: bool,
+                samples: Iterator[tuple[bytes, np.ndarray | None]] | None = None, ext: str = "png",
+                totals: np.ndarray | None = None) -> dict[str, int]:
+    """Write ``{split}-NNNNNN.tar`` shards in dataset order; returns {file name: sample count}.
+
+    ``samples``: the split's encoded samples in order (default: ``data``, an ``ImageSet``,
+    encoded as PNG here). ``totals``: int64 ``[2, C]`` that the samples' pixel sums are
+    added to."""
+    if samples is None:
+        fmt = SampleFormat(int(data.images.shape[1]), int(data.images.shape[3]))
+        samples = iter(encode_chunk(ArrayReader(data.images), np.arange(len(data)), fmt, totals is not None))
     names = {}
     for start in range(0, len(data), shard_size):
         name = f"{split}-{start // shard_size:06d}.tar"
         # mtime=0 and fixed user/group make the tar bytes depend only on the samples.
         with wds.TarWriter(str(out_dir / name), mtime=0, user="ssl", group="ssl") as sink:
             for i in range(start, min(start + shard_size, len(data))):
-                sample = {"__key__": f"{split}_{i:08d}", "png": _png(data.images[i])}
+                encoded, sums = next(samples)
+                sample = {"__key__": f"{split}_{i:08d}", ext: encoded}
                 if with_labels:
                     sample["cls"] = str(int(data.labels[i])).encode()
+                if totals is not None:
+                    totals += sums
                 sink.write(sample)
         names[name] = min(start + shard_size, len(data)) - start
     return names
 
 
-def write_shards(splits: dict[str, ImageSet], out_dir: Path, shard_size: int, source: dict) -> dict:
+def _mean_std(totals: np.ndarray, n_pixels: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of pixel/255 from exact integer sums (exact to rounding)."""
+    if n_pixels == 0:
+        return [math.nan] * totals.shape[1], [math.nan] * totals.shape[1]
+    mean, std = [], []
+    for s, q in zip(totals[0].tolist(), totals[1].tolist()):
+        mean.append(float(Fraction(s, 255 * n_pixels)))
+        std.append(math.sqrt(Fraction(n_pixels * q - s * s, (255 * n_pixels) ** 2)))
+    return mean, std
+
+
+def write_shards(splits: dict, out_dir: Path, shard_size: int, source: dict,
+                 fmt: SampleFormat | None = None, workers: int = 1) -> dict:
     """Write every split and the manifest into ``out_dir`` (replaced atomically-ish:
-    the manifest is written last, so a crash leaves no manifest and readers refuse the dir)."""
+    the manifest is written last, so a crash leaves no manifest and readers refuse the dir).
+
+    ``splits``: ``ImageSet``s (arrays, stored as they are) or ``SampleRefs`` (loaded and
+    stored as ``fmt`` says, by ``workers`` processes, streaming: no split is held in
+    memory). The bytes written do not depend on ``workers``."""
+    any_set = splits["pretrain"]
+    if fmt is None:
+        if not isinstance(any_set, ImageSet):
+            raise TypeError("write_shards needs fmt for SampleRefs")
+        fmt = SampleFormat(int(any_set.images.shape[1]), int(any_set.images.shape[3]))
+    refs = {name: SampleRefs(ArrayReader(d.images), np.arange(len(d)), d.labels, d.classes, d.skipped)
+            if isinstance(d, ImageSet) else d for name, d in splits.items()}
+    readers: list = []  # the distinct readers, by identity; tasks name them by position
+    reader_id: dict[int, int] = {}
+    tasks = []
+    for name, data in refs.items():
+        if id(data.reader) not in reader_id:
+            reader_id[id(data.reader)] = len(readers)
+            readers.append(data.reader)
+        tasks += [(reader_id[id(data.reader)], data.index[i : i + CHUNK], name == "pretrain")
+                  for i in range(0, len(data), CHUNK)]
+
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("*"):
         old.unlink()
-    any_set = splits["pretrain"]
-    pre = any_set.images.astype(np.float64) / 255.0
     manifest = {
         "source": source,
-        "image_size": int(any_set.images.shape[1]),
-        "channels": int(any_set.images.shape[3]),
+        "image_size": fmt.side,
+        "channels": fmt.channels,
+        **({"image_format": fmt.image_format} if fmt.image_format != "png" else {}),
         "classes": list(any_set.classes),
         # per-channel stats of the pretrain split, used by the encoder's input normalisation
-        "mean": [round(float(m), 6) for m in pre.mean(axis=(0, 1, 2))],
-        "std": [round(float(s), 6) for s in pre.std(axis=(0, 1, 2))],
+        "mean": None,
+        "std": None,
         "splits": {},
     }
     # Files the source skipped as non-images (every split carries its source's list).
     skipped = sorted({f for data in splits.values() for f in data.skipped})
     manifest["skipped_files"] = {"count": len(skipped), "examples": skipped[:10]}
-    for split, data in splits.items():
-        names = write_split(data, out_dir, split, shard_size, with_labels=split != "pretrain")
-        counts = np.bincount(data.labels, minlength=len(data.classes))
-        manifest["splits"][split] = {
-            "count": len(data),
-            "per_class": {c: int(n) for c, n in zip(data.classes, counts)} if split != "pretrain" else None,
-            "shards": {n: sha256(out_dir / n) for n in names},
-            "shard_counts": names,
-        }
+    totals = np.zeros((2, fmt.channels), np.int64)
+    with _worker_pool(readers, fmt, workers) as pool, contextlib.closing(
+            _encoded(tasks, readers, fmt, pool, workers * TASKS_PER_WORKER)) as samples:
+        for split, data in refs.items():
+            names = write_split(data, out_dir, split, shard_size, with_labels=split != "pretrain", samples=samples,
+                                ext=fmt.ext, totals=totals if split == "pretrain" else None)
+            counts = np.bincount(data.labels, minlength=len(data.classes))
+            manifest["splits"][split] = {
+                "count": len(data),
+                "per_class": {c: int(n) for c, n in zip(data.classes, counts)} if split != "pretrain" else None,
+                "shards": {n: sha256(out_dir / n) for n in names},
+                "shard_counts": names,
+            }
+    mean, std = _mean_std(totals, len(refs["pretrain"]) * fmt.side * fmt.side)
+    manifest["mean"] = [round(m, 6) for m in mean]
+    manifest["std"] = [round(s, 6) for s in std]
     tmp = out_dir / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, out_dir / MANIFEST)
@@ -157,7 +334,7 @@ def _check_counts(shard_dir: str | Path, manifest: dict, split: str, read: dict[
 def _decode(sample: dict, size: int | None, channels: int) -> tuple[np.ndarray, int]:
     """One sample -> uint8 image ``[H, W, C]`` and its label (-1 if none); ``size`` None: unchecked."""
     try:
-        with Image.open(io.BytesIO(sample["png"])) as img:
+        with Image.open(io.BytesIO(sample["png"] if "png" in sample else sample["jpg"])) as img:
             arr = np.asarray(img.convert("L" if channels == 1 else "RGB"))
         label = int(sample["cls"]) if "cls" in sample else -1
         if size is not None and arr.shape[:2] != (size, size):

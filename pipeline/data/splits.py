@@ -8,12 +8,10 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from pipeline.config import DataParams
-from pipeline.data.sources import ImageSet
+from pipeline.data.sources import ImageSet, SampleRefs
 from pipeline.errors import UserError
 
 SPLITS = ("pretrain", "train", "val", "test")
@@ -24,8 +22,10 @@ _SIZE_KEY = {"pretrain": "data.pretrain_size", "train": "data.train_size", "val"
              "test": "data.test_size (or data.test_fraction for an ImageFolder without a test folder)"}
 
 
-def make_splits(train: ImageSet, test: ImageSet, data: DataParams, seed: int) -> dict[str, ImageSet]:
-    """Deterministic for a seed: one permutation of the source's train set.
+def make_splits(train: ImageSet | SampleRefs, test: ImageSet | SampleRefs, data: DataParams, seed: int) -> dict:
+    """Deterministic for a seed: one permutation of the source's train set. Works on
+    labels and sizes only, so image arrays (``ImageSet``) and sample references
+    (``SampleRefs``) of the same source give the same splits.
 
     Refuses a source with fewer than two classes, an empty split, and a labelled train split
     that misses a class (the evaluations need every class).
@@ -47,8 +47,8 @@ def make_splits(train: ImageSet, test: ImageSet, data: DataParams, seed: int) ->
             raise UserError(f"data.{name}_size={size} exceeds the {n_avail} images available; lower it or set it to null")
         return idx[: size if size is not None else n_avail]
 
-    # replace() keeps the source's other fields (classes, skipped files)
-    pick = lambda s, i: replace(s, images=s.images[i], labels=s.labels[i])  # noqa: E731
+    # take() keeps the source's other fields (classes, skipped files)
+    pick = lambda s, i: s.take(i)  # noqa: E731
     test_idx = take(np.arange(len(test)), "test", data.test_size, len(test))
     splits = {
         "pretrain": pick(train, take(pool, "pretrain", data.pretrain_size, len(pool))),
