@@ -173,7 +173,7 @@ class LinearParams(Strict):
 
 class FinetuneParams(OptimParams):
     weight_decay: float = Field(5e-4, ge=0)
-    encoder_lr_mult: float = Field(0.1, ge=0, le=1)  # encoder lr = lr * this (a random init trains at the full lr)
+    encoder_lr_mult: float = Field(1.0, ge=0, le=1)  # encoder lr = lr * this (a random init trains at the full lr)
     crop_scale: list[float] = Field(default_factory=lambda: [0.5, 1.0], min_length=2, max_length=2)  # training views
     hflip: float = Field(0.5, ge=0, le=1)
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
