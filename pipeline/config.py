@@ -99,6 +99,11 @@ class AugmentParams(Strict):
     contrast: float = Field(0.4, ge=0, le=1)
     saturation: float = Field(0.4, ge=0, le=1)  # RGB only
     grayscale_p: float = Field(0.2, ge=0, le=1)  # RGB only
+    hue: float = Field(0.1, ge=0, le=0.5)  # RGB only; shift uniform in [-hue, hue] turns
+    # per view (view index picks the entry, the last one for views beyond); ImageNet recipes:
+    # BYOL blur [1.0, 0.1] solarize [0.0, 0.2]; SimCLR blur [0.5]; DINO globals as BYOL, locals 0.5
+    blur_p: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
+    solarize_p: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
 
     @field_validator("crop_scale")
     @classmethod
@@ -112,6 +117,13 @@ class AugmentParams(Strict):
     def _ratio(cls, v: list[float]) -> list[float]:
         if not 0 < v[0] <= v[1]:
             raise ValueError("needs 0 < min <= max")
+        return v
+
+    @field_validator("blur_p", "solarize_p")
+    @classmethod
+    def _probs(cls, v: list[float]) -> list[float]:
+        if not all(0 <= p <= 1 for p in v):
+            raise ValueError("probabilities must be in [0, 1]")
         return v
 
 

@@ -1,9 +1,22 @@
-"""Batched random views computed on the training device.
+"""Batched random views computed on the training device, with torchvision's semantics.
 
 torchvision's transforms draw one set of random parameters per call, so augmenting a batch
 with per-image randomness means a Python loop per image on the CPU. Here every image gets
-its own crop, flip and colour jitter in a few batched tensor ops (affine_grid/grid_sample),
-on whatever device the batch lives on.
+its own crop, flip, colour jitter, grayscale, blur and solarization in a few batched tensor
+ops, on whatever device the batch lives on, drawn from one seeded ``torch.Generator``.
+
+The random parameters follow torchvision.transforms.v2 (tests/data/test_augment_recipe.py
+compares the distributions and, for given parameters, the outputs):
+
+- crop: ``RandomResizedCrop.make_params`` -- 10 attempts of (area, log-ratio), the first
+  integer box that fits, else the central crop with the ratio clamped to the range;
+- jitter: ``ColorJitter`` -- brightness, contrast (blend with the grayscale mean),
+  saturation, hue, in a random order per image, clamping after each;
+- ``RandomGrayscale`` (3 equal channels), ``GaussianBlur`` (sigma in [0.1, 2], reflect
+  padding, kernel ~10% of the image side, odd), ``RandomSolarize`` (threshold 0.5).
+
+The crop is resampled bilinearly at the output points only (affine_grid/grid_sample), without
+torchvision's antialiasing when shrinking.
 """
 
 from __future__ import annotations
@@ -15,6 +28,13 @@ import torch.nn.functional as F
 
 from pipeline.config import AugmentParams
 
+CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop
+BLUR_SIGMA = (0.1, 2.0)  # SimCLR / BYOL / DINO
+SOLARIZE_THRESHOLD = 0.5  # on [0, 1] images (BYOL/DINO: 128 of 255)
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
+CPU_CHUNK_VALUES = 1 << 19  # colour ops and blur on the CPU: chunks of ~0.5M values (cache-sized)
+
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 ``[N, C, H, W]`` -> float ``[N, C, H, W]`` in [0, 1]."""
@@ -25,71 +45,256 @@ def _uniform(n: int, low: float, high: float, gen: torch.Generator, device) -> t
     return torch.rand(n, generator=gen, device=device) * (high - low) + low
 
 
+# ---------------------------------------------------------------------------------- crop
+
+
+def crop_boxes(
+    n: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+    gen: torch.Generator, device=None,
+) -> torch.Tensor:
+    """``n`` boxes ``(i, j, h, w)`` (long ``[n, 4]``) drawn like torchvision's
+    ``RandomResizedCrop.make_params``: up to 10 (area, log-ratio) candidates, the first whose
+    rounded size fits, uniform integer offsets; otherwise the central crop, ratio clamped."""
+    area = height * width
+    k = CROP_ATTEMPTS
+    target = area * _uniform(n * k, scale[0], scale[1], gen, device).view(n, k)
+    aspect = torch.exp(_uniform(n * k, math.log(ratio[0]), math.log(ratio[1]), gen, device)).view(n, k)
+    # float64 so the rounding matches Python's round(math.sqrt(...)) on float draws
+    target, aspect = target.double(), aspect.double()
+    ws = torch.round(torch.sqrt(target * aspect)).long()
+    hs = torch.round(torch.sqrt(target / aspect)).long()
+    fits = (ws > 0) & (ws <= width) & (hs > 0) & (hs <= height)
+    ok = fits.any(dim=1)
+    first = fits.float().argmax(dim=1, keepdim=True)  # the first fitting attempt
+    w = ws.gather(1, first).squeeze(1)
+    h = hs.gather(1, first).squeeze(1)
+    # fallback: whole image, ratio clamped into range (torchvision's central crop)
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fw, fh = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        fw, fh = int(round(height * max(ratio))), height
+    else:
+        fw, fh = width, height
+    w = torch.where(ok, w, torch.full_like(w, fw))
+    h = torch.where(ok, h, torch.full_like(h, fh))
+    # offsets uniform over the valid integer range (torch.randint(0, H - h + 1))
+    u = torch.rand(n, 2, generator=gen, device=device)
+    i = torch.floor(u[:, 0] * (height - h + 1)).long().clamp_(max=height - h)
+    j = torch.floor(u[:, 1] * (width - w + 1)).long().clamp_(max=width - w)
+    i = torch.where(ok, i, (height - h) // 2)
+    j = torch.where(ok, j, (width - w) // 2)
+    return torch.stack([i, j, h, w], dim=1)
+
+
+def _axis(start: torch.Tensor, length: torch.Tensor, size: int, out: int) -> torch.Tensor:
+    """Normalised sample coordinates ``[N, out]`` of a bilinear resize of ``[start, start +
+    length)`` to ``out`` points (align_corners=False), clamped to the crop's own pixels as
+    when the crop is cut out first (F.interpolate's edge behaviour)."""
+    k = torch.arange(out, device=start.device, dtype=start.dtype) + 0.5
+    pix = start.unsqueeze(1) + k * (length / out).unsqueeze(1) - 0.5
+    pix = torch.minimum(torch.maximum(pix, start.unsqueeze(1)), (start + length - 1).unsqueeze(1))
+    return (2 * pix + 1) / size - 1
+
+
+def resample_boxes(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, out_size: int) -> torch.Tensor:
+    """Bilinear resize (no antialiasing) of each image's box ``(i, j, h, w)`` to ``out_size``
+    squared, sampled at the output points only -- torchvision's ``resized_crop(...,
+    antialias=False)`` per image; ``flip`` (bool ``[N]``) mirrors horizontally."""
+    n, c, height, width = x.shape
+    i, j, h, w = boxes.to(x.dtype).unbind(1)
+    gx = _axis(j, w, width, out_size)
+    gx = torch.where(flip.unsqueeze(1), gx.flip(1), gx)
+    gy = _axis(i, h, height, out_size)
+    grid = torch.stack([gx.unsqueeze(1).expand(n, out_size, out_size), gy.unsqueeze(2).expand(n, out_size, out_size)], dim=3)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def random_resized_crop(
     x: torch.Tensor, scale: tuple[float, float], ratio: tuple[float, float], hflip: float,
     gen: torch.Generator, out_size: int | None = None,
 ) -> torch.Tensor:
-    """Per-image random crop (area fraction in ``scale``, aspect in ``ratio``) + flip.
+    """Per-image RandomResizedCrop (torchvision's box sampling) + horizontal flip.
 
     x: float ``[N, C, H, W]``; returns ``[N, C, out, out]`` (``out`` defaults to H).
     """
     n, dev = x.shape[0], x.device
-    area = _uniform(n, scale[0], scale[1], gen, dev)
-    log_r = _uniform(n, math.log(ratio[0]), math.log(ratio[1]), gen, dev)
-    aspect = torch.exp(log_r)
-    # crop width/height as fractions of the image side; clamp keeps the crop inside
-    w = torch.sqrt(area * aspect).clamp(max=1.0)
-    h = torch.sqrt(area / aspect).clamp(max=1.0)
-    cx = (torch.rand(n, generator=gen, device=dev) * 2 - 1) * (1 - w)
-    cy = (torch.rand(n, generator=gen, device=dev) * 2 - 1) * (1 - h)
-    flip = torch.where(torch.rand(n, generator=gen, device=dev) < hflip, -1.0, 1.0)
-    theta = torch.zeros(n, 2, 3, device=dev)
-    theta[:, 0, 0], theta[:, 0, 2] = w * flip, cx
-    theta[:, 1, 1], theta[:, 1, 2] = h, cy
-    size = out_size or x.shape[-1]
-    grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    boxes = crop_boxes(n, x.shape[-2], x.shape[-1], scale, ratio, gen, dev)
+    flip = torch.rand(n, generator=gen, device=dev) < hflip
+    return resample_boxes(x, boxes, flip, out_size or x.shape[-1])
 
 
-def color_jitter(x: torch.Tensor, cfg: AugmentParams, gen: torch.Generator) -> torch.Tensor:
-    """Brightness/contrast (and saturation + random grayscale for RGB), each image its own
-    factors, applied to a ``jitter_p`` fraction of the batch. x: float ``[N, C, H, W]``."""
-    n, dev = x.shape[0], x.device
-    apply = (torch.rand(n, 1, 1, 1, generator=gen, device=dev) < cfg.jitter_p).float()
-    b = _uniform(n, 1 - cfg.brightness, 1 + cfg.brightness, gen, dev).view(n, 1, 1, 1)
-    c = _uniform(n, 1 - cfg.contrast, 1 + cfg.contrast, gen, dev).view(n, 1, 1, 1)
-    y = x * b
-    mean = y.mean(dim=(1, 2, 3), keepdim=True)
-    y = (y - mean) * c + mean
-    if x.shape[1] == 3:
-        s = _uniform(n, 1 - cfg.saturation, 1 + cfg.saturation, gen, dev).view(n, 1, 1, 1)
-        gray = _gray(y)
-        y = (y - gray) * s + gray
-    y = apply * y + (1 - apply) * x
-    if x.shape[1] == 3 and cfg.grayscale_p > 0:
-        to_gray = (torch.rand(n, 1, 1, 1, generator=gen, device=dev) < cfg.grayscale_p).float()
-        y = to_gray * _gray(y).expand_as(y) + (1 - to_gray) * y
-    return y.clamp_(0.0, 1.0)
+# -------------------------------------------------------------------------------- colour
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    weights = torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)
-    return (x * weights).sum(dim=1, keepdim=True)
+    r, g, b = x.unbind(dim=1)
+    return (r * GRAY_WEIGHTS[0] + g * GRAY_WEIGHTS[1] + b * GRAY_WEIGHTS[2]).unsqueeze(1)
+
+
+def _blend(x: torch.Tensor, other, ratio: torch.Tensor) -> torch.Tensor:
+    return (ratio * x + (1.0 - ratio) * other).clamp_(0.0, 1.0)
+
+
+def adjust_hue(x: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
+    """Rotate each RGB image's hue by ``hue[n]`` turns (in [-0.5, 0.5]), as torchvision's
+    ``adjust_hue`` (RGB -> HSV, shift, -> RGB), without materialising HSV: a hue shift keeps
+    each pixel's max and min channel, and channel ``c`` of HSV ``(h, s, v)`` is
+    ``v - (v - min) * clamp(min(k, 4 - k), 0, 1)`` with ``k = (n_c + 6h) mod 6``, ``n = 5, 3, 1``.
+    x: float ``[N, 3, H, W]`` in [0, 1]."""
+    r, g, b = x.unbind(dim=1)
+    maxc = torch.maximum(torch.maximum(r, g), b)  # (faster than aminmax over dim 1 on CPU)
+    d = maxc - torch.minimum(torch.minimum(r, g), b)
+    is_r, is_g = maxc == r, maxc == g  # torchvision's ties: r, then g, then b
+    num = torch.where(is_r, g - b, torch.where(is_g, b - r, r - g))
+    offset = torch.where(is_r, 0.0, torch.where(is_g, 2.0, 4.0))
+    h6 = num.div_(torch.where(d == 0, 1.0, d)).add_(offset).add_(6.0 * hue.view(-1, 1, 1).to(x.dtype))
+    out = torch.empty_like(x)
+    for c, n in enumerate((5.0, 3.0, 1.0)):
+        k = torch.remainder(h6 + n, 6.0)
+        f = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+        torch.sub(maxc, f.mul_(d), out=out[:, c])
+    return out
+
+
+def _cpu_chunked(fn, x: torch.Tensor, *per_image: torch.Tensor) -> torch.Tensor:
+    """``fn(x, *per_image)`` -- on the CPU in chunks of images of ~CPU_CHUNK_VALUES values,
+    so the intermediates stay in cache (about twice as fast at 224x224); the result does not
+    depend on the chunking. Elsewhere one call on the whole batch."""
+    chunk = max(1, CPU_CHUNK_VALUES // max(1, x[0].numel()))
+    if x.device.type != "cpu" or x.shape[0] <= chunk:
+        return fn(x, *per_image)
+    return torch.cat([fn(x[k:k + chunk], *(a[k:k + chunk] for a in per_image)) for k in range(0, x.shape[0], chunk)])
+
+
+def apply_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """torchvision's ColorJitter with given per-image parameters.
+
+    x: float ``[N, C, H, W]`` in [0, 1]; factors: ``[N, 4]`` (brightness, contrast,
+    saturation factors and hue shift); order: long ``[N, 4]``, each row a permutation of the
+    ops (BRIGHTNESS, CONTRAST, SATURATION, HUE). Saturation and hue skip 1-channel images.
+    On the CPU the batch goes in chunks (see ``_cpu_chunked``).
+    """
+    return _cpu_chunked(_apply_jitter, x, factors, order)
+
+
+def _apply_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    y = x.clone()
+    rgb = x.shape[1] == 3
+    for pos in range(4):
+        for op in range(4):
+            if op in (SATURATION, HUE) and not rgb:
+                continue
+            idx = (order[:, pos] == op).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                continue
+            z, f = y[idx], factors[idx, op].view(-1, 1, 1, 1)
+            if op == BRIGHTNESS:
+                z = (z * f).clamp_(0.0, 1.0)
+            elif op == CONTRAST:
+                mean = (_gray(z) if rgb else z).mean(dim=(1, 2, 3), keepdim=True)
+                z = _blend(z, mean, f)
+            elif op == SATURATION:
+                z = _blend(z, _gray(z), f)
+            else:
+                z = adjust_hue(z, f.view(-1))
+            y[idx] = z
+    return y
+
+
+def sample_jitter(n: int, cfg: AugmentParams, gen: torch.Generator, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image ColorJitter parameters: factors ``[n, 4]`` uniform in [max(0, 1 - s), 1 + s]
+    (hue in [-hue, hue]) and a random op order ``[n, 4]`` (a permutation per image)."""
+    lows = torch.tensor([max(0.0, 1 - cfg.brightness), max(0.0, 1 - cfg.contrast),
+                         max(0.0, 1 - cfg.saturation), -cfg.hue], device=device)
+    highs = torch.tensor([1 + cfg.brightness, 1 + cfg.contrast, 1 + cfg.saturation, cfg.hue], device=device)
+    factors = torch.rand(n, 4, generator=gen, device=device) * (highs - lows) + lows
+    order = torch.rand(n, 4, generator=gen, device=device).argsort(dim=1)
+    return factors, order
+
+
+def color_jitter(x: torch.Tensor, cfg: AugmentParams, gen: torch.Generator) -> torch.Tensor:
+    """RandomApply(ColorJitter, p=jitter_p) then RandomGrayscale(grayscale_p, RGB only),
+    each image its own draws. x: float ``[N, C, H, W]`` in [0, 1]."""
+    n, dev = x.shape[0], x.device
+    apply = torch.rand(n, generator=gen, device=dev) < cfg.jitter_p
+    factors, order = sample_jitter(n, cfg, gen, dev)
+    idx = apply.nonzero().squeeze(1)
+    y = x.clamp(0.0, 1.0)
+    if idx.numel():
+        y[idx] = apply_jitter(y[idx], factors[idx], order[idx])
+    to_gray = torch.rand(n, generator=gen, device=dev) < cfg.grayscale_p
+    if x.shape[1] == 3 and cfg.grayscale_p > 0:
+        y = torch.where(to_gray.view(n, 1, 1, 1), _gray(y).expand_as(y), y)
+    return y
+
+
+# ------------------------------------------------------------------------ blur, solarize
+
+
+def blur_kernel_size(size: int) -> int:
+    """~10% of the image side, odd (SimCLR; BYOL's 23 at 224); at least 3."""
+    return max(3, int(0.1 * size) // 2 * 2 + 1)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Per-image separable Gaussian blur (sigma ``[N]``), reflect padding, like
+    torchvision's ``gaussian_blur``. x: float ``[N, C, H, W]``."""
+    return _cpu_chunked(lambda z, s: _gaussian_blur(z, s, kernel_size), x, sigma)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    n, c, height, width = x.shape
+    half = (kernel_size - 1) * 0.5
+    t = torch.linspace(-half, half, kernel_size, device=x.device, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t.view(1, -1) / sigma.view(-1, 1).to(x.dtype)).pow(2))
+    k = (k / k.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # [N*C, K]
+    pad = kernel_size // 2
+    y = F.pad(x.reshape(1, n * c, height, width), [pad, pad, pad, pad], mode="reflect")
+    y = F.conv2d(y, k.view(n * c, 1, 1, kernel_size), groups=n * c)
+    y = F.conv2d(y, k.view(n * c, 1, kernel_size, 1), groups=n * c)
+    return y.view(n, c, height, width)
+
+
+def solarize(x: torch.Tensor, threshold: float = SOLARIZE_THRESHOLD) -> torch.Tensor:
+    return torch.where(x >= threshold, 1.0 - x, x)
+
+
+def _per_view(p: float | list[float], view: int) -> float:
+    if isinstance(p, (int, float)):
+        return float(p)
+    return float(p[min(view, len(p) - 1)])
 
 
 class ViewMaker:
-    """SimCLR-style views: crop + flip + colour jitter, drawn from a seeded generator."""
+    """Views as in SimCLR/BYOL/DINO: crop + flip, colour jitter, grayscale, then blur and
+    solarization with per-view probabilities, drawn from a seeded generator."""
 
     def __init__(self, cfg: AugmentParams, seed: int, device: torch.device):
         self.cfg = cfg
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(seed)
 
-    def __call__(self, images: torch.Tensor, out_size: int | None = None, scale: tuple[float, float] | None = None) -> torch.Tensor:
-        """uint8 or float ``[N, C, H, W]`` -> one random view, float ``[N, C, out, out]`` in [0, 1]."""
+    def __call__(self, images: torch.Tensor, out_size: int | None = None,
+                 scale: tuple[float, float] | None = None, view: int = 0) -> torch.Tensor:
+        """uint8 or float ``[N, C, H, W]`` -> one random view, float ``[N, C, out, out]`` in
+        [0, 1]. ``view`` picks the entry of ``blur_p`` / ``solarize_p`` (the last one beyond)."""
+        cfg, gen = self.cfg, self.gen
         x = to_float(images) if images.dtype == torch.uint8 else images
-        x = random_resized_crop(x, tuple(scale or self.cfg.crop_scale), tuple(self.cfg.crop_ratio), self.cfg.hflip, self.gen, out_size)
-        return color_jitter(x, self.cfg, self.gen)
+        x = random_resized_crop(x, tuple(scale or cfg.crop_scale), tuple(cfg.crop_ratio), cfg.hflip, gen, out_size)
+        x = color_jitter(x, cfg, gen)
+        n, dev = x.shape[0], x.device
+        blur_p, sol_p = _per_view(cfg.blur_p, view), _per_view(cfg.solarize_p, view)
+        if blur_p > 0:
+            blur = torch.rand(n, generator=gen, device=dev) < blur_p
+            sigma = _uniform(n, *BLUR_SIGMA, gen, dev)
+            idx = blur.nonzero().squeeze(1)
+            if idx.numel():
+                x[idx] = gaussian_blur(x[idx], sigma[idx], blur_kernel_size(x.shape[-1]))
+        if sol_p > 0:
+            sol = torch.rand(n, generator=gen, device=dev) < sol_p
+            x = torch.where(sol.view(n, 1, 1, 1), solarize(x), x)
+        return x
 
     def state_dict(self) -> dict:
         return {"gen": self.gen.get_state()}

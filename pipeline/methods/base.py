@@ -50,7 +50,7 @@ class Method(nn.Module):
     def two_views(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``[N, C, H, W]`` -> float ``[2N, C, H, W]``: two random views of every image,
         stacked so both go through one forward pass (and BatchNorm sees both)."""
-        return torch.cat([self.views(images), self.views(images)])
+        return torch.cat([self.views(images, view=0), self.views(images, view=1)])  # per-view blur/solarize: augment.blur_p[v]
 
     def prepare(self, sample: torch.Tensor) -> None:
         """Fit anything learned from data before training (e.g. BEiT's visual tokenizer).

@@ -121,10 +121,10 @@ class DINO(MomentumMethod):
 
     def training_step(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         p, b = self.params, images.shape[0]
-        global_crops = torch.cat([self.views(images) for _ in range(N_GLOBAL)])  # [2B, C, H, W]
+        global_crops = torch.cat([self.views(images, view=v) for v in range(N_GLOBAL)])  # [2B, C, H, W]
         feats = [self.encoder(global_crops)]  # one encoder forward per resolution
         if p.num_local_crops:
-            local = torch.cat([self.views(images, out_size=p.local_crop_size, scale=tuple(p.local_crop_scale))
+            local = torch.cat([self.views(images, out_size=p.local_crop_size, scale=tuple(p.local_crop_scale), view=N_GLOBAL)
                                for _ in range(p.num_local_crops)])  # [nB, C, s, s]
             feats.append(self.encoder(local))
         student = self.head(torch.cat(feats)).view(-1, b, p.out_dim)  # [V, B, K]

@@ -89,7 +89,7 @@ class MoCo(MomentumMethod):
         keys = []
         for chunk in sample[:size].split(256):
             perm = torch.randperm(chunk.shape[0], generator=self.views.gen, device=chunk.device)
-            keys.append(F.normalize(self._grouped(self.key_encoder, self.key_projector, self.views(chunk), perm), dim=1))
+            keys.append(F.normalize(self._grouped(self.key_encoder, self.key_projector, self.views(chunk, view=1), perm), dim=1))
         keys = torch.cat(keys)
         self.queue.copy_(keys.repeat(-(-size // keys.shape[0]), 1)[:size])
         self.queue_ptr.zero_()
@@ -106,7 +106,7 @@ class MoCo(MomentumMethod):
         return out if perm is None else out[torch.argsort(perm)]
 
     def training_step(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        v1, v2 = self.views(images), self.views(images)
+        v1, v2 = self.views(images, view=0), self.views(images, view=1)
         q1 = self._grouped(self.encoder, self.projector, v1)
         q2 = self._grouped(self.encoder, self.projector, v2)
         with torch.no_grad():

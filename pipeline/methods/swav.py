@@ -117,10 +117,10 @@ class SwAV(Method):
     def _crops(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Large crops (the augment params' size and scale), then the small crops."""
         p = self.params
-        large = torch.cat([self.views(images) for _ in range(N_LARGE)])  # [2B, C, H, W]
+        large = torch.cat([self.views(images, view=v) for v in range(N_LARGE)])  # [2B, C, H, W]
         groups = [large]
         if p.num_small_crops:
-            groups.append(torch.cat([self.views(images, out_size=p.small_crop_size, scale=tuple(p.small_crop_scale))
+            groups.append(torch.cat([self.views(images, out_size=p.small_crop_size, scale=tuple(p.small_crop_scale), view=N_LARGE)
                                      for _ in range(p.num_small_crops)]))  # [nB, C, s, s]
         return groups
 

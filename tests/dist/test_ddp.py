@@ -54,7 +54,7 @@ class DeterministicViews:
         self.calls = 0
         self.gen = torch.Generator().manual_seed(0)
 
-    def __call__(self, images, out_size=None, scale=None):
+    def __call__(self, images, out_size=None, scale=None, view=0):
         from pipeline.data.augment import to_float
 
         k, self.calls = self.calls, self.calls + 1
