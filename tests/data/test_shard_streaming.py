@@ -5,17 +5,15 @@ give the same splits and bytes as the array path it replaces; ``data.store_size`
 torchvision's Resize + CenterCrop; ``data.image_format: jpeg`` stores JPEG samples.
 """
 
-import gzip
 import io
 import json
-import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 import pytest
+import torch
 import webdataset as wds
 import yaml
 from PIL import Image
@@ -25,6 +23,7 @@ from pipeline.data import shards, sources
 from pipeline.data.shards import SampleFormat, load_split, read_manifest, stream_batches, write_shards
 from pipeline.data.splits import make_splits
 from pipeline.errors import UserError
+from tests.data.test_sources import _write_idx
 
 REPO = Path(__file__).resolve().parents[2]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -176,12 +175,6 @@ def test_jpeg_option(tmp_path):
 
 
 # --- the default Fashion-MNIST path ---------------------------------------------------------
-
-
-def _write_idx(path: Path, arr: np.ndarray) -> None:
-    header = struct.pack(">BBBB", 0, 0, 8, arr.ndim) + b"".join(struct.pack(">I", d) for d in arr.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + arr.astype(np.uint8).tobytes())
 
 
 @pytest.fixture
