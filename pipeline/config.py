@@ -27,7 +27,7 @@ class Strict(BaseModel):
 class DataParams(Strict):
     """Where images come from and how they are split into shards."""
 
-    source: Literal["fashion-mnist", "imagefolder", "torchvision"] = "fashion-mnist"
+    source: Literal["fashion-mnist", "imagefolder", "torchvision", "fortunes"] = "fashion-mnist"  # fortunes: text (section text)
     root: str = "/usr/share/datasets/fashion-mnist"
     torchvision_name: Optional[str] = None  # e.g. CIFAR10, when source is torchvision
     download: bool = False  # torchvision/Fashion-MNIST download fallback (needs network)
@@ -54,7 +54,7 @@ class EncoderParams(Strict):
     """Backbone: a ResNet for small images, or a small ViT (torchvision's) for masked image
     modeling (MAE, BEiT). Keys of the other arch are ignored."""
 
-    arch: Literal["resnet", "vit"] = "resnet"
+    arch: Literal["resnet", "vit", "transformer"] = "resnet"  # transformer: text (dim, depth, heads, mlp_ratio, causal)
     # resnet
     layers: list[int] = Field(default_factory=lambda: [1, 1, 1, 1], min_length=1, max_length=6)
     width: int = Field(32, ge=4, le=512)
@@ -70,6 +70,8 @@ class EncoderParams(Strict):
     mlp_ratio: float = Field(4.0, gt=0, le=16)
     pos_embed: Literal["sincos", "learned"] = "sincos"  # fixed 2-D sin-cos as MAE / MoCo v3, or learned (torchvision)
     pool: Literal["mean", "cls"] = "mean"  # features: mean of the patch tokens, or the class token
+    # transformer (text): causal self-attention (a GPT-style decoder) or bidirectional (BERT-style)
+    causal: bool = False
 
     @field_validator("layers")
     @classmethod
@@ -80,10 +82,10 @@ class EncoderParams(Strict):
 
     @model_validator(mode="after")
     def _vit_dims(self) -> "EncoderParams":
-        if self.arch == "vit":
+        if self.arch in ("vit", "transformer"):
             if self.dim % self.heads:
                 raise ValueError(f"encoder.dim ({self.dim}) must be divisible by encoder.heads ({self.heads})")
-            if self.pos_embed == "sincos" and self.dim % 4:
+            if self.arch == "vit" and self.pos_embed == "sincos" and self.dim % 4:
                 raise ValueError(f"encoder.dim ({self.dim}) must be divisible by 4 for encoder.pos_embed 'sincos'")
         return self
 
@@ -226,7 +228,7 @@ class DiagnosticsParams(Strict):
 
 
 class TransferParams(Strict):
-    datasets: list[Literal["digits", "mnist-sample", "cifar10", "cifar100", "stl10", "food101"]] = Field(
+    datasets: list[Literal["digits", "mnist-sample", "cifar10", "cifar100", "stl10", "food101", "fortunes-language"]] = Field(
         default_factory=lambda: ["digits", "mnist-sample"], min_length=1
     )
     test_fraction: float = Field(0.3, gt=0, lt=1)  # for datasets without a test split
@@ -234,6 +236,20 @@ class TransferParams(Strict):
     root: str = "data/transfer"  # torchvision download root for networked presets
     c_grid: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0], min_length=1)  # the linear probe's
     max_iter: int = Field(200, ge=10)
+
+
+class TextParams(Strict):
+    """The text modality (``data.source: fortunes``): tokenizer, entry length, labels,
+    text views, the language-ID transfer set and the TF-IDF baseline. Images ignore it."""
+
+    vocab_size: int = Field(4096, ge=64, le=1_000_000)  # BPE vocabulary learned on the pretrain split
+    max_length: int = Field(64, ge=4, le=4096)  # tokens per entry incl. [CLS]/[SEP]; longer entries are truncated
+    min_class_count: int = Field(200, ge=1)  # categories with fewer entries are merged into "other"
+    view_mask_p: float = Field(0.15, ge=0, le=1)  # text views (diagnostics): each real token -> [MASK]
+    transfer_per_language: int = Field(1000, ge=10)  # language-ID transfer set: entries per language
+    transfer_languages: list[Literal["en", "de", "es", "it"]] = Field(
+        default_factory=lambda: ["en", "de", "es", "it"], min_length=2)
+    tfidf_max_features: int = Field(10000, ge=1)  # TF-IDF baseline: word 1-2-grams, fitted on the pretrain split
 
 
 class Params(Strict):
@@ -247,6 +263,7 @@ class Params(Strict):
     encoder: EncoderParams
     augment: AugmentParams
     pretrain: PretrainParams
+    text: TextParams = Field(default_factory=TextParams)
     # filled by parse_params from the per-method and per-protocol sections:
     method_params: dict[str, Any] = Field(default_factory=dict)
     method_pretrain: dict[str, PretrainParams] = Field(default_factory=dict)
@@ -326,10 +343,10 @@ def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
     unknown = [p for p in params.protocols if p not in protocols.names()]
     if unknown:
         raise UserError(f"{source}: protocols: unknown protocol(s) {unknown}; valid protocols are {protocols.names()}")
-    valid_baselines = ["raw_pixels", "random_init"] + [f"random_init_{m}" for m in registry.names()]
+    valid_baselines = ["raw_pixels", "tfidf", "random_init"] + [f"random_init_{m}" for m in registry.names()]
     unknown = [b for b in params.baselines if b not in valid_baselines]
     if unknown:
-        raise UserError(f"{source}: baselines: unknown baseline(s) {unknown}; valid: raw_pixels, random_init, "
+        raise UserError(f"{source}: baselines: unknown baseline(s) {unknown}; valid: raw_pixels, tfidf (text), random_init, "
                         "random_init_<method> (that method's own encoder)")
     protocol_params = {}
     for name in protocols.names():
@@ -356,13 +373,41 @@ def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
                                      "protocol_params": protocol_params})
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate ``params.yaml``."""
-    path = Path(path)
+PRESETS = Path(__file__).resolve().parent.parent / "presets"
+
+
+def merge(base: dict, overlay: dict) -> None:
+    """Merge mapping ``overlay`` into mapping ``base`` in place: mappings key by key, lists
+    and scalars replace. A new key is allowed here (a method's ``pretrain:`` override may add
+    ``epochs``); a misspelt one fails validation."""
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _read_yaml(path: Path) -> Any:
     if not path.is_file():
         raise UserError(f"{path} not found; run from the repository root or pass --params")
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise UserError(f"{path} is not valid YAML: {err}") from None
-    return parse_params(raw, str(path))
+
+
+def load_params(path: str | Path = "params.yaml", preset: str | None = None) -> Params:
+    """Read and validate ``params.yaml``; with ``preset`` (e.g. ``text``), ``presets/<preset>.yaml``
+    merged over it first (what ``python -m pipeline.presets <preset>`` would write)."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    source = str(path)
+    if preset is not None:
+        overlay_path = PRESETS / f"{preset}.yaml"
+        if not overlay_path.is_file():
+            names = sorted(p.stem for p in PRESETS.glob("*.yaml"))
+            raise UserError(f"--preset {preset!r}: no {overlay_path}; valid presets are {names}")
+        if isinstance(raw, dict):
+            merge(raw, _read_yaml(overlay_path) or {})
+        source = f"{path} with presets/{preset}.yaml"
+    return parse_params(raw, source)

@@ -17,11 +17,8 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
-from pipeline.config import parse_params
+from pipeline.config import PRESETS, merge, parse_params
 from pipeline.errors import UserError, exit_on_user_error
-
-PRESETS = Path(__file__).resolve().parent.parent / "presets"
-
 
 def _yaml() -> YAML:
     y = YAML()  # round trip: comments, key order, flow lists and anchors/aliases survive
@@ -29,16 +26,6 @@ def _yaml() -> YAML:
     y.width = 4096
     y.representer.add_representer(type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
     return y
-
-
-def merge(base, overlay) -> None:
-    """Merge mapping ``overlay`` into mapping ``base`` in place. A new key is allowed (a
-    method's ``pretrain:`` override may add ``epochs``); a misspelt one fails validation."""
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            merge(base[key], value)
-        else:
-            base[key] = value
 
 
 def apply(params_text: str, overlay_text: str) -> str:

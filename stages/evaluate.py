@@ -18,7 +18,7 @@ from pipeline.config import load_params
 from pipeline.data.shards import read_manifest
 from pipeline.errors import UserError, exit_on_user_error
 from pipeline.eval import registry
-from pipeline.eval.baselines import baseline_encoder
+from pipeline.eval.baselines import baseline_encoder, baseline_featurizer
 from pipeline.eval.checks import check_classes
 from pipeline.eval.protocol import EvalContext
 from pipeline.eval.run import run_protocol
@@ -35,12 +35,13 @@ def main() -> None:
     source.add_argument("--encoder", help="a pretrained encoder (models/<method>/encoder.pt)")
     source.add_argument("--baseline", help="raw_pixels, random_init or random_init_<method>")
     ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--preset", help="a preset merged over --params, e.g. text (presets/<name>.yaml)")
     ap.add_argument("--shards", required=True)
     ap.add_argument("--metrics", required=True, help="headline numbers (a DVC metrics file)")
     ap.add_argument("--details", required=True, help="every number and setting (a plain output DVC does not diff)")
     args = ap.parse_args()
     protocol = registry.get(args.protocol)
-    params = load_params(args.params)
+    params = load_params(args.params, args.preset)
     manifest = read_manifest(args.shards)
     check_classes(manifest)
     protocol.check(params, manifest)  # before any featurizing or training
@@ -61,9 +62,10 @@ def main() -> None:
 def _evaluate(args, protocol, params, manifest) -> None:
     if args.baseline:
         name, encoder = args.baseline, baseline_encoder(params, args.baseline, manifest)
+        featurizer = baseline_featurizer(params, args.baseline, args.shards)  # None: the encoder's features
     else:
-        name, encoder = Path(args.encoder).parent.name, load_encoder(args.encoder)
-    ctx = EvalContext(name, encoder, args.baseline is None, args.shards, manifest, params, pick_device())
+        name, encoder, featurizer = Path(args.encoder).parent.name, load_encoder(args.encoder), None
+    ctx = EvalContext(name, encoder, args.baseline is None, args.shards, manifest, params, pick_device(), featurizer=featurizer)
     with StagedOutputs() as staged:  # metrics and details appear together, or not at all
         # under DDP every rank runs the protocol (training is split between them); rank 0 writes
         paths = (staged.file(args.metrics), staged.file(args.details)) if dist.is_main() else None

@@ -17,7 +17,7 @@ from pipeline.config import load_params
 from pipeline.data.loader import epoch_batches
 from pipeline.data.shards import read_manifest, stream_batches
 from pipeline.errors import UserError, exit_on_user_error
-from pipeline.eval.features import encoder_features
+from pipeline.eval.features import BATCH, encoder_features
 from pipeline.eval.knn import knn_accuracy
 from pipeline.eval.protocol import seed_everything
 from pipeline.methods import registry
@@ -34,6 +34,7 @@ from pipeline.train.optim import param_groups
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--preset", help="a preset merged over --params, e.g. text (presets/<name>.yaml)")
     ap.add_argument("--method", required=True)
     ap.add_argument("--shards", required=True)
     ap.add_argument("--out", required=True, help="folder for encoder.pt and checkpoint.pt")
@@ -41,9 +42,10 @@ def main() -> None:
     ap.add_argument("--timing", required=True, help="wall time and throughput (volatile, kept out of the metrics)")
     ap.add_argument("--live", required=True, help="DVCLive folder for the training curves")
     args = ap.parse_args()
-    params = load_params(args.params)
+    params = load_params(args.params, args.preset)
     method_cls = registry.get(args.method)
     manifest = read_manifest(args.shards)
+    _check_modality(method_cls, args.shards, manifest)
     p = params.pretrain_for(args.method)
     if p.nproc_per_node > 1 and not dist.launched_by_torchrun():
         _check_world(p, args, manifest, p.nproc_per_node)
@@ -58,6 +60,14 @@ def main() -> None:
             _train(args, params, method_cls, manifest, device, out, staged)
     finally:
         dist.shutdown()
+
+
+def _check_modality(method_cls, shards: str, manifest: dict) -> None:
+    """A text method on image shards (or the reverse) is refused before any work."""
+    data = manifest.get("modality", "image")
+    if method_cls.modality != data:
+        raise UserError(f"method {method_cls.name!r} trains on {method_cls.modality} but {shards} holds {data}; run it on "
+                        f"{method_cls.modality} shards ({'the text-* stages: --preset text' if data == 'image' else 'the image stages'})")
 
 
 def _check_world(p, args, manifest: dict, world: int) -> None:
@@ -132,7 +142,9 @@ def _train(args, params, method_cls, manifest, device, out: Path, staged: Staged
     last = history[-1]
     save_encoder(method.encoder, paths["encoder"])
     write_json(paths["provenance"], provenance(resolved, method=args.method, device=str(device), world_size=dist.world_size()))
-    write_json(paths["metrics"], {"loss": last["loss"], "knn_top1": last["knn_top1"], "epochs": p.epochs})
+    held_out = method.held_out_metrics(lambda split: stream_batches(args.shards, split, BATCH, 1, seed=0, rank=0, world_size=1,
+                                                                     ordered=True, drop_last=False))
+    write_json(paths["metrics"], {"loss": last["loss"], "knn_top1": last["knn_top1"], "epochs": p.epochs} | held_out)
     wall = time.time() - t0
     images_per_s = sum(h["images_per_s"] for h in history) / len(history)
     write_json(paths["timing"], {"wall_seconds": round(wall, 1), "images_per_second": round(images_per_s, 1)})

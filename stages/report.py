@@ -16,12 +16,13 @@ from pipeline.report.markdown import build_report
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--preset", help="a preset merged over --params, e.g. text (presets/<name>.yaml)")
     ap.add_argument("--metrics-dir", default="metrics")
     ap.add_argument("--shards", required=True)
     ap.add_argument("--live-root", default="dvclive/pretrain")
     ap.add_argument("--out", default="reports/report.md")
     args = ap.parse_args()
-    params = load_params(args.params)
+    params = load_params(args.params, args.preset)
     manifest = read_manifest(args.shards)
     out = Path(args.out)
     with StagedOutputs() as staged:  # report and figures appear together, or not at all

@@ -1,4 +1,5 @@
-"""DVC stage `shard`: source images -> WebDataset shards + manifest.json.
+"""DVC stage `shard`: source images -> WebDataset shards + manifest.json (`text-shard`,
+``data.source: fortunes``: text entries -> text shards + their tokenizer, ``pipeline/data/text_shards.py``).
 
 Streaming: the source gives sample references (file paths, indices) and labels, the splits
 are computed from the labels, and worker processes (``data.workers``) load, resize and
@@ -11,9 +12,10 @@ from __future__ import annotations
 import argparse
 
 from pipeline.config import load_params
-from pipeline.data import sources
+from pipeline.data import sources, text
 from pipeline.data.shards import SampleFormat, default_workers, write_shards
 from pipeline.data.splits import make_splits
+from pipeline.data.text_shards import write_text_shards
 from pipeline.errors import exit_on_user_error
 from pipeline.outputs import StagedOutputs
 
@@ -21,6 +23,8 @@ from pipeline.outputs import StagedOutputs
 # at their defaults, so a manifest is byte-identical to one written before they existed.
 _NOT_IN_MANIFEST = {"workers"}
 _OMITTED_AT_DEFAULT = {"store_size": None, "image_format": "png"}
+# data.* keys that only concern images, left out of a text manifest.
+_IMAGE_ONLY = {"torchvision_name", "download", "image_size", "channels", "store_size", "image_format", "jpeg_quality"}
 
 
 def manifest_source(d) -> dict:
@@ -34,14 +38,40 @@ def manifest_source(d) -> dict:
     return src
 
 
+def text_manifest_source(d, text) -> dict:
+    """The data params a text manifest records, and the text params that change the shards
+    (``max_length`` and the tokenizer's actual vocabulary size are the manifest's own keys)."""
+    src = d.model_dump(exclude=_NOT_IN_MANIFEST | _IMAGE_ONLY)
+    src["text"] = {"min_class_count": text.min_class_count, "vocab_size": text.vocab_size}
+    return src
+
+
+def write_text(params, out: str) -> dict:
+    """The fortunes' categories as text shards: a stratified ``data.test_fraction`` held out as
+    the test split (fortunes has none), the rest split as images are (``make_splits``)."""
+    d = params.data
+    entries = text.fortunes_set(min_count=params.text.min_class_count)
+    train, test = sources.split_stratified(entries, d.test_fraction, params.seed)
+    splits = make_splits(train, test, d, params.seed)
+    with StagedOutputs() as staged:  # the shard folder appears whole (manifest included) or not at all
+        return write_text_shards(splits, staged.dir(out), d.shard_size, source=text_manifest_source(d, params.text),
+                                 vocab_size=params.text.vocab_size, max_length=params.text.max_length)
+
+
 @exit_on_user_error
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--preset", default=None, help="presets/<name>.yaml merged over the params, e.g. text")
     ap.add_argument("--out", required=True, help="shard folder, e.g. data/shards")
     args = ap.parse_args()
-    params = load_params(args.params)
+    params = load_params(args.params, preset=args.preset)
     d = params.data
+    if d.source == "fortunes":
+        manifest = write_text(params, args.out)
+        print("shards:", ", ".join(f"{s} {v['count']}" for s, v in manifest["splits"].items()),
+              f"entries and a {manifest['vocab_size']}-token tokenizer in", args.out)
+        return
     if d.source == "fashion-mnist":
         train, test = sources.fashion_mnist_refs(d.root, d.download)
     elif d.source == "imagefolder":

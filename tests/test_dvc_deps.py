@@ -41,6 +41,9 @@ ALLOWED_UNDECLARED: dict[tuple[str, str], str] = {
     ("shard", "pipeline/eval/"): "params validation imports the protocol registry",
     ("shard", "pipeline/train/"): "params validation imports the protocol registry (fine-tuning code)",
     ("pretrain", "pipeline/eval/"): "params validation imports the protocol registry",
+    ("text-shard", "pipeline/eval/"): "params validation imports the protocol registry",
+    ("text-shard", "pipeline/train/"): "params validation imports the protocol registry (fine-tuning code)",
+    ("text-pretrain", "pipeline/eval/"): "params validation imports the protocol registry",
 }
 
 # Code that imports other code by name at run time; calling these makes all of it import.

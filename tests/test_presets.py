@@ -72,3 +72,31 @@ def test_cli_merges_in_place_keeping_comments_and_refuses_unknown_presets(tmp_pa
     assert "# Embedded default" in text and yaml.safe_load(text)["pretrain"]["epochs"] == 500
     res = run("tpu")
     assert res.returncode == 2 and "unknown preset 'tpu'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_stages_load_a_preset_as_the_cli_would_write_it():
+    """`--preset text` (the text-* stages) gives the params `python -m pipeline.presets text` writes."""
+    from pipeline.config import load_params
+
+    written = parse_params(yaml.safe_load(apply((ROOT / "params.yaml").read_text(), (PRESETS / "text.yaml").read_text())))
+    loaded = load_params(ROOT / "params.yaml", "text")
+    assert loaded == written
+    assert loaded.data.source == "fortunes" and loaded.encoder.arch == "transformer"
+    assert loaded.label_efficiency.finetune == loaded.finetune  # the alias still feeds both sections
+
+
+def test_an_unknown_preset_is_refused_naming_the_valid_ones():
+    from pipeline.config import load_params
+    from pipeline.errors import UserError
+
+    with pytest.raises(UserError, match=r"--preset 'txt'.*valid presets are \['gpu', 'text'\]"):
+        load_params(ROOT / "params.yaml", "txt")
+
+
+def test_text_stage_matrices_are_the_text_presets_methods_and_baselines():
+    """dvc.yaml cannot read the preset's lists (its templating reads params.yaml), so it repeats them."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    preset = yaml.safe_load((PRESETS / "text.yaml").read_text())
+    assert stages["text-pretrain"]["matrix"]["method"] == preset["methods"]
+    assert stages["text-evaluate"]["matrix"]["method"] == preset["methods"]
+    assert stages["text-baseline"]["matrix"]["baseline"] == preset["baselines"]

@@ -7,6 +7,7 @@ batches ``i``, ``i + workers``, ... The DataLoader takes one batch from each wor
 so the batches arrive in exactly the order, and with exactly the samples, of the
 one-process path (``workers: 0``): the number of workers changes the speed, never the
 weights. Every worker and rank yields its share of the same batch count, so no rank waits.
+Text shard folders work the same way (batches of packed int64 ``[B, 2, L]``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class _Failure:
 
 
 class EpochBatches(IterableDataset):
-    """One epoch of a rank's uint8 batches ``([B, C, H, W], [B])`` (``stream_batches``' arguments)."""
+    """One epoch of a rank's uint8 batches ``([B, C, H, W], [B])``, or text ``([B, 2, L], [B])``
+    (``stream_batches``' arguments)."""
 
     def __init__(self, shard_dir, split: str, batch_size: int, shuffle_buffer: int, seed: int, skip_batches: int = 0):
         # The rank is this process's (a worker has no process group); the shards' sha256 are
@@ -38,6 +40,7 @@ class EpochBatches(IterableDataset):
         self.args = dict(shard_dir=shard_dir, split=split, batch_size=batch_size, shuffle_buffer=shuffle_buffer, seed=seed,
                          rank=dist.rank(), world_size=dist.world_size(), skip_batches=skip_batches)
         shards.shard_paths(shard_dir, split)
+        shards.sample_codec(shard_dir, shards.read_manifest(shard_dir))  # a text folder's tokenizer checked here too
         self.verified = frozenset(shards._VERIFIED)
 
     def __iter__(self) -> Iterator:

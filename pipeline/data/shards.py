@@ -13,11 +13,18 @@ Shards and manifest are byte-identical for any number of workers.
 
 Every reader verifies a shard's sha256 (once per process) before trusting it, and checks
 that it read as many samples as the manifest says.
+
+Text shards (``pipeline/data/text_shards.py``: ``{__key__, txt, cls}``, a manifest with
+``"modality": "text"``) are read by the same readers: the manifest picks the codec that
+decodes a sample and makes a batch (``sample_codec``), so ``load_split`` and
+``stream_batches`` return packed int64 ``[N, 2, L]`` token ids and attention for text where
+they return uint8 ``[N, C, H, W]`` images.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -40,6 +47,7 @@ from pipeline.errors import UserError
 
 MANIFEST = "manifest.json"
 _RECREATE = "re-create the shards with 'dvc repro -f shard'"
+_RECREATE_TEXT = "re-create the shards with 'dvc repro -f text-shard'"
 # Shards whose sha256 this process has already checked, keyed by (path, digest, size,
 # mtime): an epoch loop re-reads the same shards, and hashing them again each epoch costs a
 # full extra read. Size and mtime make a shard rewritten in place get hashed again.
@@ -238,9 +246,7 @@ def write_shards(splits: dict, out_dir: Path, shard_size: int, source: dict,
         tasks += [(reader_id[id(data.reader)], data.index[i : i + CHUNK], name == "pretrain")
                   for i in range(0, len(data), CHUNK)]
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("*"):
-        old.unlink()
+    empty_dir(out_dir)
     manifest = {
         "source": source,
         "image_size": fmt.side,
@@ -252,29 +258,51 @@ def write_shards(splits: dict, out_dir: Path, shard_size: int, source: dict,
         "std": None,
         "splits": {},
     }
-    # Files the source skipped as non-images (every split carries its source's list).
-    skipped = sorted({f for data in splits.values() for f in data.skipped})
-    manifest["skipped_files"] = {"count": len(skipped), "examples": skipped[:10]}
+    manifest["skipped_files"] = skipped_files(splits)
     totals = np.zeros((2, fmt.channels), np.int64)
     with _worker_pool(readers, fmt, workers) as pool, contextlib.closing(
             _encoded(tasks, readers, fmt, pool, workers * TASKS_PER_WORKER)) as samples:
         for split, data in refs.items():
             names = write_split(data, out_dir, split, shard_size, with_labels=split != "pretrain", samples=samples,
                                 ext=fmt.ext, totals=totals if split == "pretrain" else None)
-            counts = np.bincount(data.labels, minlength=len(data.classes))
-            manifest["splits"][split] = {
-                "count": len(data),
-                "per_class": {c: int(n) for c, n in zip(data.classes, counts)} if split != "pretrain" else None,
-                "shards": {n: sha256(out_dir / n) for n in names},
-                "shard_counts": names,
-            }
+            manifest["splits"][split] = split_entry(data, split, names, out_dir)
     mean, std = _mean_std(totals, len(refs["pretrain"]) * fmt.side * fmt.side)
     manifest["mean"] = [round(m, 6) for m in mean]
     manifest["std"] = [round(s, 6) for s in std]
+    write_manifest(out_dir, manifest)
+    return manifest
+
+
+def empty_dir(out_dir: Path) -> None:
+    """Create ``out_dir`` or remove the files in it."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("*"):
+        old.unlink()
+
+
+def skipped_files(splits: dict) -> dict:
+    """The manifest's record of the source files skipped (every split carries its source's list)."""
+    skipped = sorted({f for data in splits.values() for f in data.skipped})
+    return {"count": len(skipped), "examples": skipped[:10]}
+
+
+def split_entry(data, split: str, names: dict[str, int], out_dir: Path) -> dict:
+    """A split's manifest entry: its count, per-class counts (None for pretrain: no labels),
+    and each shard's sha256 and sample count (``names``: ``write_split``'s result)."""
+    counts = np.bincount(data.labels, minlength=len(data.classes))
+    return {
+        "count": len(data),
+        "per_class": {c: int(n) for c, n in zip(data.classes, counts)} if split != "pretrain" else None,
+        "shards": {n: sha256(out_dir / n) for n in names},
+        "shard_counts": names,
+    }
+
+
+def write_manifest(out_dir: Path, manifest: dict) -> None:
+    """``manifest.json``, written last and renamed into place: no manifest, no shards."""
     tmp = out_dir / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, out_dir / MANIFEST)
-    return manifest
 
 
 def read_manifest(shard_dir: str | Path) -> dict:
@@ -287,14 +315,19 @@ def read_manifest(shard_dir: str | Path) -> dict:
         raise UserError(f"{path} is not valid JSON ({err}); {_RECREATE}") from None
 
 
-def _verify(path: Path, digest: str) -> None:
+def _recreate(manifest: dict) -> str:
+    """How to re-create the shard folder of ``manifest`` (the text shards have their own stage)."""
+    return _RECREATE_TEXT if manifest.get("modality") == "text" else _RECREATE
+
+
+def _verify(path: Path, digest: str, recreate: str = _RECREATE) -> None:
     """Check a shard's sha256 against the manifest, once per process (see ``_VERIFIED``)."""
     st = path.stat()
     key = (str(path.resolve()), digest, st.st_size, st.st_mtime_ns)
     if key in _VERIFIED:
         return
     if sha256(path) != digest:
-        raise UserError(f"shard {path} is corrupt (sha256 differs from {MANIFEST}); {_RECREATE}")
+        raise UserError(f"shard {path} is corrupt (sha256 differs from {MANIFEST}); {recreate}")
     _VERIFIED.add(key)
 
 
@@ -307,8 +340,9 @@ def shard_paths(shard_dir: str | Path, split: str) -> list[str]:
     for name, digest in manifest["splits"][split]["shards"].items():
         path = Path(shard_dir) / name
         if not path.is_file():
-            raise UserError(f"shard {path} is missing; run 'dvc checkout' or 'dvc repro shard'")
-        _verify(path, digest)
+            stage = "text-shard" if manifest.get("modality") == "text" else "shard"
+            raise UserError(f"shard {path} is missing; run 'dvc checkout' or 'dvc repro {stage}'")
+        _verify(path, digest, _recreate(manifest))
         paths.append(str(path))
     return paths
 
@@ -323,57 +357,101 @@ def _check_counts(shard_dir: str | Path, manifest: dict, split: str, read: dict[
         for path, n in read.items():
             want = per_shard.get(Path(path).name)
             if n != want:
-                raise UserError(f"shard {path} gave {n} samples but {MANIFEST} says {want}; {_RECREATE}")
+                raise UserError(f"shard {path} gave {n} samples but {MANIFEST} says {want}; {_recreate(manifest)}")
     elif sorted(read) == sorted(all_paths) and sum(read.values()) != info["count"]:
         raise UserError(
             f"split {split!r} in {shard_dir} gave {sum(read.values())} samples "
-            f"but {MANIFEST} says {info['count']}; {_RECREATE}"
+            f"but {MANIFEST} says {info['count']}; {_recreate(manifest)}"
         )
 
 
-def _decode(sample: dict, size: int | None, channels: int) -> tuple[np.ndarray, int]:
-    """One sample -> uint8 image ``[H, W, C]`` and its label (-1 if none); ``size`` None: unchecked."""
-    try:
+class ImageCodec(NamedTuple):
+    """Image samples: ``png``/``jpg`` bytes -> uint8 ``[H, W, C]``; a batch is uint8 ``[B, C, H, W]``."""
+
+    size: int | None  # None: unchecked
+    channels: int
+    recreate = _RECREATE  # the fix named when a sample does not decode
+
+    def decode(self, sample: dict) -> np.ndarray:
         with Image.open(io.BytesIO(sample["png"] if "png" in sample else sample["jpg"])) as img:
-            arr = np.asarray(img.convert("L" if channels == 1 else "RGB"))
+            arr = np.asarray(img.convert("L" if self.channels == 1 else "RGB"))
+        if self.size is not None and arr.shape[:2] != (self.size, self.size):
+            raise ValueError(f"image is {arr.shape[1]}x{arr.shape[0]}, {MANIFEST} says {self.size}x{self.size}")
+        return arr.reshape(arr.shape[0], arr.shape[1], self.channels)
+
+    def batch(self, items: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.stack(items)).permute(0, 3, 1, 2).contiguous()
+
+
+def sample_codec(shard_dir: str | Path, manifest: dict):
+    """How the samples of a shard folder decode and batch, from its manifest: ``ImageCodec``,
+    or for ``"modality": "text"`` a ``text_shards.TextCodec`` (its tokenizer loaded and checked now)."""
+    if manifest.get("modality") == "text":
+        from pipeline.data.text_shards import TextCodec
+
+        return TextCodec.of(shard_dir, manifest)
+    return ImageCodec(manifest.get("image_size"), manifest["channels"])
+
+
+def _decode(sample: dict, codec) -> tuple[object, int]:
+    """One sample -> its ``codec``-decoded item (an image, a text) and its label (-1 if none)."""
+    try:
+        item = codec.decode(sample)
         label = int(sample["cls"]) if "cls" in sample else -1
-        if size is not None and arr.shape[:2] != (size, size):
-            raise ValueError(f"image is {arr.shape[1]}x{arr.shape[0]}, {MANIFEST} says {size}x{size}")
     except Exception as err:  # noqa: BLE001 - only decoding stored bytes happens here: any failure is the data's
         raise UserError(
             f"cannot decode sample {sample.get('__key__')!r} in shard {sample.get('__url__')} "
-            f"({type(err).__name__}: {err}); {_RECREATE}"
+            f"({type(err).__name__}: {err}); {codec.recreate}"
         ) from err
-    return arr.reshape(arr.shape[0], arr.shape[1], channels), label
+    return item, label
 
 
-def _to_batch(images: list[np.ndarray], labels: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # uint8 [B, C, H, W]
-    return x, torch.tensor(labels, dtype=torch.long)
+def _to_batch(items: list, labels: list[int], codec) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, labels int64 [B])``: x uint8 ``[B, C, H, W]`` images or int64 ``[B, 2, L]`` packed text."""
+    return codec.batch(items), torch.tensor(labels, dtype=torch.long)
 
 
-def _reraise_corrupt(exn: Exception) -> bool:
-    raise UserError(f"cannot read shard data ({exn}); {_RECREATE}") from exn
+def _reraise_corrupt(exn: Exception, recreate: str = _RECREATE) -> bool:
+    raise UserError(f"cannot read shard data ({exn}); {recreate}") from exn
 
 
-def load_split(shard_dir: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """A whole split in shard order: uint8 images ``[N, C, H, W]`` and labels ``[N]`` (-1 if
-    none); every DDP rank gets all of it (a protocol splits its training batches itself)."""
+def _read_in_order(shard_dir: str | Path, split: str, codec) -> tuple[list, list[int]]:
+    """Every sample of a split decoded by ``codec``, in shard order, with its label (-1 if none)."""
     manifest = read_manifest(shard_dir)
     paths = shard_paths(shard_dir, split)
-    ds = wds.WebDataset(paths, shardshuffle=False, nodesplitter=None, workersplitter=None, handler=_reraise_corrupt,
-                        empty_check=False)
-    images, labels = [], []
+    ds = wds.WebDataset(paths, shardshuffle=False, nodesplitter=None, workersplitter=None,
+                        handler=functools.partial(_reraise_corrupt, recreate=_recreate(manifest)), empty_check=False)
+    items, labels = [], []
     read = Counter({p: 0 for p in paths})
     for sample in ds:
-        img, label = _decode(sample, manifest.get("image_size"), manifest["channels"])
-        images.append(img)
+        item, label = _decode(sample, codec)
+        items.append(item)
         labels.append(label)
         read[sample["__url__"]] += 1
     _check_counts(shard_dir, manifest, split, read, paths)
-    if not images:
-        raise UserError(f"split {split!r} in {shard_dir} is empty; {_RECREATE}")
-    return _to_batch(images, labels)
+    if not items:
+        raise UserError(f"split {split!r} in {shard_dir} is empty; {_recreate(manifest)}")
+    return items, labels
+
+
+def load_split(shard_dir: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole split in shard order: uint8 images ``[N, C, H, W]`` (text: packed int64 ``[N, 2, L]``)
+    and labels ``[N]`` (-1 if none); every DDP rank gets all of it (a protocol splits its
+    training batches itself)."""
+    c = sample_codec(shard_dir, read_manifest(shard_dir))
+    return _to_batch(*_read_in_order(shard_dir, split, c), c)
+
+
+def read_texts(shard_dir: str | Path, split: str) -> tuple[list[str], torch.Tensor]:
+    """A text split's raw entries in shard order and their labels int64 ``[N]`` (-1 if none),
+    untokenized (e.g. for the TF-IDF baseline)."""
+    from pipeline.data.text_shards import TextCodec
+
+    manifest = read_manifest(shard_dir)
+    if manifest.get("modality") != "text":
+        raise UserError(f"{shard_dir} holds image shards, not text; point --shards at a text shard folder")
+    texts, labels = _read_in_order(shard_dir, split, TextCodec(manifest["max_length"]))
+    return texts, torch.tensor(labels, dtype=torch.long)
 
 
 def stream_batches(
@@ -381,7 +459,8 @@ def stream_batches(
     rank: int | None = None, world_size: int | None = None, ordered: bool = False, skip_batches: int = 0,
     batch_slice: tuple[int, int] = (0, 1), drop_last: bool = True,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of shuffled uint8 batches ``([B, C, H, W], [B])`` streamed from the shards.
+    """One epoch of shuffled uint8 batches ``([B, C, H, W], [B])`` streamed from the shards
+    (a text shard folder: packed int64 ``[B, 2, L]``, see ``sample_codec``).
 
     Shard order and the sample shuffle buffer are seeded, so an epoch's order depends only
     on ``seed`` (pass ``base_seed + epoch``) and a resumed run sees the same batches. The
@@ -417,17 +496,19 @@ def stream_batches(
     world_size = dist.world_size() if world_size is None else world_size
     manifest = read_manifest(shard_dir)
     paths = shard_paths(shard_dir, split)
+    samples_codec = sample_codec(shard_dir, manifest)
     total = manifest["splits"][split]["count"]
     n_batches = total // (batch_size * world_size) if drop_last else -(-total // batch_size)
     read: Counter[str] = Counter({p: 0 for p in paths})  # a shard that yields nothing counts as 0
     # nodesplitter/workersplitter=None: shards are split neither by node nor by DataLoader
     # worker; samples are split by rank below, and batches by worker (``batch_slice``).
     ds = wds.WebDataset(paths, shardshuffle=len(paths) if len(paths) > 1 and not ordered else False, seed=seed,
-                        nodesplitter=None, workersplitter=None, handler=_reraise_corrupt, empty_check=False)
+                        nodesplitter=None, workersplitter=None,
+                        handler=functools.partial(_reraise_corrupt, recreate=_recreate(manifest)), empty_check=False)
     if not ordered:
         ds = ds.shuffle(shuffle_buffer, initial=shuffle_buffer, seed=seed)
     offset, stride = batch_slice
-    images, labels, mine = [], [], 0
+    items, labels, mine = [], [], 0
     for sample in split_by_rank(ds, rank, world_size):
         read[sample["__url__"]] += 1
         if sample.get("__mine__") is False:
@@ -435,16 +516,16 @@ def stream_batches(
         batch, mine = mine // batch_size, mine + 1  # the batch of this rank's epoch the sample is in
         if batch < skip_batches or (batch - skip_batches) % stride != offset:
             continue  # before the resume position, or another worker's batch: counted, not decoded
-        img, label = _decode(sample, manifest.get("image_size"), manifest["channels"])
-        images.append(img)
+        item, label = _decode(sample, samples_codec)
+        items.append(item)
         labels.append(label)
-        if len(images) == batch_size:
+        if len(items) == batch_size:
             if batch < n_batches:  # a rank with a sample more than others drops its extra batch
-                yield _to_batch(images, labels)
-            images, labels = [], []
+                yield _to_batch(items, labels, samples_codec)
+            items, labels = [], []
     _check_counts(shard_dir, manifest, split, read, paths)
-    if images and not drop_last:
-        yield _to_batch(images, labels)
+    if items and not drop_last:
+        yield _to_batch(items, labels, samples_codec)
 
 
 def split_by_rank(samples: Iterator[dict], rank: int, world_size: int) -> Iterator[dict]:

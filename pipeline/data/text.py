@@ -9,7 +9,10 @@ from __future__ import annotations
 import re
 import subprocess
 from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+import numpy as np
 
 FORTUNE_DIR = "/usr/share/games/fortunes"
 LANG_PACKAGES = {"en": "fortunes", "de": "fortunes-de", "es": "fortunes-es", "it": "fortunes-it"}
@@ -67,3 +70,33 @@ def fortunes_by_language(languages: tuple[str, ...] = ("en", "de", "es", "it")) 
                 texts.append(e)
                 langs.append(lang)
     return texts, langs
+
+
+@dataclass(frozen=True)
+class TextSet:
+    """Labelled text entries, with ``SampleRefs``' interface (``len``, ``take``, ``labels``,
+    ``classes``, ``skipped``) so ``split_stratified`` and ``make_splits`` split text as images."""
+
+    texts: tuple[str, ...]
+    labels: np.ndarray  # int64 [N]
+    classes: list[str]
+    skipped: tuple[str, ...] = ()  # always empty: nothing in a text source is skipped
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, idx: np.ndarray) -> "TextSet":
+        """The entries at ``idx`` (classes kept)."""
+        return replace(self, texts=tuple(self.texts[int(i)] for i in idx), labels=self.labels[idx])
+
+    @classmethod
+    def from_names(cls, texts: list[str], names: list[str]) -> "TextSet":
+        """Entries labelled by class name; classes sorted by name (as ImageFolder's)."""
+        classes = sorted(set(names))
+        index = {c: i for i, c in enumerate(classes)}
+        return cls(tuple(texts), np.array([index[n] for n in names], dtype=np.int64), classes)
+
+
+def fortunes_set(min_count: int) -> TextSet:
+    """``fortunes_by_category(min_count)`` (small categories merged into "other") as a ``TextSet``."""
+    return TextSet.from_names(*fortunes_by_category(min_count=min_count))

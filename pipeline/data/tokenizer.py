@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from pipeline.errors import UserError
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4, in this order
 
@@ -35,3 +39,36 @@ def encode_batch(tok: Tokenizer, texts: list[str], max_length: int) -> tuple[tor
         ids[i, : len(r)] = torch.tensor(r)
         att[i, : len(r)] = 1
     return ids, att
+
+
+def encode_packed(tok: Tokenizer, texts: list[str], max_length: int) -> torch.Tensor:
+    """Packed int64 ``[N, 2, max_length]``: ``[:, 0]`` token ids (``[CLS] tokens [SEP]``, truncated,
+    right-padded with ``[PAD]``), ``[:, 1]`` attention (1 real, 0 padding). A fixed length, so
+    batches and splits concatenate and index like image tensors; encoders trim the padding."""
+    ids, att = encode_batch(tok, texts, max_length)
+    out = torch.zeros((len(texts), 2, max_length), dtype=torch.long)  # [PAD] is id 0
+    out[:, 0, : ids.shape[1]] = ids
+    out[:, 1, : att.shape[1]] = att
+    return out
+
+
+_LOADED: dict[tuple[str, str], Tokenizer] = {}
+
+
+def load_tokenizer(shard_dir: str | Path) -> Tokenizer:
+    """The tokenizer a text shard folder was written with (``manifest["tokenizer"]``), its
+    sha256 checked against the manifest; loaded once per process."""
+    from pipeline.data.shards import read_manifest, sha256
+
+    manifest = read_manifest(shard_dir)
+    info = manifest.get("tokenizer")
+    if manifest.get("modality") != "text" or not info:
+        raise UserError(f"{shard_dir} holds no text shards (its manifest names no tokenizer); point --shards at text shards")
+    path = Path(shard_dir) / info["file"]
+    key = (str(path.resolve()), info["sha256"])
+    if key not in _LOADED:
+        if not path.is_file() or sha256(path) != info["sha256"]:
+            raise UserError(f"{path} is missing or differs from its manifest (sha256); re-create the shards with "
+                            "'dvc repro -f text-shard'")
+        _LOADED[key] = Tokenizer.from_file(str(path))
+    return _LOADED[key]

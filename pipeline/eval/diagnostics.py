@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.data.augment import to_float
+from pipeline.models.encoder import encoder_input
 
 Array = np.ndarray | torch.Tensor
 
@@ -145,28 +145,30 @@ def _features(encoder: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Ten
 
 @torch.no_grad()
 def diagnose(
-    encoder: nn.Module, images_uint8: torch.Tensor, views_fn: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
+    encoder: nn.Module, samples: torch.Tensor, views_fn: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
     temperature: float = 0.1, collapse_threshold: float = 0.1, batch_size: int = 512,
 ) -> dict:
     """All diagnostics for ``encoder`` (eval mode, no grad; its train/eval mode is restored).
 
-    images_uint8: ``[N, C, H, W]`` uint8 (N >= 2). ``views_fn(images)`` gets them on ``device``
-    and returns one random float view ``[N, C, H', W']`` in [0, 1] (e.g. a
-    ``pipeline.data.augment.ViewMaker``); it is called twice, for the two views of each image.
+    samples: ``[N, C, H, W]`` uint8 images, or packed int64 text ``[N, 2, L]`` (N >= 2).
+    ``views_fn(x)`` gets them on ``device`` and returns one random view the encoder takes: for
+    images float ``[N, C, H', W']`` in [0, 1] (a ``pipeline.data.augment.ViewMaker``), for text
+    a random masking ``[N, 2, L]`` (a ``pipeline.data.text_views.TextViews``); it is called
+    twice, for the two views of each sample.
 
     - alignment: between the two views' features (alpha=2);
     - uniformity: t=2, mean of the two views' values;
     - infonce_loss / mi_lower_bound: symmetric InfoNCE of the two views, K = N candidates;
     - effective_rank, std, std_sqrt_dim, collapsed: on the features of the un-augmented
-      images (the representation the evaluations use).
+      samples (the representation the evaluations use).
     """
     was_training = encoder.training
     encoder.eval()
     try:
-        images = images_uint8.to(device)
-        f1 = _features(encoder, views_fn(images), batch_size)
-        f2 = _features(encoder, views_fn(images), batch_size)
-        clean = _features(encoder, to_float(images), batch_size)
+        x = samples.to(device)
+        f1 = _features(encoder, views_fn(x), batch_size)
+        f2 = _features(encoder, views_fn(x), batch_size)
+        clean = _features(encoder, encoder_input(x), batch_size)
     finally:
         encoder.train(was_training)
     n, dim = clean.shape

@@ -1,4 +1,5 @@
-"""Frozen features: an encoder's, or raw pixels (the baseline that could explain results away)."""
+"""Frozen features: an encoder's, or a features-only baseline's (raw pixels; TF-IDF for text,
+``pipeline.eval.tfidf``): the baselines that could explain results away."""
 
 from __future__ import annotations
 
@@ -10,21 +11,24 @@ import torch
 from torch import nn
 
 from pipeline.data.augment import to_float
+from pipeline.models.encoder import encoder_input
 
-Featurizer = Callable[[torch.Tensor], np.ndarray]  # uint8 [N, C, H, W] -> float32 [N, D]
+# samples -> float32 [N, D]: uint8 images [N, C, H, W] or packed int64 text [N, 2, L]
+Featurizer = Callable[[torch.Tensor], np.ndarray]
 
 
-BATCH = 1024  # images per forward pass (and per streamed batch of a split: EvalContext.features)
+BATCH = 1024  # samples per forward pass (and per streamed batch of a split: EvalContext.features)
 
 
 def encoder_features(encoder: nn.Module, device: torch.device, batch_size: int = BATCH) -> Featurizer:
     """Features of ``encoder`` in eval mode (BatchNorm running statistics). The caller's
-    encoder is left alone (its device and train/eval mode): a copy is moved and switched."""
+    encoder is left alone (its device and train/eval mode): a copy is moved and switched.
+    Inputs go through ``encoder_input`` (images to [0, 1] floats, packed text as it is)."""
     encoder = copy.deepcopy(encoder).to(device).eval()
 
     @torch.no_grad()
-    def featurize(images: torch.Tensor) -> np.ndarray:
-        out = [encoder(to_float(images[i : i + batch_size].to(device))).float().cpu() for i in range(0, len(images), batch_size)]
+    def featurize(x: torch.Tensor) -> np.ndarray:
+        out = [encoder(encoder_input(x[i : i + batch_size].to(device))).float().cpu() for i in range(0, len(x), batch_size)]
         return torch.cat(out).numpy()
 
     return featurize
@@ -32,4 +36,6 @@ def encoder_features(encoder: nn.Module, device: torch.device, batch_size: int =
 
 def pixel_features(images: torch.Tensor) -> np.ndarray:
     """Raw pixels in [0, 1], flattened: ``[N, C*H*W]``."""
+    if images.dtype != torch.uint8:
+        raise ValueError(f"raw pixels need uint8 images [N, C, H, W], got {images.dtype} (text: use the tfidf baseline)")
     return to_float(images).flatten(1).numpy()

@@ -44,6 +44,8 @@ def _logreg_predict(support: list[np.ndarray], query: np.ndarray, c: float, max_
     y = np.concatenate([np.full(len(s), j) for j, s in enumerate(support)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
+        # 1-shot support sets have one sample per class, which sklearn flags as "maybe regression"
+        warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
         clf = LogisticRegression(C=c, max_iter=max_iter).fit(x, y)
     return clf.classes_[clf.decision_function(_norm(query)).argmax(1)]
 

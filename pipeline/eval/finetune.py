@@ -1,6 +1,7 @@
 """Fine-tuning: encoder + a new linear head trained end to end with labels by the shared
 training loop, the encoder at a lower learning rate. With a randomly initialised encoder at
-the full learning rate the same code is the supervised-from-scratch baseline."""
+the full learning rate the same code is the supervised-from-scratch baseline. Images train
+on random resized crops; text (packed int64 entries) trains on the entries as they are."""
 
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ from pipeline.config import FinetuneParams
 from pipeline.data.augment import random_resized_crop, to_float
 from pipeline.eval.linear_sgd import in_memory_batches, steps_per_epoch
 from pipeline.train.loop import TrainJob, fit
+from pipeline.models.encoder import encoder_input
 from pipeline.train.optim import param_groups
 
 
 class Classifier(nn.Module):
-    """encoder + linear head; ``forward(images uint8 [N,C,H,W], labels [N])`` -> loss dict.
-    Training views: random resized crop (``crop_scale``) + horizontal flip (``hflip``)."""
+    """encoder + linear head; ``forward(x, labels [N])`` -> loss dict, x uint8 images
+    ``[N, C, H, W]`` or packed int64 text ``[N, 2, L]``. Training views of images: random
+    resized crop (``crop_scale``) + horizontal flip (``hflip``); text: none (the entries as they are)."""
 
     def __init__(self, encoder: nn.Module, num_classes: int, seed: int, crop_scale: tuple[float, float], hflip: float):
         super().__init__()
@@ -28,19 +31,21 @@ class Classifier(nn.Module):
         self.gen: torch.Generator | None = None
         self.seed, self.crop_scale, self.hflip = seed, crop_scale, hflip
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.gen is None or self.gen.device != images.device:
-            self.gen = torch.Generator(device=images.device)
-            self.gen.manual_seed(self.seed + dist.rank())  # each rank its own views (rank 0: as one process)
-        x = random_resized_crop(to_float(images), self.crop_scale, (0.75, 1.3333), self.hflip, self.gen)
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        if x.dtype == torch.uint8:  # images: a random view; packed text trains as it is
+            if self.gen is None or self.gen.device != x.device:
+                self.gen = torch.Generator(device=x.device)
+                self.gen.manual_seed(self.seed + dist.rank())  # each rank its own views (rank 0: as one process)
+            x = random_resized_crop(to_float(x), self.crop_scale, (0.75, 1.3333), self.hflip, self.gen)
         logits = self.head(self.encoder(x))
         return {"loss": F.cross_entropy(logits, labels), "acc": (logits.argmax(1) == labels).float().mean()}
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, device: torch.device, batch_size: int = 1024) -> np.ndarray:
+    def predict(self, x: torch.Tensor, device: torch.device, batch_size: int = 1024) -> np.ndarray:
+        """Predicted class ``[N]`` of un-augmented images or packed text ``x``, in eval mode."""
         self.eval()
-        out = [self.head(self.encoder(to_float(images[i : i + batch_size].to(device)))).argmax(1).cpu()
-               for i in range(0, len(images), batch_size)]
+        out = [self.head(self.encoder(encoder_input(x[i : i + batch_size].to(device)))).argmax(1).cpu()
+               for i in range(0, len(x), batch_size)]
         return torch.cat(out).numpy()
 
 
@@ -49,7 +54,8 @@ def train_classifier(
     encoder_lr_mult: float, seed: int, device: torch.device, desc: str,
 ) -> tuple[Classifier, list[dict]]:
     """``Classifier`` (``encoder``, trained in place, + a new linear head) trained end to end
-    on in-memory uint8 ``images`` ``[N, C, H, W]`` and ``labels`` ``[N]``, the encoder at
+    on in-memory ``images`` (uint8 ``[N, C, H, W]``, or packed text int64 ``[N, 2, L]``) and
+    ``labels`` ``[N]``, the encoder at
     ``encoder_lr_mult`` times the lr. The batch size is capped at N; each epoch is a fresh
     seeded permutation, the partial batch dropped. Returns the model and its history."""
     batch_size = min(cfg.batch_size, len(images))
@@ -68,5 +74,5 @@ def train_classifier(
 
 
 def top1(model: Classifier, test: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> float:
-    """Top-1 accuracy of ``model`` on ``(images uint8 [N, C, H, W], labels [N])``."""
+    """Top-1 accuracy of ``model`` on ``(x, labels [N])``: uint8 images or packed int64 text."""
     return float((model.predict(test[0], device) == np.asarray(test[1])).mean())

@@ -128,6 +128,8 @@ def linear_sgd(
     """
     x_tr, y_tr = train[0], torch.as_tensor(np.asarray(train[1])).long()
     x_te, y_te = test[0], torch.as_tensor(np.asarray(test[1])).long()
+    if x_tr.dtype != torch.uint8:  # its training views are image crops
+        raise ValueError(f"linear_sgd trains on augmented images: uint8 [N, C, H, W], got {x_tr.dtype}")
     if len(x_tr) < 2:
         raise ValueError("linear_sgd needs at least 2 training images")
     n_classes = int(max(int(y_tr.max()), int(y_te.max()))) + 1

@@ -1,8 +1,9 @@
 """The evaluation-protocol interface: what a protocol runs on, and what it returns.
 
-A protocol (``pipeline/eval/protocols/<name>.py``) measures one encoder, or raw pixels, by
-one standard recipe (linear probe, kNN, few-shot, ...). It gets an ``EvalContext``: the
-labelled splits, their frozen features (computed once per split and shared by everything
+A protocol (``pipeline/eval/protocols/<name>.py``) measures one encoder, or a features-only
+baseline (raw pixels, TF-IDF), by one standard recipe (linear probe, kNN, few-shot, ...). It
+gets an ``EvalContext``: the labelled splits (uint8 images ``[N, C, H, W]``, or packed int64
+text ``[N, 2, L]``), their frozen features (computed once per split and shared by everything
 in the stage), the encoder when there is one, and the params. It returns its full results
 (the details file); ``headline`` picks the few numbers a reviewer compares (the DVC metrics
 file); ``summary`` gives its columns of the report's method-by-metric table and ``section``
@@ -20,7 +21,8 @@ import torch
 
 from pipeline.config import Params
 from pipeline.data.shards import load_split, stream_batches
-from pipeline.eval.features import BATCH, Featurizer, encoder_features, pixel_features
+from pipeline.eval.baselines import FEATURE_BASELINES
+from pipeline.eval.features import BATCH, Featurizer, encoder_features
 from pipeline.models.encoder import Encoder
 
 def seed_everything(seed: int) -> None:
@@ -30,7 +32,8 @@ def seed_everything(seed: int) -> None:
 
 @dataclass
 class EvalContext:
-    """One encoder (``None``: raw pixels) and the labelled splits it is measured on.
+    """One encoder, or a features-only baseline (``encoder`` None, ``featurizer`` its features:
+    ``baselines.baseline_featurizer``), and the labelled splits it is measured on.
 
     ``pretrained`` is False for the random-init baseline: protocols that train the encoder
     then train it at the full learning rate (supervised from scratch)."""
@@ -42,9 +45,9 @@ class EvalContext:
     manifest: dict
     params: Params
     device: torch.device
+    featurizer: Featurizer | None = field(default=None, repr=False)  # None: the encoder's features
     _splits: dict = field(default_factory=dict, repr=False)
     _features: dict = field(default_factory=dict, repr=False)
-    _featurizer: Featurizer | None = field(default=None, repr=False)
 
     @property
     def seed(self) -> int:
@@ -54,22 +57,31 @@ class EvalContext:
     def num_classes(self) -> int:
         return len(self.manifest["classes"])
 
+    @property
+    def is_text(self) -> bool:
+        """Text shards (packed int64 ``[N, 2, L]`` samples) rather than images."""
+        return is_text_manifest(self.manifest)
+
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(images uint8 [N, C, H, W], labels int64 [N])`` of a labelled split, read once."""
+        """``(x, labels int64 [N])`` of a labelled split, read once: x uint8 images ``[N, C, H, W]``
+        or packed int64 text ``[N, 2, L]``."""
         if name not in self._splits:
             self._splits[name] = load_split(self.shards, name)
         return self._splits[name]
 
-    def featurize(self, images: torch.Tensor) -> np.ndarray:
-        """Frozen features ``[N, D]`` float32 of uint8 images ``[N, C, H, W]``."""
-        if self._featurizer is None:
-            self._featurizer = pixel_features if self.encoder is None else encoder_features(self.encoder, self.device)
-        return self._featurizer(images)
+    def featurize(self, x: torch.Tensor) -> np.ndarray:
+        """Frozen features ``[N, D]`` float32 of samples ``x`` (images or packed text)."""
+        if self.featurizer is None:
+            if self.encoder is None:
+                raise ValueError(f"EvalContext {self.name!r} has neither an encoder nor a featurizer "
+                                 "(a features-only baseline passes baselines.baseline_featurizer)")
+            self.featurizer = encoder_features(self.encoder, self.device)
+        return self.featurizer(x)
 
     def features(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """``(features [N, D], labels [N])`` of a labelled split, computed once per stage,
         batch by batch as the shards stream in shard order: only the features are held,
-        never the split's images (unless a protocol asked for them: ``split``)."""
+        never the split's samples (unless a protocol asked for them: ``split``)."""
         if name not in self._features:
             if name in self._splits:
                 images, labels = self._splits[name]
@@ -92,12 +104,13 @@ class Protocol:
     name: ClassVar[str]  # its params section, stage and metrics folder: metrics/<name>/<method>.json
     Params: ClassVar[type]  # the pydantic model of its params section (everything it reads, nothing else)
     order: ClassVar[int]  # position in the report
-    needs_encoder: ClassVar[bool] = False  # trains or augments through the encoder: not applicable to raw pixels
+    needs_encoder: ClassVar[bool] = False  # trains or augments through the encoder: not applicable to features-only baselines
 
     def not_applicable(self, ctx: "EvalContext") -> str | None:
         """Why this protocol cannot measure ``ctx`` (its details say so), or ``None``."""
         if self.needs_encoder and ctx.encoder is None:
-            return f"{self.name} trains or augments through an encoder; raw pixels have none"
+            what = FEATURE_BASELINES[ctx.name].noun if ctx.name in FEATURE_BASELINES else ctx.name
+            return f"{self.name} trains or augments through an encoder; {what} have none"
         return None
 
     def check(self, params: Params, manifest: dict) -> None:
@@ -124,6 +137,21 @@ class Protocol:
     def summary_line(self, headline: dict[str, float]) -> str:
         """One line for the terminal at the end of the stage."""
         return ", ".join(f"{k} {_fmt(v)}" for k, v in headline.items())
+
+
+TEXT_SOURCES = ("fortunes",)  # data.source values whose shards hold text
+
+
+def is_text_manifest(manifest: dict) -> bool:
+    """A text shard folder's manifest (``"modality": "text"``); image manifests have no such key."""
+    return manifest.get("modality", "image") == "text"
+
+
+def sample_noun(params: Params, plural: bool = True) -> str:
+    """What the report calls the samples of ``params.data.source``: "entries" (text) or "images"
+    (``plural=False``: "entry", "image")."""
+    text = params.data.source in TEXT_SOURCES
+    return ("entries" if text else "images") if plural else ("entry" if text else "image")
 
 
 def _fmt(v: float) -> str:

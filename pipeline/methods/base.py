@@ -9,12 +9,16 @@ evaluations are shared. The pretrain stage calls:
     method.after_optimizer_step(progress)  # per batch: EMA / momentum targets, 0 <= progress <= 1
     method.finalize(sample)                # once, after training (e.g. BatchNorm re-estimation)
 
-and the evaluations use only ``method.encoder``.
+and the evaluations use only ``method.encoder``. After training (and ``finalize``) it calls
+``method.held_out_metrics(batches)`` once for the method's own held-out numbers (perplexity).
+
+``modality`` says what a method trains on: ``"image"`` (uint8 ``[N, C, H, W]``) or ``"text"``
+(packed int64 ``[N, 2, L]``: token ids and attention, see ``pipeline/data/tokenizer.encode_packed``).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Callable, ClassVar, Iterator
 
 import torch
 from torch import nn
@@ -23,15 +27,19 @@ from torch.optim.swa_utils import update_bn
 from pipeline.config import AugmentParams, Strict
 from pipeline.data.augment import ViewMaker, to_float
 from pipeline.errors import UserError
-from pipeline.models.encoder import Encoder
+from pipeline.models.encoder import Encoder, TextEncoder
 
 
 BN_CHUNK = 256  # images per forward when BatchNorm statistics are re-estimated
 
 
+Batches = Callable[[str], Iterator[tuple[torch.Tensor, torch.Tensor]]]  # split name -> (x, labels) in shard order
+
+
 class Method(nn.Module):
     name: ClassVar[str]
     Params: ClassVar[type[Strict]]
+    modality: ClassVar[str] = "image"  # what training_step takes: "image" or "text" (the shards must match)
 
     def __init__(self, encoder: Encoder, params: Strict, augment: AugmentParams, seed: int, device: torch.device):
         super().__init__()
@@ -84,6 +92,12 @@ class Method(nn.Module):
         small crops), so that it normalises what the evaluations feed it."""
         update_bn([to_float(chunk) for chunk in sample.split(BN_CHUNK)], self.encoder)
 
+    def held_out_metrics(self, batches: Batches) -> dict[str, float]:
+        """Once after training: the method's own numbers on held-out data, e.g. a language
+        model's perplexity. ``batches(split)`` iterates ``(x, labels)`` CPU batches of a split
+        ("val": held out; "pretrain": e.g. unigram counts) in shard order. Default: none."""
+        return {}
+
     def after_optimizer_step(self, progress: float) -> None:
         """Hook for momentum/EMA target updates; ``progress`` runs from 0 to 1 over training."""
 
@@ -97,3 +111,29 @@ class Method(nn.Module):
 
     def load_extra_state(self, state: dict) -> None:
         self.views.load_state_dict(state["views"])
+
+
+class TextMethod(Method):
+    """A method that trains a ``TextEncoder`` on packed int64 ``[N, 2, L]`` batches.
+
+    ``causal`` is the attention the objective needs: a masked LM must see both sides of a
+    token, a next-token LM must see none of its future (otherwise it copies the answer).
+    """
+
+    modality = "text"
+    causal: ClassVar[bool]
+
+    def __init__(self, encoder: TextEncoder, params: Strict, augment: AugmentParams, seed: int, device: torch.device):
+        super().__init__(encoder, params, augment, seed, device)
+        if not isinstance(encoder, TextEncoder):
+            raise UserError(f"{self.name} trains a text Transformer, got encoder.arch {encoder.params.arch!r}: set "
+                            f"`encoder: {{arch: transformer}}` under `{self.name}:` in params.yaml and run it on text shards")
+        if encoder.params.causal != self.causal:
+            want = "true" if self.causal else "false"
+            why = "next-token prediction may not see the future" if self.causal else "a masked token is predicted from both sides"
+            raise UserError(f"{self.name}.encoder.causal must be {want} ({why}): set `encoder: {{causal: {want}}}` "
+                            f"under `{self.name}:` in params.yaml")
+
+    @property
+    def device(self) -> torch.device:
+        return self.encoder.backbone.tok.weight.device

@@ -6,6 +6,9 @@ dataset statistics: evaluations feed plain [0, 1] images and cannot get it wrong
 The backbone is ``params.arch``: a small ResNet, or a small ViT (``pipeline.models.vit``),
 whose token-level pieces masked image modeling reaches through ``encoder.backbone``. A ViT
 is built for one image size, so a saved encoder stores it.
+
+Text (``manifest["modality"] == "text"``, ``encoder.arch: transformer``) gets a ``TextEncoder``:
+packed int64 ``[N, 2, L]`` (token ids, attention) -> features ``[N, D]``; no normalisation.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import torch
 from torch import nn
 
 from pipeline.config import EncoderParams
+from pipeline.data.augment import to_float
 from pipeline.errors import UserError
 from pipeline.models.resnet import SmallResNet
+from pipeline.models.text_transformer import TextTransformer
 from pipeline.models.vit import ViT
 from pipeline.outputs import save_torch
 
@@ -54,22 +59,69 @@ class Encoder(nn.Module):
         return self.backbone(self.normalise(x))
 
 
-def build_encoder(params: EncoderParams, manifest: dict) -> Encoder:
+def encoder_input(x: torch.Tensor) -> torch.Tensor:
+    """What an encoder takes from a batch as the readers return it: uint8 images
+    ``[N, C, H, W]`` -> float in [0, 1]; packed text (int64 ``[N, 2, L]``) unchanged."""
+    return to_float(x) if x.dtype == torch.uint8 else x
+
+
+def unpack_text(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed int64 ``[N, 2, L]`` -> ``(ids [N, T], attention [N, T])`` with the padding columns
+    beyond the longest real row cut off (T <= L), so compute follows the real lengths and not
+    the shards' fixed ``max_length``. Rows are right-padded, so no real token is lost."""
+    att = x[:, 1]
+    longest = max(int(att.sum(1).max()), 1) if len(x) else 1  # one host sync per batch
+    return x[:, 0, :longest], att[:, :longest]
+
+
+class TextEncoder(nn.Module):
+    """Packed int64 ``[N, 2, L]`` -> features ``[N, D]``: a ``TextTransformer`` (bidirectional or
+    causal, ``params.causal``) and its pooling (mean over real tokens, or the last real
+    token's state when causal). ``backbone`` gives the methods its hidden states and tied LM head."""
+
+    def __init__(self, params: EncoderParams, vocab_size: int, max_length: int):
+        super().__init__()
+        self.params = params
+        self.vocab_size = vocab_size
+        self.max_length = max_length
+        self.backbone = TextTransformer(vocab_size, params.dim, params.depth, params.heads, max_length, params.causal,
+                                        mlp_ratio=params.mlp_ratio)
+        self.feature_dim = params.dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.features(*unpack_text(x))
+
+
+def build_encoder(params: EncoderParams, manifest: dict) -> Encoder | TextEncoder:
+    text = manifest.get("modality") == "text"
+    if text != (params.arch == "transformer"):
+        data, fits = ("text", "'transformer'") if text else ("images", "'resnet' or 'vit'")
+        raise UserError(f"encoder.arch {params.arch!r} cannot encode {data}: these shards hold {data}, which need "
+                        f"encoder.arch {fits} (or the method's own `encoder:` override in params.yaml)")
+    if text:
+        return TextEncoder(params, manifest["vocab_size"], manifest["max_length"])
     return Encoder(params, manifest["channels"], manifest["mean"], manifest["std"], manifest.get("image_size"))
 
 
-def save_encoder(encoder: Encoder, path: Path) -> None:
+def save_encoder(encoder: Encoder | TextEncoder, path: Path) -> None:
     """Write the encoder: its architecture, input statistics and weights, nothing volatile
     (no times, hosts or git SHAs: those go to provenance.json), so the same weights always
     give the same bytes and DVC leaves the downstream stages cached."""
+    if isinstance(encoder, TextEncoder):
+        save_torch({"modality": "text", "params": encoder.params.model_dump(), "vocab_size": encoder.vocab_size,
+                    "max_length": encoder.max_length, "state_dict": encoder.state_dict()}, path)
+        return
+    # image encoders: exactly the keys they had before text existed (``causal`` is a text key),
+    # so their bytes, and DVC's caches downstream, do not change
     save_torch(
-        {"params": encoder.params.model_dump(), "channels": encoder.channels, "mean": encoder.mean.flatten().tolist(),
-         "std": encoder.std.flatten().tolist(), "image_size": encoder.image_size, "state_dict": encoder.state_dict()},
+        {"params": encoder.params.model_dump(exclude={"causal"}), "channels": encoder.channels,
+         "mean": encoder.mean.flatten().tolist(), "std": encoder.std.flatten().tolist(), "image_size": encoder.image_size,
+         "state_dict": encoder.state_dict()},
         path,
     )
 
 
-def load_encoder(path: str | Path) -> Encoder:
+def load_encoder(path: str | Path) -> Encoder | TextEncoder:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"encoder {path} not found; run the pretrain stage first (dvc repro)")
@@ -77,6 +129,10 @@ def load_encoder(path: str | Path) -> Encoder:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated or foreign file
         raise UserError(f"encoder {path} cannot be read ({err}); re-run pretraining") from None
+    if blob.get("modality") == "text":
+        enc = TextEncoder(EncoderParams.model_validate(blob["params"]), blob["vocab_size"], blob["max_length"])
+        enc.load_state_dict(blob["state_dict"])
+        return enc.eval()
     # Encoders saved before the ViT arch existed have no image_size (a ResNet needs none).
     enc = Encoder(EncoderParams.model_validate(blob["params"]), blob["channels"], blob["mean"], blob["std"], blob.get("image_size"))
     enc.load_state_dict(blob["state_dict"])

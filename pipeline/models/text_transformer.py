@@ -11,12 +11,12 @@ class TextTransformer(nn.Module):
     ``logits(hidden) -> [N, L, V]``. ``mask`` is 1 for real tokens, 0 for padding."""
 
     def __init__(self, vocab_size: int, dim: int = 128, depth: int = 2, heads: int = 4,
-                 max_len: int = 128, causal: bool = False, dropout: float = 0.0):
+                 max_len: int = 128, causal: bool = False, dropout: float = 0.0, mlp_ratio: float = 4.0):
         super().__init__()
         self.causal = causal
         self.tok = nn.Embedding(vocab_size, dim)
         self.pos = nn.Embedding(max_len, dim)
-        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout, activation="gelu",
+        layer = nn.TransformerEncoderLayer(dim, heads, int(dim * mlp_ratio), dropout, activation="gelu",
                                            batch_first=True, norm_first=True)
         # enable_nested_tensor off: the nested fast path would zero padded outputs only sometimes.
         self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)

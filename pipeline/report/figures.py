@@ -64,7 +64,7 @@ def few_shot_curve(results: dict[str, dict], out: Path) -> None:
     _save(fig, out)
 
 
-def label_efficiency(results: dict[str, dict], out: Path) -> None:
+def label_efficiency(results: dict[str, dict], out: Path, noun: str = "images") -> None:
     """Top-1 against label fraction (log x): supervised from scratch, linear probe, finetune."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for method, res in results.items():
@@ -74,7 +74,7 @@ def label_efficiency(results: dict[str, dict], out: Path) -> None:
             label = arm if arm == "supervised" and len(results) == 1 else f"{method} {arm}"
             ax.plot(x, [100 * res[f][arm] for f in fracs], style, marker="o", label=label)
     ax.set_xscale("log")
-    ax.set_xlabel("labelled images (% of train+val)")
+    ax.set_xlabel(f"labelled {noun} (% of train+val)")
     ax.set_ylabel("test top-1 (%)")
     ax.set_title("label efficiency")
     ax.grid(alpha=0.3)

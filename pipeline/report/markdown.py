@@ -1,5 +1,7 @@
 """reports/report.md: the method-by-metric table with verdicts against the baselines, the
-pretraining table, then each registered protocol's own section, and the figures."""
+pretraining table (and, for text, the held-out language-modelling numbers), then each
+registered protocol's own section, and the figures. Images and text (a manifest with
+``"modality": "text"``) share every part; only the wording and the features baseline differ."""
 
 from __future__ import annotations
 
@@ -8,20 +10,24 @@ from pathlib import Path
 
 from pipeline.config import Params
 from pipeline.eval import registry
+from pipeline.eval.baselines import FEATURE_BASELINES, RAW_PIXELS, TFIDF, features_baseline
+from pipeline.eval.protocol import is_text_manifest, sample_noun
 from pipeline.outputs import write_bytes
 from pipeline.report import figures
 from pipeline.report.tables import load_results, summary_table, to_markdown
 
-RAW_LABEL = "raw pixels (baseline)"
+LM_KEYS = ("masked_accuracy", "perplexity", "unigram_perplexity")  # metrics/pretrain/<method>.json of text methods
 
 
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
-def verdicts(results: dict[str, dict], baseline_of: dict[str, str]) -> list[str]:
-    """One line per method: does its linear probe (and kNN-20) beat raw pixels and its own
-    architecture at random init?"""
+def verdicts(results: dict[str, dict], baseline_of: dict[str, str], features: str = RAW_PIXELS) -> list[str]:
+    """One line per method: does its linear probe (and kNN-20) beat the features-only baseline
+    ``features`` (``raw_pixels``; ``tfidf`` for text) and its own architecture at random init?"""
+    features_label, features_name = FEATURE_BASELINES[features].label, FEATURE_BASELINES[features].short
+
     def top1(name: str) -> float | None:
         return results.get(name, {}).get("linear_eval", {}).get("linear", {}).get("top1")
 
@@ -31,11 +37,11 @@ def verdicts(results: dict[str, dict], baseline_of: dict[str, str]) -> list[str]
     lines = []
     for m in (m for m in results if not m.endswith("(baseline)")):
         base = baseline_of.get(m, "")
-        ours, raw, rnd = top1(m), top1(RAW_LABEL), top1(base)
+        ours, raw, rnd = top1(m), top1(features_label), top1(base)
         if ours is None:
             continue
         beats = all(b is None or ours > b for b in (raw, rnd))
-        parts = [f"raw pixels {_pct(raw)}%", f"its own architecture at random init {_pct(rnd)}%" if rnd is not None else
+        parts = [f"{features_name} {_pct(raw)}%", f"its own architecture at random init {_pct(rnd)}%" if rnd is not None else
                  "its own architecture at random init (not measured: add its random_init baseline to params.yaml)"]
         if knn(m) is not None and knn(base) is not None:
             parts[-1] += f" (kNN-20 {_pct(knn(base))}% vs {_pct(knn(m))}%)"
@@ -50,16 +56,47 @@ def _timing(metrics_dir: Path, method: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {"wall_seconds": float("nan"), "images_per_second": float("nan")}
 
 
+def encoder_description(enc) -> str:
+    """One cell naming an encoder section: "resnet [1, 1] w32", "vit p4 d192 x6", "transformer d128 x2, causal"."""
+    if enc.arch == "resnet":
+        return f"{enc.arch} {list(enc.layers)} w{enc.width}"
+    if enc.arch == "transformer":
+        return f"transformer d{enc.dim} x{enc.depth}, {'causal' if enc.causal else 'bidirectional'}"
+    return f"vit p{enc.patch_size} d{enc.dim} x{enc.depth}"
+
+
 def _pretraining_table(results: dict, params: Params, metrics_dir: Path) -> list[str]:
-    lines = ["## Pretraining", "", "| method | encoder | epochs | final loss | kNN-20 val monitor | wall time (s) | images/s |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["## Pretraining", "", "| method | encoder | epochs | final loss | kNN-20 val monitor | wall time (s) | "
+             f"{sample_noun(params)}/s |", "|---|---|---:|---:|---:|---:|---:|"]
     for m in params.methods:
         p, enc = results[m]["pretrain"] | _timing(metrics_dir, m), params.encoder_for(m)
-        desc = f"{enc.arch} {list(enc.layers)} w{enc.width}" if enc.arch == "resnet" else f"vit p{enc.patch_size} d{enc.dim} x{enc.depth}"
+        desc = encoder_description(enc)
         epochs = p.get("epochs", params.pretrain_for(m).epochs)
         lines.append(f"| {m} | {desc} | {epochs} | {p['loss']:.3f} | {_pct(p['knn_top1'])} | {p['wall_seconds']:.0f} | "
                      f"{p['images_per_second']:.0f} |")
     return lines + ["", "![training curves](figures/training_curves.png)", ""]
+
+
+def _lm_cell(v: float | None, percent: bool = False) -> str:
+    return "-" if v is None else _pct(v) if percent else f"{v:.2f}"
+
+
+def language_modelling_table(results: dict, params: Params) -> list[str]:
+    """Held-out (val split) language-modelling numbers of the methods that report them
+    (``Method.held_out_metrics``, in metrics/pretrain/<method>.json); ``[]`` when none does."""
+    rows = {m: results[m]["pretrain"] for m in params.methods if any(k in results[m]["pretrain"] for k in LM_KEYS)}
+    if not rows:
+        return []
+    lines = ["## Language modelling (held-out val)", "",
+             "| method | predicts | masked-token accuracy (%) | perplexity | unigram perplexity |", "|---|---|---:|---:|---:|"]
+    for m, p in rows.items():
+        target = "masked tokens" if "masked_accuracy" in p else "next token"
+        lines.append(f"| {m} | {target} | {_lm_cell(p.get('masked_accuracy'), percent=True)} | {_lm_cell(p.get('perplexity'))} | "
+                     f"{_lm_cell(p.get('unigram_perplexity'))} |")
+    return lines + ["", "Perplexity is exp(mean cross-entropy) on the val split's target tokens: for masked LM the masked "
+                    "tokens (a fixed-seed masking), for causal LM every next token, so the two are not comparable with each "
+                    "other. Unigram perplexity: an add-one unigram model counted on the pretrain split, on the causal "
+                    "model's target tokens (what a model that ignores context scores).", ""]
 
 
 def _label_efficiency_curves(results: dict, baseline_of: dict) -> dict:
@@ -79,6 +116,14 @@ def _label_efficiency_curves(results: dict, baseline_of: dict) -> dict:
     return out
 
 
+def _data_line(params: Params, manifest: dict) -> str:
+    """What the encoders saw: image size and channels, or for text the tokenizer and entry length."""
+    if is_text_manifest(manifest):
+        return (f"`{params.data.source}` text entries, BPE vocabulary {manifest['vocab_size']:,}, "
+                f"max {manifest['max_length']} tokens")
+    return f"`{params.data.source}` at {manifest['image_size']}x{manifest['image_size']}x{manifest['channels']}"
+
+
 def build_report(params: Params, manifest: dict, metrics_dir: Path, live_root: Path, out: Path, fig_dir: Path) -> str:
     """Write the report to ``out`` and its figures to ``fig_dir``; returns the markdown."""
     results, baseline_of = load_results(metrics_dir, params)
@@ -89,22 +134,24 @@ def build_report(params: Params, manifest: dict, metrics_dir: Path, live_root: P
     fs = {name: r["few_shot"]["prototype"] for name, r in results.items() if "prototype" in r.get("few_shot", {})}
     figures.few_shot_curve(fs, fig_dir / "few_shot.png")
     le = _label_efficiency_curves(results, baseline_of)
+    noun = sample_noun(params)
     if le:
-        figures.label_efficiency(le, fig_dir / "label_efficiency.png")
+        figures.label_efficiency(le, fig_dir / "label_efficiency.png", noun)
 
     counts = {s: v["count"] for s, v in manifest["splits"].items()}
     n_labels = counts.get("train", 0) + counts.get("val", 0)
+    text = is_text_manifest(manifest)
+    features = features_baseline(params) or (TFIDF if text else RAW_PIXELS)  # listed, or the modality's (not measured)
     lines = [
         "# Self-supervised pretraining report", "",
-        f"Data: `{params.data.source}` at {manifest['image_size']}x{manifest['image_size']}x{manifest['channels']}, "
-        f"splits {counts} (pretraining uses no labels).", "",
+        f"Data: {_data_line(params, manifest)}, splits {counts} (pretraining uses no labels).", "",
         "## Method by metric (top-1 %, test split)", "",
         "Baselines use the same splits and protocols. Every classifier saw the same labels: the "
-        f"{n_labels:,} train+val images (the linear probe picks its L2 strength on val, then refits on both). The random-init "
+        f"{n_labels:,} train+val {noun} (the linear probe picks its L2 strength on val, then refits on both). The random-init "
         "rows' finetune column is supervised training from scratch (same recipe, full learning rate). Few-shot columns: "
         "5-way, nearest prototype.", "",
-        to_markdown(df), "", *verdicts(results, baseline_of), "",
-        *_pretraining_table(results, params, metrics_dir),
+        to_markdown(df), "", *verdicts(results, baseline_of, features), "",
+        *_pretraining_table(results, params, metrics_dir), *language_modelling_table(results, params),
         "![method by metric](figures/method_by_metric.png)", "",
     ]
     for name in (n for n in registry.names() if n in params.protocols):

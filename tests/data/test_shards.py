@@ -33,6 +33,7 @@ def test_manifest_counts_and_hashes(tiny_shards):
     assert m["splits"]["pretrain"]["per_class"] is None
     assert list(m["splits"]["train"]["shards"]) == ["train-000000.tar", "train-000001.tar", "train-000002.tar"]
     assert m["image_size"] == 28 and m["channels"] == 1 and len(m["classes"]) == 10
+    assert "modality" not in m and "tokenizer" not in m  # an image manifest as before the text modality
 
 
 def test_roundtrip_is_lossless(fmnist_small, tiny_shards):

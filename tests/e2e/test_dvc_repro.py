@@ -25,6 +25,15 @@ TINY = {
     "label_efficiency": {"fractions": [0.1], "min_steps": 3},
     "diagnostics": {"images": 100},
 }
+# the text pipeline (presets/text.yaml merged over the tiny params.yaml): 10 fortune categories
+TINY_TEXT = {
+    "data": {"pretrain_size": 600, "train_size": 500, "val_size": 300, "test_size": 400, "shard_size": 250},
+    "text": {"vocab_size": 400, "max_length": 32, "min_class_count": 600, "transfer_per_language": 60, "tfidf_max_features": 2000},
+    "encoder": {"dim": 32, "depth": 1, "heads": 2},
+    "pretrain": {"epochs": 1, "batch_size": 32, "knn_bank_size": 200, "knn_query_size": 100, "prepare_images": 100},
+    "finetune": {"epochs": 1, "batch_size": 32},
+    "label_efficiency": {"finetune": {"epochs": 1, "batch_size": 32}},
+}
 
 
 def _env(cwd: Path) -> dict:
@@ -44,7 +53,7 @@ def _run(args: list[str], cwd: Path) -> str:
 def _set(params_path: Path, updates: dict) -> None:
     params = yaml.safe_load(params_path.read_text())
     for section, values in updates.items():
-        params[section].update(values)
+        params.setdefault(section, {}).update(values)
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -53,11 +62,12 @@ def repo_copy(tmp_path_factory) -> Path:
     dst = tmp_path_factory.mktemp("repo")
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     for f in files:
-        if f.startswith(("metrics/", "reports/", "dvclive/")) or f == "dvc.lock" or not (REPO / f).is_file():
+        if f.startswith(("metrics/", "reports/", "dvclive/", "text/")) or f == "dvc.lock" or not (REPO / f).is_file():
             continue  # start with no results, as on a fresh clone without them
         (dst / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / f, dst / f)
     _set(dst / "params.yaml", TINY)
+    _set(dst / "presets" / "text.yaml", TINY_TEXT)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"]):
         _run(cmd, dst)
     return dst
@@ -69,6 +79,11 @@ def _ran(output: str) -> set[str]:
 
 PROTOCOLS = ("linear_eval", "knn", "finetune", "few_shot", "transfer", "label_efficiency", "diagnostics")
 BASELINES = ("raw_pixels", "random_init")
+TEXT_METHODS = ("mlm", "clm")
+TEXT_BASELINES = ("tfidf", "random_init", "random_init_clm")
+TEXT_STAGES = ({"text-shard", "text-report"} | {f"text-pretrain@{m}" for m in TEXT_METHODS}
+               | {f"text-evaluate@{m}-{p}" for m in TEXT_METHODS for p in PROTOCOLS}
+               | {f"text-baseline@{b}-{p}" for b in TEXT_BASELINES for p in PROTOCOLS})
 
 
 def test_params_run_every_registered_protocol():
@@ -81,7 +96,7 @@ def test_params_run_every_registered_protocol():
 def test_repro_writes_every_metric_and_the_report(repo_copy):
     out = _run(["dvc", "repro"], repo_copy)
     assert _ran(out) == ({"shard", "pretrain@simclr", "report"} | {f"evaluate@simclr-{p}" for p in PROTOCOLS}
-                         | {f"baseline@{b}-{p}" for b in BASELINES for p in PROTOCOLS})
+                         | {f"baseline@{b}-{p}" for b in BASELINES for p in PROTOCOLS} | TEXT_STAGES)
     metrics = {p.relative_to(repo_copy / "metrics").as_posix(): json.loads(p.read_text()) for p in (repo_copy / "metrics").rglob("*.json")}
     expected = {"pretrain/simclr.json", "pretrain/simclr.timing.json"}
     for p in PROTOCOLS:
@@ -117,6 +132,31 @@ def test_repro_writes_every_metric_and_the_report(repo_copy):
     shown_text = json.dumps(shown)
     assert "linear_top1" in shown_text and "wall_seconds" not in shown_text and "best_c" not in shown_text  # headlines only
     assert json.loads((repo_copy / "metrics" / "pretrain" / "simclr.timing.json").read_text())["wall_seconds"] > 0
+
+
+def test_repro_runs_the_text_pipeline_beside_the_images(repo_copy):
+    """The same stages on fortunes (`--preset text`): every protocol on MLM, CLM and the
+    baselines, the methods' own held-out measures, a text report, and `dvc metrics show`
+    listing the text metrics beside the image ones."""
+    root = repo_copy / "text" / "metrics"
+    metrics = {p.relative_to(root).as_posix(): json.loads(p.read_text()) for p in root.rglob("*.json")}
+    for p in PROTOCOLS:
+        for name in (*TEXT_METHODS, *TEXT_BASELINES):
+            assert f"{p}/{name}.json" in metrics and f"{p}/{name}.details.json" in metrics
+    chance = 1 / len(json.loads((repo_copy / "text" / "data" / "shards" / "manifest.json").read_text())["classes"])
+    for name in (*TEXT_METHODS, "tfidf"):
+        assert chance < metrics[f"linear_eval/{name}.json"]["linear_top1"] <= 1
+    assert metrics["finetune/tfidf.json"] == {} and "not_applicable" in metrics["finetune/tfidf.details.json"]
+    assert set(metrics["transfer/mlm.json"]) == {"fortunes-language_top1"}
+    mlm, clm = metrics["pretrain/mlm.json"], metrics["pretrain/clm.json"]
+    assert 0 < mlm["masked_accuracy"] <= 1 and mlm["perplexity"] > 1
+    assert 1 < clm["perplexity"] and 1 < clm["unigram_perplexity"]
+    assert (repo_copy / "text" / "data" / "shards" / "tokenizer.json").is_file()
+    report = (repo_copy / "reports" / "text" / "report.md").read_text()
+    for needle in ("| mlm |", "| clm |", "TF-IDF (baseline)", "transfer fortunes-language", "perplexity"):
+        assert needle in report
+    shown = json.dumps(json.loads(_run(["dvc", "metrics", "show", "--json"], repo_copy)))
+    assert "text/metrics/linear_eval/mlm.json" in shown and "metrics/linear_eval/simclr.json" in shown
 
 
 def test_second_repro_runs_nothing(repo_copy):
@@ -299,7 +339,7 @@ def test_a_new_method_and_protocol_are_one_module_and_one_params_section_each(re
     changed = [line for line in changed if not line.startswith(" D")]  # results left out of the copy
     assert sorted(line[3:] for line in changed) == sorted(
         ["params.yaml", "pipeline/eval/protocols/nearest_mean.py", "pipeline/methods/upside_down.py"])
-    out = _run(["dvc", "repro"], toy)
+    out = _run(["dvc", "repro", "report"], toy)  # the image pipeline (text-* would run the text preset's methods)
     assert {"pretrain@upside_down", "evaluate@upside_down-nearest_mean", "baseline@raw_pixels-nearest_mean",
             "evaluate@upside_down-linear_eval", "report"} <= _ran(out)
     top1 = json.loads((toy / "metrics" / "nearest_mean" / "upside_down.json").read_text())["top1"]

@@ -13,7 +13,7 @@ import yaml
 from pipeline.config import EncoderParams, parse_params
 from pipeline.data.shards import load_split, read_manifest
 from pipeline.eval import registry
-from pipeline.eval.baselines import baseline_encoder, matching_random_init
+from pipeline.eval.baselines import baseline_encoder, baseline_featurizer, matching_random_init
 from pipeline.eval.label_efficiency import balanced_subset
 from pipeline.eval.protocol import EvalContext, Protocol
 from pipeline.eval.run import run_protocol
@@ -38,7 +38,9 @@ def small(default_params_dict):
 
 
 def ctx_for(shards, params, encoder=None, pretrained=True, name="enc"):
-    return EvalContext(name, encoder, pretrained, str(shards), read_manifest(shards), params, CPU)
+    """A context for ``encoder``, or with none for the raw-pixels baseline (its featurizer)."""
+    featurizer = baseline_featurizer(params, "raw_pixels", str(shards)) if encoder is None else None
+    return EvalContext(name, encoder, pretrained, str(shards), read_manifest(shards), params, CPU, featurizer=featurizer)
 
 
 def encoder(shards, seed=0):
@@ -74,12 +76,13 @@ def test_headlines_are_numbers_and_a_few(tiny_shards, small):
 
 
 def test_raw_pixel_protocols_measure_real_signal(tiny_shards, small):
-    ctx = ctx_for(tiny_shards, small, None, pretrained=False)
+    ctx = ctx_for(tiny_shards, small, None, pretrained=False, name="raw_pixels")
     lin = registry.get("linear_eval").run(ctx)
     knn = registry.get("knn").run(ctx)
     assert lin["linear"]["top1"] > 0.55 and knn["knn20_top1"] > 0.5  # chance 0.10 on 400 labelled images
     assert "linear_sgd" not in lin  # it trains through an encoder; raw pixels have none
-    assert registry.get("finetune").not_applicable(ctx) and registry.get("diagnostics").not_applicable(ctx)
+    for name in ("finetune", "diagnostics"):  # the committed details files' note, word for word
+        assert registry.get(name).not_applicable(ctx) == f"{name} trains or augments through an encoder; raw pixels have none"
     le = registry.get("label_efficiency").run(ctx)
     assert set(le["0.1"]) == {"linear", "n_labels", "fraction_effective"}
 

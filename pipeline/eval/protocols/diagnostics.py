@@ -1,6 +1,7 @@
-"""Representation diagnostics on test images: alignment and uniformity of two augmented
-views, effective rank, collapse, an InfoNCE mutual-information bound; plus a 2-D map of
-the test embeddings (t-SNE; UMAP where installed), drawn by the report."""
+"""Representation diagnostics on test images (or text entries): alignment and uniformity of
+two augmented views (text: two random maskings, ``pipeline.data.text_views``), effective
+rank, collapse, an InfoNCE mutual-information bound; plus a 2-D map of the test embeddings
+(t-SNE; UMAP where installed), drawn by the report."""
 
 from __future__ import annotations
 
@@ -9,10 +10,19 @@ import math
 from pipeline import config
 from pipeline.config import DiagnosticsParams
 from pipeline.data.augment import ViewMaker
+from pipeline.data.text_views import TextViews
 from pipeline.eval.diagnostics import diagnose
 from pipeline.eval.embedding_map import embedding_map
-from pipeline.eval.protocol import EvalContext, Protocol
+from pipeline.eval.protocol import EvalContext, Protocol, sample_noun
 from pipeline.eval.registry import register
+
+
+def views_for(ctx: EvalContext):
+    """The two-view maker of the context's samples: image augmentations (``diagnostics.augment``),
+    or for text, random maskings at ``text.view_mask_p``; seeded with the run's seed."""
+    if ctx.is_text:
+        return TextViews(ctx.params.text.view_mask_p, ctx.seed, ctx.device)
+    return ViewMaker(ctx.params.diagnostics.augment, ctx.seed, ctx.device)
 
 
 @register
@@ -25,8 +35,10 @@ class Diagnostics(Protocol):
     def run(self, ctx: EvalContext) -> dict:
         images, labels = ctx.split("test")
         images, labels = images[: ctx.params.diagnostics.images], labels[: ctx.params.diagnostics.images]
-        views = ViewMaker(ctx.params.diagnostics.augment, ctx.seed, ctx.device)
-        result = diagnose(ctx.encoder, images, views, ctx.device, collapse_threshold=ctx.params.diagnostics.collapse_threshold)
+        result = diagnose(ctx.encoder, images, views_for(ctx), ctx.device,
+                          collapse_threshold=ctx.params.diagnostics.collapse_threshold)
+        if ctx.is_text:
+            result["views"] = f"two independent maskings: each real token -> [MASK] with p = {ctx.params.text.view_mask_p:g}"
         if ctx.params.diagnostics.tsne:
             result["embedding_map"] = embedding_map(ctx.featurize(images), labels.numpy(), ctx.seed)
         return result
@@ -39,7 +51,7 @@ class Diagnostics(Protocol):
         diag = {m: r[self.name] for m, r in results.items() if self.name in r}
         if not diag:
             return []
-        lines = ["## Representation diagnostics (test images)", "",
+        lines = [f"## Representation diagnostics (test {sample_noun(params)})", "",
                  "| method | alignment (lower better) | uniformity (lower better) | effective rank / dim | std x sqrt(dim) | "
                  "InfoNCE MI bound (nats) |", "|---|---:|---:|---:|---:|---:|"]
         for m, d in diag.items():
@@ -47,6 +59,9 @@ class Diagnostics(Protocol):
                          f"{d['std_sqrt_dim']:.3f} | {d['mi_lower_bound']:.2f} (K = {d['infonce_k']}, log K = "
                          f"{math.log(d['infonce_k']):.2f}) |")
         lines.append("")
+        views = next((d["views"] for d in diag.values() if "views" in d), None)
+        if views:
+            lines += [f"Views: {views}.", ""]
         for m, d in diag.items():
             if d["collapsed"]:
                 lines.append(f"> **WARNING: {m} has collapsed**: the per-dimension std of its normalised embedding x sqrt(dim) "

