@@ -27,12 +27,13 @@ TINY = {
 }
 # the text pipeline (presets/text.yaml merged over the tiny params.yaml): 10 fortune categories
 TINY_TEXT = {
-    "data": {"pretrain_size": 600, "train_size": 500, "val_size": 300, "test_size": 400, "shard_size": 250},
+    # the whole stratified test split (5%): a test_size subset is the first N entries, and fortunes come class by class
+    "data": {"pretrain_size": 600, "train_size": 500, "val_size": 300, "test_size": None, "test_fraction": 0.05, "shard_size": 250},
     "text": {"vocab_size": 400, "max_length": 32, "min_class_count": 600, "transfer_per_language": 60, "tfidf_max_features": 2000},
     "encoder": {"dim": 32, "depth": 1, "heads": 2},
     "pretrain": {"epochs": 1, "batch_size": 32, "knn_bank_size": 200, "knn_query_size": 100, "prepare_images": 100},
     "finetune": {"epochs": 1, "batch_size": 32},
-    "label_efficiency": {"finetune": {"epochs": 1, "batch_size": 32}},
+    "label_efficiency": {"fractions": [0.1], "finetune": {"epochs": 1, "batch_size": 32}},
 }
 
 
