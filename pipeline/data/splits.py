@@ -3,7 +3,9 @@
 - ``val``: a held-out slice of the source's train set (model selection, L2 sweeps).
 - ``train``: labelled images for the evaluations (a prefix of the rest).
 - ``pretrain``: the same pool without labels (SSL uses train images, never their labels).
-- ``test``: the source's test set.
+- ``test``: the source's test set, or a seeded random subset of ``data.test_size`` of it (sources
+  that list their samples class by class, as fortunes and ImageFolders do, would otherwise lose
+  whole classes to a prefix), kept in the source's order.
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ def make_splits(train: ImageSet | SampleRefs, test: ImageSet | SampleRefs, data:
 
     # take() keeps the source's other fields (classes, skipped files)
     pick = lambda s, i: s.take(i)  # noqa: E731
-    test_idx = take(np.arange(len(test)), "test", data.test_size, len(test))
+    # its own stream (seed, 1): the other splits stay what they were before test subsets were random
+    test_order = np.arange(len(test)) if data.test_size is None else np.random.default_rng([seed, 1]).permutation(len(test))
+    test_idx = np.sort(take(test_order, "test", data.test_size, len(test)))
     splits = {
         "pretrain": pick(train, take(pool, "pretrain", data.pretrain_size, len(pool))),
         "train": pick(train, take(pool, "train", data.train_size, len(pool))),

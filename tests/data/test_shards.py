@@ -88,6 +88,19 @@ def test_splits_disjoint_and_sized(fmnist_small):
     json.dumps({"ok": True})
 
 
+def test_a_test_subset_is_seeded_and_spans_a_class_ordered_test_set():
+    """``data.test_size`` below the test set takes a seeded random subset in source order, not a
+    prefix: fortunes and ImageFolders list their samples class by class."""
+    train, test = _data([0, 1, 2] * 20), _data([0] * 100 + [1] * 100 + [2] * 100)
+    params = DataParams(val_size=3, pretrain_size=None, train_size=None, test_size=30)
+    a, b = (make_splits(train, test, params, seed=0)["test"] for _ in range(2))
+    assert len(a) == 30 and set(a.labels.tolist()) == {0, 1, 2}
+    assert np.array_equal(a.labels, b.labels) and np.all(np.diff(a.labels) >= 0)  # the same subset, in source order
+    assert not np.array_equal(make_splits(train, test, params, seed=1)["test"].labels, a.labels)
+    full = make_splits(train, test, params.model_copy(update={"test_size": None}), seed=0)["test"]
+    assert np.array_equal(full.labels, test.labels)  # null: the whole test set as it is
+
+
 def _data(labels, classes=("a", "b", "c"), skipped=()):
     labels = np.asarray(labels, dtype=np.int64)
     return ImageSet(np.zeros((len(labels), 28, 28, 1), np.uint8), labels, list(classes), tuple(skipped))
