@@ -18,6 +18,7 @@ Featurizer = Callable[[torch.Tensor], np.ndarray]
 
 
 BATCH = 1024  # samples per forward pass (and per streamed batch of a split: EvalContext.features)
+TEXT_BATCH = 128  # entries per forward pass, of similar lengths (benchmarks/text_features.py)
 
 
 def encoder_features(encoder: nn.Module, device: torch.device, batch_size: int = BATCH) -> Featurizer:
@@ -28,8 +29,18 @@ def encoder_features(encoder: nn.Module, device: torch.device, batch_size: int =
 
     @torch.no_grad()
     def featurize(x: torch.Tensor) -> np.ndarray:
-        out = [encoder(encoder_input(x[i : i + batch_size].to(device))).float().cpu() for i in range(0, len(x), batch_size)]
-        return torch.cat(out).numpy()
+        if x.dtype == torch.uint8:  # images
+            out = [encoder(encoder_input(x[i : i + batch_size].to(device))).float().cpu() for i in range(0, len(x), batch_size)]
+            return torch.cat(out).numpy()
+        # packed text [N, 2, L]: entries sorted by length, so that each forward pass is cut to its own
+        # longest entry (unpack_text) and computes few padding positions; features go back in input order
+        # (each entry's features do not depend on the others in its batch)
+        order = x[:, 1].sum(1).argsort(stable=True)
+        out = torch.empty(len(x), encoder.feature_dim)
+        for i in range(0, len(x), min(batch_size, TEXT_BATCH)):
+            idx = order[i : i + min(batch_size, TEXT_BATCH)]
+            out[idx] = encoder(x[idx].to(device)).float().cpu()
+        return out.numpy()
 
     return featurize
 

@@ -13,9 +13,9 @@ from torch import nn
 from pipeline import dist
 from pipeline.config import FinetuneParams
 from pipeline.data.augment import random_resized_crop, to_float
+from pipeline.eval.features import encoder_features
 from pipeline.eval.linear_sgd import in_memory_batches, steps_per_epoch
 from pipeline.train.loop import TrainJob, fit
-from pipeline.models.encoder import encoder_input
 from pipeline.train.optim import param_groups
 
 
@@ -44,9 +44,8 @@ class Classifier(nn.Module):
     def predict(self, x: torch.Tensor, device: torch.device, batch_size: int = 1024) -> np.ndarray:
         """Predicted class ``[N]`` of un-augmented images or packed text ``x``, in eval mode."""
         self.eval()
-        out = [self.head(self.encoder(encoder_input(x[i : i + batch_size].to(device)))).argmax(1).cpu()
-               for i in range(0, len(x), batch_size)]
-        return torch.cat(out).numpy()
+        features = encoder_features(self.encoder, device, batch_size)(x)  # text: in length-sorted batches
+        return self.head(torch.from_numpy(features).to(device)).argmax(1).cpu().numpy()
 
 
 def train_classifier(

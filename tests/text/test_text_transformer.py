@@ -39,3 +39,25 @@ def test_causal_never_sees_the_future():
     bi = TextTransformer(40, dim=32, depth=2, heads=4, max_len=32, causal=False).eval()
     other = ids.clone(); other[:, -1] = 5 + (ids[:, -1] - 4) % 35
     assert not torch.allclose(bi(ids, att)[:, 0], bi(other, att)[:, 0])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_text_features_in_length_sorted_batches_equal_one_entry_at_a_time(causal):
+    """``encoder_features`` sorts entries by length and cuts each forward pass to its longest
+    entry: every entry's features are still its own, in input order."""
+    from pipeline.config import EncoderParams
+    from pipeline.eval.features import TEXT_BATCH, encoder_features
+    from pipeline.models.encoder import TextEncoder
+
+    torch.manual_seed(0)
+    enc = TextEncoder(EncoderParams(arch="transformer", dim=32, depth=2, heads=4, causal=causal), vocab_size=40, max_length=24).eval()
+    g = torch.Generator().manual_seed(1)
+    n = 2 * TEXT_BATCH + 7
+    lengths = torch.randint(1, 25, (n,), generator=g)
+    att = (torch.arange(24)[None] < lengths[:, None]).long()
+    packed = torch.stack([torch.randint(5, 40, (n, 24), generator=g) * att, att], 1)
+    feats = encoder_features(enc, torch.device("cpu"))(packed)
+    with torch.no_grad():
+        one_by_one = torch.cat([enc(packed[i : i + 1]) for i in range(n)]).numpy()
+    assert feats.shape == (n, 32)
+    assert abs(feats - one_by_one).max() < 1e-5
