@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock
 
 
 def _stage(in_ch: int, out_ch: int, blocks: int, stride: int) -> nn.Sequential:
+    # imported here, not at the top: importing torchvision takes ~1.5 s (its ops load torch._dynamo),
+    # which every stage process would pay, and the text stages build no ResNet
+    from torchvision.models.resnet import BasicBlock
+
     downsample = None
     if stride != 1 or in_ch != out_ch:
         downsample = nn.Sequential(
