@@ -92,3 +92,12 @@ def relaunch_under_torchrun(nproc: int, script: str, tag: str) -> int:
 
 def launched_by_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ
+
+
+def default_workers(requested: int | None) -> int:
+    """``requested`` worker processes, or by default the cores this process may use shared by
+    the processes torchrun started on this node (at least 1, at most 8)."""
+    if requested is not None:
+        return requested
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cpus // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from pipeline.models.encoder import build_encoder, save_encoder
 from pipeline.outputs import StagedOutputs, write_json
 from pipeline.provenance import code_fingerprint, provenance
 from pipeline.train.checkpoint import fingerprint
-from pipeline.train.loop import TrainJob, check_finite, fit, pick_device
+from pipeline.train.loop import TrainJob, check_finite, fit, pick_device, use_sync_batchnorm
 from pipeline.train.optim import param_groups
 
 
@@ -78,9 +77,13 @@ def _check_world(p, args, manifest: dict, world: int) -> None:
         raise UserError(f"pretrain.batch_size={p.batch_size} (x {world} processes) exceeds the {n_images} pretrain images "
                         f"in {args.shards}; lower pretrain.batch_size (or a `pretrain: {{batch_size: ...}}` override under "
                         f"'{args.method}:') or raise data.pretrain_size")
-    if world > 1 and p.sync_batchnorm is True and not torch.cuda.is_available():
-        raise UserError("pretrain.sync_batchnorm: true needs CUDA (torch's SyncBatchNorm runs on GPU modules only) and this "
-                        "host has no GPU; set pretrain.sync_batchnorm: auto (or false)")
+    if world > 1:  # the check fit makes, before any process starts
+        use_sync_batchnorm(_sync_setting(p), "cuda" if torch.cuda.is_available() else "cpu", "pretrain.sync_batchnorm")
+
+
+def _sync_setting(p) -> bool | None:
+    """``pretrain.sync_batchnorm`` as ``fit`` takes it (None: auto)."""
+    return None if p.sync_batchnorm == "auto" else p.sync_batchnorm
 
 
 def _train(args, params, method_cls, manifest, device, out: Path, staged: StagedOutputs) -> None:
@@ -112,7 +115,7 @@ def _train(args, params, method_cls, manifest, device, out: Path, staged: Staged
                 "pretrain": p.model_dump(exclude={"loader_workers"}), args.method: params.method_params[args.method].model_dump()}
     # the code is part of the run: a checkpoint made by other code is never resumed
     run_fingerprint = fingerprint(args.method, resolved, manifest["splits"]["pretrain"]["shards"], code_fingerprint(__file__))
-    workers = loader_workers(p.loader_workers)
+    workers = dist.default_workers(p.loader_workers)
     job = TrainJob(
         module=method, param_groups=param_groups(method, params=method.optimized_parameters()), optim=p,
         batches=lambda epoch: epoch_batches(args.shards, "pretrain", p.batch_size, p.shuffle_buffer, params.seed * 1000 + epoch,
@@ -123,7 +126,7 @@ def _train(args, params, method_cls, manifest, device, out: Path, staged: Staged
         checkpoint_path=out / "checkpoint.pt", checkpoint_every=p.checkpoint_every, checkpoint_every_steps=p.checkpoint_every_steps,
         fingerprint=run_fingerprint, amp=p.amp,
         batch_size_key="pretrain.batch_size", lr_key=f"pretrain.lr, or a `pretrain: {{lr: ...}}` override under '{args.method}:'",
-        sync_batchnorm=None if p.sync_batchnorm == "auto" else p.sync_batchnorm, sync_batchnorm_key="pretrain.sync_batchnorm",
+        sync_batchnorm=_sync_setting(p), sync_batchnorm_key="pretrain.sync_batchnorm",
     )
     job.batches_from = lambda epoch, skip: epoch_batches(args.shards, "pretrain", p.batch_size, p.shuffle_buffer,
                                                          params.seed * 1000 + epoch, workers, device, skip_batches=skip)
@@ -152,15 +155,6 @@ def _train(args, params, method_cls, manifest, device, out: Path, staged: Staged
     print(f"[pretrain {args.method}] done: {p.epochs} epochs, loss {last['loss']:.4f}, kNN top-1 {100 * last['knn_top1']:.1f}%, "
           f"{wall:.0f} s ({images_per_s * dist.world_size():.0f} images/s, {dist.world_size()} process"
           f"{'es' if dist.world_size() > 1 else ''})", file=sys.stderr, flush=True)
-
-
-def loader_workers(requested: int | None) -> int:
-    """``pretrain.loader_workers``, or the cores this process may use (at most 8) shared by the
-    processes on this node."""
-    if requested is not None:
-        return requested
-    per_process = len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, min(8, per_process))
 
 
 def _first_images(shards: str, split: str, manifest: dict, n: int) -> tuple[torch.Tensor, np.ndarray]:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline import dist
 from pipeline.config import load_params
 from pipeline.data import sources, text
-from pipeline.data.shards import SampleFormat, default_workers, write_shards
+from pipeline.data.shards import SampleFormat, write_shards
 from pipeline.data.splits import make_splits
 from pipeline.data.text_shards import write_text_shards
 from pipeline.errors import exit_on_user_error
@@ -82,7 +83,7 @@ def main() -> None:
     fmt = SampleFormat(d.image_size, d.channels, d.store_size, d.image_format, d.jpeg_quality)
     with StagedOutputs() as staged:  # the shard folder appears whole (manifest included) or not at all
         manifest = write_shards(splits, staged.dir(args.out), d.shard_size, source=manifest_source(d),
-                                fmt=fmt, workers=default_workers(d.workers))
+                                fmt=fmt, workers=dist.default_workers(d.workers))
     print("shards:", ", ".join(f"{s} {v['count']}" for s, v in manifest["splits"].items()), "images in", args.out)
 
 

@@ -94,14 +94,6 @@ CHUNK = 32
 TASKS_PER_WORKER = 4
 
 
-def default_workers(workers: int | None) -> int:
-    """``data.workers``, or the CPUs this process may use, at most 8."""
-    if workers:
-        return workers
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(8, cpus))
-
-
 def _jpeg(image: np.ndarray, quality: int) -> bytes:
     img = Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
     buf = io.BytesIO()

@@ -227,12 +227,18 @@ def _epochs(job, model, optimizer, lr_mult, total, use_amp, start_epoch, history
 
 
 def _sync_batchnorm(job: TrainJob, device: torch.device) -> bool:
-    if job.sync_batchnorm is None:
-        return device.type == "cuda"
-    if job.sync_batchnorm and device.type != "cuda":
-        raise UserError(f"{job.sync_batchnorm_key}: true needs CUDA (torch's SyncBatchNorm runs on GPU modules only) and this "
-                        f"run is on {device.type}; set {job.sync_batchnorm_key}: auto (or false)")
-    return bool(job.sync_batchnorm)
+    return use_sync_batchnorm(job.sync_batchnorm, device.type, job.sync_batchnorm_key)
+
+
+def use_sync_batchnorm(setting: bool | None, device_type: str, key: str) -> bool:
+    """Whether DDP converts BatchNorm to SyncBatchNorm: ``None`` (auto) on CUDA only; ``True``
+    off CUDA is refused, since torch's SyncBatchNorm runs on GPU modules only."""
+    if setting is None:
+        return device_type == "cuda"
+    if setting and device_type != "cuda":
+        raise UserError(f"{key}: true needs CUDA (torch's SyncBatchNorm runs on GPU modules only) and this "
+                        f"run is on {device_type}; set {key}: auto (or false)")
+    return bool(setting)
 
 
 def _to_cpu(obj):
