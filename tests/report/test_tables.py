@@ -5,22 +5,17 @@ import pytest
 
 from pipeline.errors import UserError
 from pipeline.report.tables import load_results, summary_table, to_markdown
+from tests.report.details import write_details
 
 FS = {"prototype": {"5way_1shot": {"mean": 0.5, "ci95": 0.01}, "10way_1shot": {"mean": 0.3, "ci95": 0.01}}}
 
 
-def _write(d, protocol, name, obj):
-    (d / protocol).mkdir(parents=True, exist_ok=True)
-    details = obj if "not_applicable" in obj else {"result": obj, "wall_seconds": 1.0}
-    (d / protocol / f"{name}.details.json").write_text(json.dumps(details))
-
-
 def _encoder(d, name, top1, finetune=None):
-    _write(d, "linear_eval", name, {"linear": {"top1": top1}})
-    _write(d, "knn", name, {"knn20_top1": 0.6, "knn200_top1": 0.5})
-    _write(d, "few_shot", name, FS)
-    _write(d, "transfer", name, {"digits": {"top1": 0.9}})
-    _write(d, "finetune", name, {"top1": finetune} if finetune is not None else {"not_applicable": "no encoder"})
+    write_details(d, "linear_eval", name, {"linear": {"top1": top1}})
+    write_details(d, "knn", name, {"knn20_top1": 0.6, "knn200_top1": 0.5})
+    write_details(d, "few_shot", name, FS)
+    write_details(d, "transfer", name, {"digits": {"top1": 0.9}})
+    write_details(d, "finetune", name, {"top1": finetune} if finetune is not None else {"not_applicable": "no encoder"})
 
 
 def test_summary_table_rows_and_columns(tmp_path, params):

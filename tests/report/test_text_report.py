@@ -7,6 +7,7 @@ import pytest
 
 from pipeline.config import EncoderParams
 from pipeline.report.markdown import build_report, encoder_description, language_modelling_table, verdicts
+from tests.report.details import write_details
 
 PROTOCOLS = ["linear_eval", "knn", "finetune", "few_shot", "transfer", "label_efficiency", "diagnostics"]
 FS = {"prototype": {"5way_1shot": {"mean": 0.4, "ci95": 0.02}, "5way_5shot": {"mean": 0.5, "ci95": 0.02}}}
@@ -18,25 +19,19 @@ TEXT_MANIFEST = {"source": {}, "modality": "text", "classes": [f"c{i}" for i in 
                             "test": {"count": 2880}}}
 
 
-def _write(d, protocol, name, obj):
-    (d / protocol).mkdir(parents=True, exist_ok=True)
-    details = obj if "not_applicable" in obj else {"result": obj, "wall_seconds": 1.0}
-    (d / protocol / f"{name}.details.json").write_text(json.dumps(details))
-
-
 def _encoder(d, name, top1, encoder=True):
-    _write(d, "linear_eval", name, {"linear": {"top1": top1}})
-    _write(d, "knn", name, {"knn20_top1": top1 - 0.05})
-    _write(d, "few_shot", name, FS)
-    _write(d, "transfer", name, {"fortunes-language": {"top1": 0.9}})
+    write_details(d, "linear_eval", name, {"linear": {"top1": top1}})
+    write_details(d, "knn", name, {"knn20_top1": top1 - 0.05})
+    write_details(d, "few_shot", name, FS)
+    write_details(d, "transfer", name, {"fortunes-language": {"top1": 0.9}})
     arms = {"linear": top1 - 0.1} | ({"finetune": top1 - 0.08} if encoder else {})
-    _write(d, "label_efficiency", name, {"0.1": {"n_labels": 1151} | arms})
+    write_details(d, "label_efficiency", name, {"0.1": {"n_labels": 1151} | arms})
     if encoder:
-        _write(d, "finetune", name, {"top1": top1 + 0.02, "n_labels": 11516})
-        _write(d, "diagnostics", name, DIAG)
+        write_details(d, "finetune", name, {"top1": top1 + 0.02, "n_labels": 11516})
+        write_details(d, "diagnostics", name, DIAG)
     else:
         for p in ("finetune", "diagnostics"):
-            _write(d, p, name, {"not_applicable": f"{p} trains or augments through an encoder; TF-IDF features have none"})
+            write_details(d, p, name, {"not_applicable": f"{p} trains or augments through an encoder; TF-IDF features have none"})
 
 
 @pytest.fixture
