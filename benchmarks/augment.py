@@ -1,7 +1,13 @@
 """Throughput of the two-view augmentation, one CPU thread: the batched ViewMaker vs
-torchvision.transforms.v2 per image (vs kornia.augmentation batched, when importable).
+torchvision.transforms.v2 per image (vs kornia.augmentation batched, and lightly's
+SimCLRTransform / BYOLTransform per PIL image, when importable).
 
     python benchmarks/augment.py [--repeats 5]
+
+lightly is not a dependency of the pipeline; its transforms need only ``lightning_utilities``
+beside it: ``pip install --no-deps --target DIR lightly lightning-utilities`` and
+``PYTHONPATH=DIR``. lightly is run as its users call it (its own recipe defaults, ImageNet
+normalisation included), at our sizes and crop scales, on PIL images made before timing.
 
 Two views per image; images/s counts source images (each gives two views). Repeats are
 interleaved across the methods; the table gives medians and the ratio to torchvision.
@@ -27,6 +33,12 @@ try:
     import kornia.augmentation as K
 except ImportError:  # optional
     kornia = None
+
+try:
+    import lightly
+    from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Transform, SimCLRTransform
+except ImportError:  # optional
+    lightly = None
 
 
 def cases():
@@ -80,6 +92,16 @@ def kornia_views(cfg: AugmentParams, size: int, channels: int):
     return out
 
 
+def lightly_views(cfg: AugmentParams, size: int):
+    """lightly's transform for the case: SimCLR's at 28x28 (no blur, as our default recipe),
+    BYOL's asymmetric pair at 224."""
+    if size == 28:
+        return SimCLRTransform(input_size=size, min_scale=cfg.crop_scale[0], gaussian_blur=0.0, hf_prob=cfg.hflip,
+                               cj_prob=cfg.jitter_p, random_gray_scale=cfg.grayscale_p)
+    return BYOLTransform(view_1_transform=BYOLView1Transform(input_size=size, min_scale=cfg.crop_scale[0]),
+                         view_2_transform=BYOLView2Transform(input_size=size, min_scale=cfg.crop_scale[0]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
@@ -101,6 +123,10 @@ def main() -> None:
                 x = images.float().div_(255.0)
                 return ko[0](x), ko[1](x)
             methods["kornia (batched)"] = run_kornia
+        if lightly is not None:
+            lt = lightly_views(cfg, size)
+            pils = [T.functional.to_pil_image(img) for img in images]
+            methods["lightly (per PIL image)"] = lambda lt=lt, pils=pils: [lt(p) for p in pils]
         times = {m: [] for m in methods}
         for m, fn in methods.items():  # warm-up
             fn()
@@ -114,7 +140,8 @@ def main() -> None:
             rate = len(images) / statistics.median(ts)
             rows.append((name, m, rate, rate / tv_rate))
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}"
-          + (f", kornia {kornia.__version__}" if kornia is not None else ", kornia not installed"))
+          + (f", kornia {kornia.__version__}" if kornia is not None else ", kornia not installed")
+          + (f", lightly {lightly.__version__}" if lightly is not None else ", lightly not installed"))
     print("\n| case | method | images/s (2 views each), median | vs torchvision |")
     print("|---|---|---:|---:|")
     for name, m, rate, ratio in rows:
