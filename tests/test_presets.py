@@ -1,5 +1,6 @@
 """Presets are overlays on params.yaml: valid when merged, holding only what differs."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -100,3 +101,18 @@ def test_text_stage_matrices_are_the_text_presets_methods_and_baselines():
     assert stages["text-pretrain"]["matrix"]["method"] == preset["methods"]
     assert stages["text-evaluate"]["matrix"]["method"] == preset["methods"]
     assert stages["text-baseline"]["matrix"]["baseline"] == preset["baselines"]
+
+
+def test_every_stage_run_with_a_preset_depends_on_it():
+    """A stage whose command reads `--preset X` re-runs when presets/X.yaml changes: it lists the
+    file as a dep, or its keys as params (all of them: a bare `presets/X.yaml:` entry)."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    missing = []
+    for name, stage in stages.items():
+        for preset in re.findall(r"--preset (\S+)", stage["cmd"]):
+            path = f"presets/{preset}.yaml"
+            as_params = any(isinstance(p, dict) and path in p and p[path] is None for p in stage.get("params", []))
+            if path not in stage.get("deps", []) and not as_params:
+                missing.append(f"{name}: {path}")
+    assert not missing, f"stages that read a preset without depending on it: {missing}"
+    assert any("--preset" in s["cmd"] for s in stages.values())
