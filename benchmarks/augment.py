@@ -27,6 +27,7 @@ import torchvision.transforms.v2 as T
 
 from pipeline.config import AugmentParams
 from pipeline.data.augment import ViewMaker, blur_kernel_size
+from record import recorded  # benchmarks/record.py: keeps the printed tables in results/
 
 try:
     import kornia
@@ -149,4 +150,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("augment"):
+        main()

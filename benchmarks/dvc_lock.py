@@ -1,15 +1,16 @@
 """What DVC spends on dvc.lock between stages, with and without ruamel.yaml's C parser.
 
-    python benchmarks/dvc_lock.py [--lock dvc.lock ...] [--stage text-report] [--rounds 5]
+    python benchmarks/dvc_lock.py [--rev GIT_REV ...] [--stage text-report] [--rounds 5]
 
 Between two stages `dvc repro` parses the whole lock file several times (`typ="safe"`: the C
 parser when the `ruamel.yaml.clib` wheel is installed, pure Python otherwise) and rewrites it
-once through a round-trip parse and dump (pure Python either way). Per lock file given:
+once through a round-trip parse and dump (pure Python either way). Per lock file (this
+checkout's, and the one committed at each --rev):
 
 - one safe parse, C vs pure Python (`YAML(typ="safe", pure=True)`);
 - one round trip (`typ="rt"` parse + dump), what writing a stage's entry costs;
 - `dvc status <stage>` in a subprocess, with the C parser and with it hidden
-  (a `sitecustomize` that makes `import _ruamel_yaml` fail), run from the lock's checkout.
+  (a `sitecustomize` that makes `import _ruamel_yaml` fail), against this checkout's lock.
 
 Interleaved round by round (this machine is shared and noisy); medians and ratios.
 Prints a markdown table; writes benchmarks/results/dvc_lock.json.
@@ -18,6 +19,7 @@ Prints a markdown table; writes benchmarks/results/dvc_lock.json.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import json
 import os
@@ -30,6 +32,7 @@ import time
 from pathlib import Path
 
 from ruamel.yaml import YAML
+from record import recorded  # benchmarks/record.py: keeps the printed tables in results/
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,16 +55,17 @@ def _dvc_status(stage: str, env: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lock", action="append", help="lock files to parse (default: dvc.lock)")
+    ap.add_argument("--rev", action="append", default=[], help="also parse dvc.lock as committed at this git revision")
     ap.add_argument("--stage", default="text-report", help="the stage `dvc status` checks (against ./dvc.lock)")
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
-    try:
-        import _ruamel_yaml  # noqa: F401  (ruamel.yaml.clib)
-    except ImportError:
+    if importlib.util.find_spec("_ruamel_yaml") is None:  # ruamel.yaml.clib
         sys.exit("ruamel.yaml.clib is not installed: nothing to compare (pip install -c constraints.txt ruamel.yaml.clib)")
 
-    locks = {p: Path(p).read_text() for p in (args.lock or [str(REPO / "dvc.lock")])}
+    locks = {"dvc.lock": (REPO / "dvc.lock").read_text()}
+    for rev in args.rev:
+        locks[f"dvc.lock at {rev}"] = subprocess.run(["git", "show", f"{rev}:dvc.lock"], cwd=REPO, check=True,
+                                                     capture_output=True, text=True).stdout
     blocker = tempfile.mkdtemp()
     Path(blocker, "sitecustomize.py").write_text("import sys\nsys.modules['_ruamel_yaml'] = None  # ruamel falls back to pure Python\n")
     env_c = dict(os.environ)
@@ -94,4 +98,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("dvc_lock"):
+        main()

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+from record import recorded  # benchmarks/record.py: keeps the printed tables in results/
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -43,4 +44,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("finetune_recipe"):
+        main()

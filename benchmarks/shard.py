@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from record import recorded  # benchmarks/record.py: keeps the printed tables in results/
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = 10
@@ -200,4 +201,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("shard"):
+        main()

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from record import recorded  # benchmarks/record.py: keeps the printed tables in results/
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -67,4 +68,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recorded("text_features"):
+        main()

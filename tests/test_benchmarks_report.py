@@ -1,0 +1,39 @@
+"""reports/benchmarks.md is what benchmarks/results/ gives: a re-run benchmark whose report was
+not rebuilt fails here, so the committed report cannot drift from the recorded results."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _report_module():
+    spec = importlib.util.spec_from_file_location("benchmarks_report", ROOT / "benchmarks" / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_committed_benchmark_report_is_what_the_results_give():
+    res = subprocess.run([sys.executable, "benchmarks/report.py", "--check"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+def test_every_benchmark_script_has_a_section():
+    text = _report_module().build()
+    scripts = {p.stem for p in (ROOT / "benchmarks").glob("*.py")} - {"record", "report"}
+    assert scripts, "no benchmark scripts found"
+    missing = [s for s in scripts if f"\n## {s}: " not in text]
+    assert not missing, f"benchmarks without a section in reports/benchmarks.md: {missing}"
+
+
+def test_a_recorded_table_lands_in_its_section(tmp_path, monkeypatch):
+    report = _report_module()
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    (tmp_path / "augment.md").write_text("| a | b |\n|---|---|\n| 1 | 2 |\n")
+    text = report.build()
+    section = text.split("## augment: ")[1].split("\n## ")[0]
+    assert "| 1 | 2 |" in section and "No recorded run." not in section
+    assert "No recorded run." in text.split("## dvc_lock: ")[1].split("\n## ")[0]
