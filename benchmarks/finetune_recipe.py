@@ -9,6 +9,7 @@ Each argument entry is a dict of `finetune` keys replaced for that run ({} = par
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -37,8 +38,9 @@ def main() -> None:
         cfg = params.finetune.model_copy(update=update)
         t0 = time.time()
         encoder = load_encoder(REPO / "models" / "simclr" / "encoder.pt").train()
-        model, _ = train_classifier(encoder, *train, n_classes, cfg, cfg.encoder_lr_mult, params.seed, torch.device("cpu"),
-                                    "finetune")
+        with contextlib.redirect_stdout(sys.stderr):  # the training log: progress, not the result table
+            model, _ = train_classifier(encoder, *train, n_classes, cfg, cfg.encoder_lr_mult, params.seed, torch.device("cpu"),
+                                        "finetune")
         print(f"| {json.dumps(update) if update else '(params.yaml)'} | {100 * top1(model, val, torch.device('cpu')):.1f} | "
               f"{time.time() - t0:.0f} |", flush=True)
 
