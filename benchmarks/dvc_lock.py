@@ -46,7 +46,7 @@ def _timed(fn) -> float:
 
 def _round_trip(text: str) -> None:
     yaml = YAML()
-    YAML().dump(yaml.load(text), io.StringIO())
+    yaml.dump(yaml.load(text), io.StringIO())
 
 
 def _dvc_status(stage: str, env: dict) -> None:

@@ -29,7 +29,6 @@ import random
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -68,16 +67,9 @@ def torchvision_batches(paths: list[str], views, workers: int, seed: int):
     return iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers))
 
 
-def _rate(batches, steps: int, step) -> float:
-    step(next(batches))  # warm-up (workers start)
-    n, t0 = 0, time.perf_counter()
-    for _ in range(steps):
-        n += step(next(batches))
-    return n / (time.perf_counter() - t0)
-
-
 def main() -> None:
     from augment import cases
+    from input_path import _rate  # images/s over the batches after the first
 
     from pipeline.config import load_params
     from pipeline.data.augment import ViewMaker
@@ -101,13 +93,11 @@ def main() -> None:
         paths = shard_paths(tmp / "shards", "pretrain")
         vm, tv = ViewMaker(cfg, params.seed, cpu), _torchvision_pil_views(cfg)
 
-        def ours_step(batch) -> int:
-            x = batch[0]
-            vm(x, out_size=SIZE, view=0), vm(x, out_size=SIZE, view=1)
-            return len(x)
+        def ours_step(batch) -> None:
+            vm(batch[0], out_size=SIZE, view=0), vm(batch[0], out_size=SIZE, view=1)
 
-        def tv_step(batch) -> int:
-            return len(batch[0])
+        def tv_step(batch) -> None:  # the workers made the views
+            pass
 
         workers = [int(w) for w in args.workers.split(",")]
         rates = {(kind, w): [] for w in workers for kind in ("ours", "torchvision")}
