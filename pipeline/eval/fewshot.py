@@ -7,8 +7,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
@@ -40,6 +38,11 @@ def _prototype_predict(support: list[np.ndarray], query: np.ndarray) -> np.ndarr
 
 
 def _logreg_predict(support: list[np.ndarray], query: np.ndarray, c: float, max_iter: int) -> np.ndarray:
+    # scikit-learn imported here, not at the top: importing it costs ~1.3 s, which every stage
+    # that loads the protocol registry would pay (kNN, fine-tuning and prototypes never use it)
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
     x = _norm(np.concatenate(support))
     y = np.concatenate([np.full(len(s), j) for j, s in enumerate(support)])
     with warnings.catch_warnings():

@@ -57,6 +57,19 @@ class SmallResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self.use_channels_last(True)
+
+    def use_channels_last(self, on: bool) -> "SmallResNet":
+        """Weights and activations in channels_last (NHWC, the default) or NCHW. NHWC runs
+        1.3x faster training steps and 1.7x faster inference than NCHW on a 2-core CPU
+        (benchmarks/memory_format.py), and it is the layout cuDNN's bf16 kernels want.
+        ``.to(device)``, deepcopy and ``load_state_dict`` keep it. The function is the same
+        in both; the rounding is not (NHWC convolutions round differently at different
+        batch sizes), so results agree to float tolerance, not bit for bit."""
+        self.channels_last = on
+        return self.to(memory_format=torch.channels_last if on else torch.contiguous_format)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.pool(self.stages(self.stem(x))).flatten(1)

@@ -8,10 +8,18 @@
 
 SyncBatchNorm does not run on CPU, so each rank normalises its own half of the batch; the
 1-rank reference does the same by normalising each rank's half separately (``PerRankBN``).
+
+The equivalence runs the ResNets in NCHW: channels_last convolutions round differently at
+different batch sizes and thread counts (a one-thread rank's 8 images vs the reference's 16),
+and on this random data one pre-activation is +1.0e-6 in float64 and -6e-7 on a rank in NHWC:
+the ReLU flips and gradients move by up to 1e-2, while every other value agrees to 1e-6. What
+DDP does with channels_last weights, all-reducing each rank's gradients, is checked exactly on
+its own (``test_ddp_averages_channels_last_gradients``).
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -111,7 +119,17 @@ def _method(name: str, seed: int, views: str):
                                 params.augment, seed, torch.device("cpu"))
     if views == "deterministic":
         method.views = DeterministicViews()
+    nchw(method)  # the ranks and the reference round alike (module docstring)
     return method, params
+
+
+def nchw(module: nn.Module) -> nn.Module:
+    from pipeline.models.resnet import SmallResNet
+
+    for m in module.modules():  # the encoder and any momentum copy of it
+        if isinstance(m, SmallResNet):
+            m.use_channels_last(False)
+    return module
 
 
 def _job(name: str, rank: int, world: int, views: str, epochs: int = 1, checkpoint: Path | None = None, stop_at: int | None = None):
@@ -166,6 +184,26 @@ def _equivalence_rank(rank: int, out: str, methods: list[str]) -> dict:
     job, method = _job("simclr", rank, WORLD, "real", epochs=2, checkpoint=ckpt)
     results["resumed"] = _result(method, fit(job, torch.device("cpu")))
     return results
+
+
+def _channels_last_rank(rank: int, out: str) -> dict:
+    """One DDP backward of a channels_last BYOL (no cross-rank loss terms) on this rank's half, and the same half's
+    gradients without DDP (a copy of the same weights, in this process)."""
+    from pipeline.models.resnet import SmallResNet
+
+    method, _ = _method("byol", seed=100 + rank, views="deterministic")
+    for m in method.modules():
+        if isinstance(m, SmallResNet):
+            m.use_channels_last(True)
+    local = copy.deepcopy(method)
+    x = _images(0, 0)[rank * GLOBAL_BATCH // WORLD:(rank + 1) * GLOBAL_BATCH // WORLD]
+    ddp = nn.parallel.DistributedDataParallel(method)  # kept alive: its reducer all-reduces in backward
+    ddp(x)["loss"].backward()
+    local.views = DeterministicViews()
+    local(x)["loss"].backward()
+    grads = lambda m: {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None}  # noqa: E731
+    channels_last = [p.is_contiguous(memory_format=torch.channels_last) for p in method.parameters() if p.dim() == 4]
+    return {"reduced": grads(method), "local": grads(local), "channels_last": channels_last}
 
 
 def _uneven_rank(rank: int, out: str, shards: str) -> dict:
@@ -238,6 +276,17 @@ def test_each_rank_resumes_its_own_rng(two_ranks):
     for r in two_ranks:
         for k, p in r["straight"]["params"].items():
             assert torch.equal(p, r["resumed"]["params"][k]), k
+
+
+def test_ddp_averages_channels_last_gradients(tmp_path):
+    """With NHWC conv weights, DDP's all-reduce gives every rank the mean of the ranks' own
+    gradients: the bucket views keep the weights' layout, so no gradient is scrambled."""
+    ranks = spawn(_channels_last_rank, tmp_path, timeout=90)
+    assert all(all(r["channels_last"]) and len(r["channels_last"]) > 3 for r in ranks)
+    for k, g in ranks[0]["reduced"].items():
+        mean = (ranks[0]["local"][k] + ranks[1]["local"][k]) / WORLD
+        torch.testing.assert_close(g, mean, rtol=1e-6, atol=1e-7, msg=f"grad {k}")
+        torch.testing.assert_close(ranks[1]["reduced"][k], g, rtol=0, atol=0, msg=f"grad {k} on rank 1")
 
 
 def test_uneven_shards_give_every_rank_the_same_steps(tiny_shards, tmp_path):

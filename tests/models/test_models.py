@@ -27,3 +27,36 @@ def test_encoder_normalises_and_roundtrips(tmp_path):
     again = load_encoder(tmp_path / "e.pt")
     torch.testing.assert_close(enc(x), again(x))
     assert again.mean.item() == 0.5 and not (tmp_path / "e.pt.tmp").exists()
+
+
+def _channels_last(net: torch.nn.Module) -> bool:
+    convs = [m.weight for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    return bool(convs) and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+
+
+def test_resnet_weights_stay_channels_last_through_copy_and_reload(tmp_path):
+    import copy
+
+    enc = Encoder(EncoderParams(width=8), 1, [0.5], [0.25])
+    assert _channels_last(enc) and _channels_last(copy.deepcopy(enc)) and _channels_last(enc.to("cpu"))
+    save_encoder(enc, tmp_path / "e.pt")
+    assert _channels_last(load_encoder(tmp_path / "e.pt"))
+
+
+def test_channels_last_computes_what_nchw_computes():
+    """Same weights, NCHW weights and input through the same layers: outputs and gradients agree
+    to float rounding (the memory format changes the kernels, not the function)."""
+    import copy
+
+    torch.manual_seed(0)
+    net = SmallResNet(3, [1, 1], width=8, stem_stride=1)
+    ref = copy.deepcopy(net).use_channels_last(False)
+    assert _channels_last(net) and not _channels_last(ref)
+    x = torch.rand(6, 3, 20, 20)
+    out = net(x)
+    expected = ref(x)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    for a, b in zip(net.parameters(), ref.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
