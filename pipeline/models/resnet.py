@@ -61,7 +61,7 @@ class SmallResNet(nn.Module):
 
     def use_channels_last(self, on: bool) -> "SmallResNet":
         """Weights and activations in channels_last (NHWC, the default) or NCHW. NHWC runs
-        1.3x faster training steps and 1.7x faster inference than NCHW on a 2-core CPU
+        1.3x faster training steps and 1.5x faster inference than NCHW on a 2-core CPU
         (benchmarks/memory_format.py), and it is the layout cuDNN's bf16 kernels want.
         ``.to(device)``, deepcopy and ``load_state_dict`` keep it. The function is the same
         in both; the rounding is not (NHWC convolutions round differently at different
