@@ -119,16 +119,16 @@ def _method(name: str, seed: int, views: str):
                                 params.augment, seed, torch.device("cpu"))
     if views == "deterministic":
         method.views = DeterministicViews()
-    nchw(method)  # the ranks and the reference round alike (module docstring)
+    use_channels_last(method, False)  # the ranks and the reference round alike (module docstring)
     return method, params
 
 
-def nchw(module: nn.Module) -> nn.Module:
+def use_channels_last(module: nn.Module, on: bool) -> nn.Module:
     from pipeline.models.resnet import SmallResNet
 
     for m in module.modules():  # the encoder and any momentum copy of it
         if isinstance(m, SmallResNet):
-            m.use_channels_last(False)
+            m.use_channels_last(on)
     return module
 
 
@@ -189,17 +189,12 @@ def _equivalence_rank(rank: int, out: str, methods: list[str]) -> dict:
 def _channels_last_rank(rank: int, out: str) -> dict:
     """One DDP backward of a channels_last BYOL (no cross-rank loss terms) on this rank's half, and the same half's
     gradients without DDP (a copy of the same weights, in this process)."""
-    from pipeline.models.resnet import SmallResNet
-
     method, _ = _method("byol", seed=100 + rank, views="deterministic")
-    for m in method.modules():
-        if isinstance(m, SmallResNet):
-            m.use_channels_last(True)
-    local = copy.deepcopy(method)
+    use_channels_last(method, True)
+    local = copy.deepcopy(method)  # its own DeterministicViews, not yet called: the same views
     x = _images(0, 0)[rank * GLOBAL_BATCH // WORLD:(rank + 1) * GLOBAL_BATCH // WORLD]
     ddp = nn.parallel.DistributedDataParallel(method)  # kept alive: its reducer all-reduces in backward
     ddp(x)["loss"].backward()
-    local.views = DeterministicViews()
     local(x)["loss"].backward()
     grads = lambda m: {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None}  # noqa: E731
     channels_last = [p.is_contiguous(memory_format=torch.channels_last) for p in method.parameters() if p.dim() == 4]

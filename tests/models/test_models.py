@@ -1,3 +1,5 @@
+import copy
+
 import torch
 
 from pipeline.config import EncoderParams
@@ -35,8 +37,6 @@ def _channels_last(net: torch.nn.Module) -> bool:
 
 
 def test_resnet_weights_stay_channels_last_through_copy_and_reload(tmp_path):
-    import copy
-
     enc = Encoder(EncoderParams(width=8), 1, [0.5], [0.25])
     assert _channels_last(enc) and _channels_last(copy.deepcopy(enc)) and _channels_last(enc.to("cpu"))
     save_encoder(enc, tmp_path / "e.pt")
@@ -46,8 +46,6 @@ def test_resnet_weights_stay_channels_last_through_copy_and_reload(tmp_path):
 def test_channels_last_computes_what_nchw_computes():
     """Same weights, NCHW weights and input through the same layers: outputs and gradients agree
     to float rounding (the memory format changes the kernels, not the function)."""
-    import copy
-
     torch.manual_seed(0)
     net = SmallResNet(3, [1, 1], width=8, stem_stride=1)
     ref = copy.deepcopy(net).use_channels_last(False)
