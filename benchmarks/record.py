@@ -36,6 +36,6 @@ def recorded(name: str):
         yield
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    command = shlex.join(["python", f"benchmarks/{name}.py", *sys.argv[1:]])
+    command = shlex.join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])  # name may be a preset's
     header = f"`{command}`: {when}, {os.cpu_count()} CPUs, load average {load} at the end\n\n"
     (RESULTS / f"{name}.md").write_text(header + buf.getvalue().strip() + "\n")

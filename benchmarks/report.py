@@ -5,7 +5,8 @@
 One section per ``benchmarks/*.py``: the first line of its docstring, its usage line, then
 what its last run recorded: ``results/<name>.md`` (the table it printed, kept by
 ``record.recorded``), or for the two pipeline-level runs that record JSON only (``methods``,
-``repro_wall_time``) a table made from ``results/<name>.json``. A benchmark with no recorded
+``repro_wall_time``) a table made from ``results/<name>.json``; then ``results/<name>_<preset>.md``,
+the same script's run on a preset (``finetune_recipe --preset text``). A benchmark with no recorded
 run says so. Nothing here measures anything: re-run a benchmark, then this.
 ``--check`` exits 1 when reports/benchmarks.md differs from what the results give.
 """
@@ -76,6 +77,8 @@ def build() -> str:
             out += FROM_JSON[name](json.loads(js.read_text())) + [""]
         else:
             out += ["No recorded run.", ""]
+        for variant in sorted(RESULTS.glob(f"{name}_*.md")):  # the same script run on another preset
+            out += [variant.read_text().rstrip(), ""]
     return "\n".join(out)
 
 

@@ -157,7 +157,7 @@ class PretrainParams(OptimParams):
     shuffle_buffer: int = Field(5000, ge=1)
     # DataLoader processes decoding the batches (None: the cores available, at most 8; 0: in the
     # training process); any count gives the same batches in the same order
-    loader_workers: Optional[int] = Field(None, ge=0, le=64)
+    loader_workers: Optional[int] = Field(None, ge=0, le=64)  # None: pipeline.data.loader.loader_workers decides
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
     # Processes on this node: above 1, the stage starts itself under torchrun (--standalone);
     # several nodes are launched by hand with torchrun (README)
@@ -190,6 +190,8 @@ class FinetuneParams(OptimParams):
     encoder_lr_mult: float = Field(1.0, ge=0, le=1)  # encoder lr = lr * this (a random init trains at the full lr)
     crop_scale: list[float] = Field(default_factory=lambda: [0.5, 1.0], min_length=2, max_length=2)  # training views
     hflip: float = Field(0.5, ge=0, le=1)
+    # text: batches of similar lengths, sorted in windows of this many batches (1: random batches); images ignore it
+    length_group: int = Field(50, ge=1)
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
     nproc_per_node: int = Field(1, ge=1)  # >1: the finetune stage runs under torchrun with DDP
 

@@ -13,7 +13,7 @@ import torch
 
 from pipeline import dist
 from pipeline.config import load_params
-from pipeline.data.loader import epoch_batches
+from pipeline.data.loader import epoch_batches, loader_workers
 from pipeline.data.shards import read_manifest, stream_batches
 from pipeline.errors import UserError, exit_on_user_error
 from pipeline.eval.features import BATCH, encoder_features
@@ -115,7 +115,7 @@ def _train(args, params, method_cls, manifest, device, out: Path, staged: Staged
                 "pretrain": p.model_dump(exclude={"loader_workers"}), args.method: params.method_params[args.method].model_dump()}
     # the code is part of the run: a checkpoint made by other code is never resumed
     run_fingerprint = fingerprint(args.method, resolved, manifest["splits"]["pretrain"]["shards"], code_fingerprint(__file__))
-    workers = dist.default_workers(p.loader_workers)
+    workers = loader_workers(p.loader_workers, device)
     job = TrainJob(
         module=method, param_groups=param_groups(method, params=method.optimized_parameters()), optim=p,
         batches=lambda epoch: epoch_batches(args.shards, "pretrain", p.batch_size, p.shuffle_buffer, params.seed * 1000 + epoch,

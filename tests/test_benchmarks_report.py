@@ -37,3 +37,12 @@ def test_a_recorded_table_lands_in_its_section(tmp_path, monkeypatch):
     section = text.split("## augment: ")[1].split("\n## ")[0]
     assert "| 1 | 2 |" in section and "No recorded run." not in section
     assert "No recorded run." in text.split("## dvc_lock: ")[1].split("\n## ")[0]
+
+
+def test_a_presets_recorded_table_lands_in_the_scripts_section(tmp_path, monkeypatch):
+    report = _report_module()
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    (tmp_path / "finetune_recipe.md").write_text("| image | 1 |\n")
+    (tmp_path / "finetune_recipe_text.md").write_text("| text | 2 |\n")
+    section = report.build().split("## finetune_recipe: ")[1].split("\n## ")[0]
+    assert section.index("| image | 1 |") < section.index("| text | 2 |")

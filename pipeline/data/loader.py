@@ -55,6 +55,16 @@ class EpochBatches(IterableDataset):
             yield _Failure(str(err))
 
 
+def loader_workers(requested: int | None, device: torch.device) -> int:
+    """``pretrain.loader_workers`` resolved: ``requested``, or by default none when training on
+    the CPU, where the training step already uses every core and workers only take cores from
+    it (``benchmarks/input_path.py``, 2 cores: 521 img/s with 0 workers, 455 with 2), and the
+    cores available otherwise (``dist.default_workers``)."""
+    if requested is not None:
+        return requested
+    return 0 if device.type == "cpu" else dist.default_workers(None)
+
+
 def epoch_batches(shard_dir, split: str, batch_size: int, shuffle_buffer: int, seed: int, workers: int,
                   device: torch.device, skip_batches: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The epoch's batches (from batch ``skip_batches`` on), decoded by ``workers`` processes

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.models.encoder import encoder_input
+from pipeline.eval.features import BATCH, encoder_features
 
 Array = np.ndarray | torch.Tensor
 
@@ -139,16 +139,12 @@ def infonce_mi_lower_bound(loss: float, k: int) -> float:
 
 
 @torch.no_grad()
-def _features(encoder: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([encoder(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)])
-
-
-@torch.no_grad()
 def diagnose(
     encoder: nn.Module, samples: torch.Tensor, views_fn: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
-    temperature: float = 0.1, collapse_threshold: float = 0.1, batch_size: int = 512,
+    temperature: float = 0.1, collapse_threshold: float = 0.1, batch_size: int = BATCH, clean: np.ndarray | None = None,
 ) -> dict:
-    """All diagnostics for ``encoder`` (eval mode, no grad; its train/eval mode is restored).
+    """All diagnostics for ``encoder`` (features from ``encoder_features``: a copy in eval mode,
+    text in length-sorted batches; the caller's encoder is left as it is).
 
     samples: ``[N, C, H, W]`` uint8 images, or packed int64 text ``[N, 2, L]`` (N >= 2).
     ``views_fn(x)`` gets them on ``device`` and returns one random view the encoder takes: for
@@ -160,17 +156,14 @@ def diagnose(
     - uniformity: t=2, mean of the two views' values;
     - infonce_loss / mi_lower_bound: symmetric InfoNCE of the two views, K = N candidates;
     - effective_rank, std, std_sqrt_dim, collapsed: on the features of the un-augmented
-      samples (the representation the evaluations use).
+      samples (the representation the evaluations use): ``clean`` ``[N, D]`` when the caller
+      has them already (``EvalContext.featurize``), else computed here.
     """
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        x = samples.to(device)
-        f1 = _features(encoder, views_fn(x), batch_size)
-        f2 = _features(encoder, views_fn(x), batch_size)
-        clean = _features(encoder, encoder_input(x), batch_size)
-    finally:
-        encoder.train(was_training)
+    featurize = encoder_features(encoder, device, batch_size)
+    x = samples.to(device)
+    f1, f2 = featurize(views_fn(x)), featurize(views_fn(x))
+    if clean is None:
+        clean = featurize(samples)
     n, dim = clean.shape
     std = embedding_std(clean)
     loss = infonce_loss(f1, f2, temperature)

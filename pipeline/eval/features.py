@@ -24,12 +24,13 @@ TEXT_BATCH = 128  # entries per forward pass, of similar lengths (benchmarks/tex
 def encoder_features(encoder: nn.Module, device: torch.device, batch_size: int = BATCH) -> Featurizer:
     """Features of ``encoder`` in eval mode (BatchNorm running statistics). The caller's
     encoder is left alone (its device and train/eval mode): a copy is moved and switched.
-    Inputs go through ``encoder_input`` (images to [0, 1] floats, packed text as it is)."""
+    Inputs go through ``encoder_input`` (uint8 images to [0, 1] floats; float images and
+    packed text as they are)."""
     encoder = copy.deepcopy(encoder).to(device).eval()
 
     @torch.no_grad()
     def featurize(x: torch.Tensor) -> np.ndarray:
-        if x.dtype == torch.uint8:  # images
+        if x.dtype != torch.int64:  # images: uint8, or float views in [0, 1] (diagnostics)
             out = [encoder(encoder_input(x[i : i + batch_size].to(device))).float().cpu() for i in range(0, len(x), batch_size)]
             return torch.cat(out).numpy()
         # packed text [N, 2, L]: entries sorted by length, so that each forward pass is cut to its own

@@ -56,16 +56,20 @@ def train_classifier(
     on in-memory ``images`` (uint8 ``[N, C, H, W]``, or packed text int64 ``[N, 2, L]``) and
     ``labels`` ``[N]``, the encoder at
     ``encoder_lr_mult`` times the lr. The batch size is capped at N; each epoch is a fresh
-    seeded permutation, the partial batch dropped. Returns the model and its history."""
+    seeded permutation, the partial batch dropped; text entries go in batches of similar
+    lengths, sorted in windows of ``cfg.length_group`` batches (``in_memory_batches``).
+    Returns the model and its history."""
     batch_size = min(cfg.batch_size, len(images))
     cfg = cfg.model_copy(update={"batch_size": batch_size})
     with torch.random.fork_rng(devices=[]):  # the head's init is fixed by the seed
         torch.manual_seed(seed)
         model = Classifier(encoder, num_classes, seed, tuple(cfg.crop_scale), cfg.hflip)
     groups = param_groups(model.encoder, encoder_lr_mult) + param_groups(model.head)
+    lengths = images[:, 1].sum(1) if images.dtype == torch.int64 else None  # text: length-grouped batches
     job = TrainJob(
         module=model, param_groups=groups, optim=cfg, amp=cfg.amp,
-        batches=in_memory_batches(images, labels, batch_size, seed), steps_per_epoch=steps_per_epoch(len(images), batch_size),
+        batches=in_memory_batches(images, labels, batch_size, seed, lengths, cfg.length_group),
+        steps_per_epoch=steps_per_epoch(len(images), batch_size),
         batch_size_key="finetune.batch_size", lr_key="finetune.lr",
     )
     history = fit(job, device, desc)

@@ -26,16 +26,22 @@ def linear_probe(
 
     scaler = StandardScaler().fit(train[0])
     xtr, xva = scaler.transform(train[0]), scaler.transform(val[0])
-    val_acc = {}
-    for c in tqdm(sorted(c_grid), desc="linear probe: C sweep", leave=False, disable=None):  # ~70 s on the default
-        clf = LogisticRegression(C=c, max_iter=max_iter)
-        clf.fit(xtr, train[1])
+    # A regularisation path, as LogisticRegressionCV computes one: C from strong to weak, each
+    # fit started from the previous solution (warm_start), and the refit on train+val from
+    # the chosen C's.
+    val_acc, solutions = {}, {}
+    clf = LogisticRegression(max_iter=max_iter, warm_start=True)
+    for c in tqdm(sorted(c_grid), desc="linear probe: C sweep", leave=False, disable=None):
+        clf.set_params(C=c).fit(xtr, train[1])
         val_acc[c] = float(clf.score(xva, val[1]))
+        solutions[c] = (clf.coef_.copy(), clf.intercept_.copy())
     best_c = max(val_acc, key=lambda c: (val_acc[c], -c))  # ties: the stronger regulariser
     x_all = np.concatenate([train[0], val[0]])
     y_all = np.concatenate([train[1], val[1]])
     scaler = StandardScaler().fit(x_all)
-    clf = LogisticRegression(C=best_c, max_iter=max_iter).fit(scaler.transform(x_all), y_all)
+    clf = LogisticRegression(C=best_c, max_iter=max_iter, warm_start=True)
+    clf.coef_, clf.intercept_ = solutions[best_c]
+    clf.fit(scaler.transform(x_all), y_all)
     probs = clf.predict_proba(scaler.transform(test[0]))
     # predict_proba's columns follow clf.classes_; map back to label ids
     labels = np.searchsorted(clf.classes_, test[1])

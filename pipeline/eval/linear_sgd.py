@@ -20,6 +20,7 @@ from torch import nn
 from pipeline import dist
 from pipeline.config import OptimParams
 from pipeline.data.augment import random_resized_crop, to_float
+from pipeline.data.length_groups import length_grouped
 from pipeline.train.loop import TrainJob, fit
 from pipeline.train.optim import param_groups
 
@@ -28,10 +29,15 @@ CROP_RATIO = (0.75, 1.3333)
 
 def in_memory_batches(
     images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int,
+    lengths: torch.Tensor | None = None, window_batches: int = 1,
 ) -> Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
     """``batches(epoch)`` for a ``TrainJob`` over in-memory tensors: each epoch a fresh
     permutation drawn from a generator seeded with ``(seed, epoch)``, full batches only.
-    images: ``[N, C, H, W]`` (uint8), labels: ``[N]`` (int64).
+    images: ``[N, C, H, W]`` (uint8) or packed text ``[N, 2, L]``, labels: ``[N]`` (int64).
+
+    ``lengths`` ``[N]`` (text: real tokens per entry): batches of similar lengths
+    (``length_grouped``): the permutation's windows of ``window_batches`` global batches
+    sorted by length, the epoch's batches then in a seeded random order.
 
     Under DDP ``batch_size`` is per process: every rank draws the same permutation and
     takes its slice of each global batch of ``batch_size x world`` images, so the ranks
@@ -44,8 +50,13 @@ def in_memory_batches(
     def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
         perm = torch.randperm(len(images), generator=gen)
-        for i in range(0, len(perm) - step + 1, step):
-            idx = perm[i + rank * batch_size : i + (rank + 1) * batch_size]
+        full = perm[: len(perm) // step * step]
+        if lengths is None:
+            full = full.view(-1, step)  # [steps, global batch]
+        else:
+            full = full[length_grouped(lengths[full], step, window_batches, gen)]
+        for idx in full:
+            idx = idx[rank * batch_size : (rank + 1) * batch_size]
             yield images[idx], labels[idx]
 
     return batches

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -34,8 +35,9 @@ class TextTransformer(nn.Module):
         return self.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """LM head tied to the token embedding: ``[N, L, D] -> [N, L, V]``."""
-        return hidden @ self.tok.weight.T + self.bias
+        """LM head tied to the token embedding: ``[..., D] -> [..., V]`` (``F.linear`` adds the
+        bias inside the matmul: a separate add over every logit was 4% of a CLM step)."""
+        return F.linear(hidden, self.tok.weight, self.bias)
 
     def features(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``[N, D]``. Bidirectional: mean over real tokens (every state saw the whole entry).

@@ -11,7 +11,7 @@ import torch
 
 from pipeline import dist
 from pipeline.data import shards
-from pipeline.data.loader import epoch_batches
+from pipeline.data.loader import epoch_batches, loader_workers
 from pipeline.errors import UserError
 
 CPU = torch.device("cpu")
@@ -57,3 +57,11 @@ def test_a_workers_data_error_is_the_one_line_error(tiny_shards, tmp_path, monke
     assert str(err.value).startswith(f"shard {copy / name} gave 150 samples but manifest.json says 151") or \
         f"{name} gave 150 samples but manifest.json says 151" in str(err.value)
     assert "Traceback" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_loader_workers_default_to_none_on_a_cpu(monkeypatch):
+    """Unset, a CPU run decodes in the training process; a GPU run gets the cores available."""
+    monkeypatch.setattr(dist, "default_workers", lambda requested: 6)
+    assert loader_workers(None, CPU) == 0
+    assert loader_workers(None, torch.device("cuda")) == 6
+    assert loader_workers(3, CPU) == 3 and loader_workers(0, torch.device("cuda")) == 0

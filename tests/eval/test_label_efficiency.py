@@ -7,7 +7,7 @@ import torch
 from pipeline.config import EncoderParams, FinetuneParams
 from pipeline.eval.finetune import train_classifier
 from pipeline.eval.label_efficiency import balanced_subset, per_class_count
-from pipeline.models.encoder import Encoder
+from pipeline.models.encoder import Encoder, TextEncoder
 
 CPU = torch.device("cpu")
 
@@ -63,3 +63,25 @@ def test_train_classifier_on_in_memory_tensors_is_deterministic():
         return model.head.weight.detach().clone()
 
     assert torch.equal(run(), run())
+
+
+@pytest.mark.parametrize("length_group", [1, 50])
+def test_train_classifier_batches_text_by_length(length_group):
+    """Packed text trains in batches of similar lengths (``finetune.length_group``): with one
+    window per epoch the batches hold disjoint length ranges; with 1 they are random."""
+    gen = torch.Generator().manual_seed(0)
+    n, width = 96, 24
+    lengths = torch.randint(3, width + 1, (n,), generator=gen)
+    att = (torch.arange(width) < lengths[:, None]).long()
+    ids = torch.randint(8, 50, (n, width), generator=gen) * att
+    x, labels = torch.stack([ids, att], 1), torch.randint(0, 3, (n,), generator=gen)
+    torch.manual_seed(1)
+    enc = TextEncoder(EncoderParams(arch="transformer", dim=16, depth=1, heads=2), vocab_size=50, max_length=width)
+    seen = []
+    enc.register_forward_pre_hook(lambda _, args: seen.append(args[0][:, 1].sum(1)) if enc.training else None)
+    cfg = FinetuneParams(epochs=1, batch_size=16, lr=0.01, optimizer="adamw", length_group=length_group)
+    train_classifier(enc, x, labels, 3, cfg, 1.0, seed=0, device=CPU, desc="t")
+    assert len(seen) == n // 16
+    spans = sorted((int(s.min()), int(s.max())) for s in seen)
+    disjoint = all(hi <= lo for (_, hi), (lo, _) in zip(spans, spans[1:]))
+    assert disjoint == (length_group > 1)

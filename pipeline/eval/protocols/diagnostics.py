@@ -35,12 +35,13 @@ class Diagnostics(Protocol):
     def run(self, ctx: EvalContext) -> dict:
         images, labels = ctx.split("test")
         images, labels = images[: ctx.params.diagnostics.images], labels[: ctx.params.diagnostics.images]
+        clean = ctx.featurize(images)  # the evaluations' features, for the diagnostics and the map
         result = diagnose(ctx.encoder, images, views_for(ctx), ctx.device,
-                          collapse_threshold=ctx.params.diagnostics.collapse_threshold)
+                          collapse_threshold=ctx.params.diagnostics.collapse_threshold, clean=clean)
         if ctx.is_text:
             result["views"] = f"two independent maskings: each real token -> [MASK] with p = {ctx.params.text.view_mask_p:g}"
         if ctx.params.diagnostics.tsne:
-            result["embedding_map"] = embedding_map(ctx.featurize(images), labels.numpy(), ctx.seed)
+            result["embedding_map"] = embedding_map(clean, labels.numpy(), ctx.seed)
         return result
 
     def headline(self, result: dict) -> dict:
