@@ -155,9 +155,10 @@ class PretrainParams(OptimParams):
     knn_k: int = Field(20, ge=1)  # the monitor's k (a smaller bank votes over all of it)
     prepare_images: int = Field(5000, ge=1)  # pretrain images a method's prepare() sees (BEiT's tokenizer)
     shuffle_buffer: int = Field(5000, ge=1)
-    # DataLoader processes decoding the batches (None: the cores available, at most 8; 0: in the
-    # training process); any count gives the same batches in the same order
-    loader_workers: Optional[int] = Field(None, ge=0, le=64)  # None: pipeline.data.loader.loader_workers decides
+    # DataLoader processes decoding the batches (None: none when training on a CPU, the cores available,
+    # at most 8, with a GPU: pipeline.data.loader.loader_workers; 0: in the training process); any count
+    # gives the same batches in the same order
+    loader_workers: Optional[int] = Field(None, ge=0, le=64)
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
     # Processes on this node: above 1, the stage starts itself under torchrun (--standalone);
     # several nodes are launched by hand with torchrun (README)
