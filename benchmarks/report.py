@@ -5,8 +5,9 @@
 One section per ``benchmarks/*.py``: the first line of its docstring, its usage line, then
 what its last run recorded: ``results/<name>.md`` (the table it printed, kept by
 ``record.recorded``), or for the two pipeline-level runs that record JSON only (``methods``,
-``repro_wall_time``) a table made from ``results/<name>.json``; then ``results/<name>_<preset>.md``,
-the same script's run on a preset (``finetune_recipe --preset text``). A benchmark with no recorded
+``repro_wall_time``) a table made from ``results/<name>.json``; then ``results/<name>_<variant>.md``
+(or ``.json``), the same script's run on a preset or the other pipeline (``finetune_recipe --preset
+text``, ``repro_wall_time --pipeline text``). A benchmark with no recorded
 run says so. Nothing here measures anything: re-run a benchmark, then this.
 ``--check`` exits 1 when reports/benchmarks.md differs from what the results give.
 """
@@ -40,7 +41,8 @@ def methods_table(d: dict) -> list[str]:
 
 
 def repro_wall_time_table(d: dict) -> list[str]:
-    lines = [f"{d['cpus']} CPUs, load average {d['load_average_before']:.1f} before and {d['load_average_after']:.1f} "
+    machine = d.get("cpu", f"{d['cpus']} CPUs")  # runs recorded before the CPU model was: the core count
+    lines = [f"The {d.get('pipeline', 'image')} pipeline; {machine}, load average {d['load_average_before']:.1f} before and {d['load_average_after']:.1f} "
              f"after; total **{d['total_seconds']:,.1f} s ({d['total_seconds'] / 60:.1f} min)**.", "",
              "| stage | seconds |", "|---|---:|"]
     lines += [f"| {stage} | {s:.1f} |" for stage, s in d["stage_seconds"].items()]
@@ -78,7 +80,11 @@ def build() -> str:
         else:
             out += ["No recorded run.", ""]
         for variant in sorted(RESULTS.glob(f"{name}_*.md")):  # the same script run on another preset
-            out += [variant.read_text().rstrip(), ""]
+            if not variant.name.endswith(".report.md"):  # a run's copy of the pipeline report, not a table
+                out += [variant.read_text().rstrip(), ""]
+        if name in FROM_JSON:
+            for variant in sorted(RESULTS.glob(f"{name}_*.json")):
+                out += FROM_JSON[name](json.loads(variant.read_text())) + [""]
     return "\n".join(out)
 
 

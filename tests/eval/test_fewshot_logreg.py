@@ -13,8 +13,11 @@ def separable(n_per_class=30, classes=10, dim=32, noise=0.05, seed=0):
     return centers[y] + noise * rng.normal(size=(len(y), dim)), y
 
 
-def legacy_prototype(features, labels, ways, shots, queries, episodes, seed):
-    """The original nearest-prototype loop, restated: the default classifier must match it."""
+def legacy(features, labels, ways, shots, queries, episodes, seed, classifier="prototype"):
+    """The original episode loop, restated: one episode at a time, drawn and classified in
+    turn (nearest prototype, or scikit-learn's logistic regression with the protocol's C=1)."""
+    from sklearn.linear_model import LogisticRegression
+
     norm = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # noqa: E731
     out = {}
     for k in shots:
@@ -28,8 +31,13 @@ def legacy_prototype(features, labels, ways, shots, queries, episodes, seed):
                 sup.append(features[idx[:k]])
                 qry.append(features[idx[k:]])
                 qy += [j] * queries
-            protos = norm(np.stack([norm(s).mean(0) for s in sup]))
-            accs.append(float(((norm(np.concatenate(qry)) @ protos.T).argmax(1) == np.array(qy)).mean()))
+            if classifier == "prototype":
+                protos = norm(np.stack([norm(s).mean(0) for s in sup]))
+                pred = (norm(np.concatenate(qry)) @ protos.T).argmax(1)
+            else:
+                clf = LogisticRegression(C=1.0, max_iter=1000).fit(norm(np.concatenate(sup)), np.repeat(np.arange(ways), k))
+                pred = clf.predict(norm(np.concatenate(qry)))
+            accs.append(float((pred == np.array(qy)).mean()))
         accs = np.array(accs)
         out[f"{ways}way_{k}shot"] = {"mean": float(accs.mean()), "ci95": float(1.96 * accs.std(ddof=1) / np.sqrt(episodes))}
     return out
@@ -37,8 +45,18 @@ def legacy_prototype(features, labels, ways, shots, queries, episodes, seed):
 
 def test_default_prototype_is_unchanged():
     x, y = separable(noise=3.0)
-    assert few_shot(x, y, 5, [1, 5], 5, 20, seed=2) == legacy_prototype(x, y, 5, [1, 5], 5, 20, seed=2)
-    assert few_shot(x, y, 5, [1], 5, 20, seed=2, classifier="prototype") == legacy_prototype(x, y, 5, [1], 5, 20, seed=2)
+    assert few_shot(x, y, 5, [1, 5], 5, 20, seed=2) == legacy(x, y, 5, [1, 5], 5, 20, seed=2)
+    assert few_shot(x, y, 5, [1], 5, 20, seed=2, classifier="prototype") == legacy(x, y, 5, [1], 5, 20, seed=2)
+
+
+def test_logreg_in_worker_processes_equals_the_episode_loop():
+    """Two worker processes (a real process pool) fit the same episodes as the one-at-a-time
+    loop and give the same accuracies, whatever the worker count."""
+    x, y = separable(noise=8.0)
+    expected = legacy(x, y, 5, [1, 5], 5, 60, seed=4, classifier="logreg")
+    assert expected["5way_5shot"]["mean"] < 1.0  # not a trivially perfect problem
+    assert few_shot(x, y, 5, [1, 5], 5, 60, seed=4, classifier="logreg", workers=2) == expected
+    assert few_shot(x, y, 5, [1, 5], 5, 60, seed=4, classifier="logreg", workers=1) == expected
 
 
 def test_logreg_separable_is_perfect():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pipeline import config
 from pipeline.config import FewShotParams
+from pipeline.dist import default_workers
 from pipeline.eval.checks import check_few_shot
 from pipeline.eval.fewshot import few_shot
 from pipeline.eval.protocol import EvalContext, Protocol
@@ -38,7 +39,8 @@ class FewShot(Protocol):
         for clf in fs.classifiers:
             out[clf] = {}
             for ways in fs.ways:
-                out[clf].update(few_shot(feats, labels, ways, fs.shots, fs.queries, fs.episodes, ctx.seed, classifier=clf))
+                out[clf].update(few_shot(feats, labels, ways, fs.shots, fs.queries, fs.episodes, ctx.seed, classifier=clf,
+                                         workers=default_workers(None)))
         return out
 
     def headline(self, result: dict) -> dict:
