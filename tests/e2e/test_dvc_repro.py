@@ -358,7 +358,8 @@ def test_dvc_repro_after_a_sigkill_mid_epoch_ends_with_the_uninterrupted_weights
 
     import torch
 
-    _set(repo_copy / "params.yaml", {"pretrain": {"epochs": 2, "checkpoint_every_steps": 1}})  # 300 // 64 = 4 steps an epoch
+    # 300 // 32 = 9 steps an epoch: a few milliseconds each on a fast CPU, so the kill lands some steps in
+    _set(repo_copy / "params.yaml", {"pretrain": {"epochs": 2, "checkpoint_every_steps": 1, "batch_size": 32}})
     _run(["dvc", "repro", "pretrain@simclr"], repo_copy)
     encoder, ckpt = repo_copy / "models/simclr/encoder.pt", repo_copy / "models/simclr/checkpoint.pt"
     straight = encoder.read_bytes()
@@ -378,6 +379,12 @@ def test_dvc_repro_after_a_sigkill_mid_epoch_ends_with_the_uninterrupted_weights
         time.sleep(0.01)
     proc.wait(timeout=60)
     assert position is not None, "the run ended before a checkpoint inside epoch 2 was seen"
+    # the stage may write another checkpoint between the one seen and the kill landing (one step is a
+    # few milliseconds): the restart resumes from the last one on disk, which must still be inside epoch 2
+    state = torch.load(ckpt, weights_only=True)
+    at_kill = {k: state.get(k) for k in ("epoch", "steps_in_epoch", "finished")}
+    assert at_kill["epoch"] == 0 and not at_kill["finished"] and (at_kill["steps_in_epoch"] or 0) >= position, at_kill
+    position = state["steps_in_epoch"]
     assert not encoder.exists()  # dvc removed the old outputs before the killed run; nothing was written since
 
     out = _run(["dvc", "repro", "pretrain@simclr"], repo_copy)
