@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from pipeline.data.augment import to_float
-from pipeline.models.encoder import encoder_input
+from pipeline.models.encoder import encoder_input, text_lengths
 
 # samples -> float32 [N, D]: uint8 images [N, C, H, W] or packed int64 text [N, 2, L]
 Featurizer = Callable[[torch.Tensor], np.ndarray]
@@ -36,10 +36,11 @@ def encoder_features(encoder: nn.Module, device: torch.device, batch_size: int =
         # packed text [N, 2, L]: entries sorted by length, so that each forward pass is cut to its own
         # longest entry (unpack_text) and computes few padding positions; features go back in input order
         # (each entry's features do not depend on the others in its batch)
-        order = x[:, 1].sum(1).argsort(stable=True)
+        order = text_lengths(x).argsort(stable=True)
         out = torch.empty(len(x), encoder.feature_dim)
-        for i in range(0, len(x), min(batch_size, TEXT_BATCH)):
-            idx = order[i : i + min(batch_size, TEXT_BATCH)]
+        step = min(batch_size, TEXT_BATCH)
+        for i in range(0, len(x), step):
+            idx = order[i : i + step]
             out[idx] = encoder(x[idx].to(device)).float().cpu()
         return out.numpy()
 

@@ -119,7 +119,8 @@ def few_shot(
     and the results do not depend on it."""
     if classifier not in CLASSIFIERS:
         raise ValueError(f"unknown few-shot classifier {classifier!r}; valid: {list(CLASSIFIERS)}")
-    n_classes = len(np.unique(labels))
+    classes, members = _class_members(labels)
+    n_classes = len(classes)
     if ways is None or ways == "all":
         ways = n_classes
     elif isinstance(ways, str) or int(ways) < 2:
@@ -129,7 +130,6 @@ def few_shot(
     if int(ways) > n_classes:
         raise ValueError(f"{ways}-way episodes need {ways} classes; the labels hold {n_classes} (use ways <= {n_classes} or 'all')")
     ways = int(ways)
-    classes, members = _class_members(labels)
     smallest = min(len(m) for m in members)  # over the classes present
     out = {}
     for k in shots:

@@ -15,6 +15,7 @@ from pipeline.config import FinetuneParams
 from pipeline.data.augment import random_resized_crop, to_float
 from pipeline.eval.features import encoder_features
 from pipeline.eval.linear_sgd import in_memory_batches, steps_per_epoch
+from pipeline.models.encoder import text_lengths
 from pipeline.train.loop import TrainJob, fit
 from pipeline.train.optim import param_groups
 
@@ -65,7 +66,7 @@ def train_classifier(
         torch.manual_seed(seed)
         model = Classifier(encoder, num_classes, seed, tuple(cfg.crop_scale), cfg.hflip)
     groups = param_groups(model.encoder, encoder_lr_mult) + param_groups(model.head)
-    lengths = images[:, 1].sum(1) if images.dtype == torch.int64 else None  # text: length-grouped batches
+    lengths = text_lengths(images) if images.dtype == torch.int64 else None  # text: length-grouped batches
     job = TrainJob(
         module=model, param_groups=groups, optim=cfg, amp=cfg.amp,
         batches=in_memory_batches(images, labels, batch_size, seed, lengths, cfg.length_group),

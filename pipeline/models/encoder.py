@@ -65,13 +65,17 @@ def encoder_input(x: torch.Tensor) -> torch.Tensor:
     return to_float(x) if x.dtype == torch.uint8 else x
 
 
+def text_lengths(x: torch.Tensor) -> torch.Tensor:
+    """Packed int64 text ``[N, 2, L]`` -> real tokens per entry ``[N]`` (the attention row's sum)."""
+    return x[:, 1].sum(1)
+
+
 def unpack_text(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Packed int64 ``[N, 2, L]`` -> ``(ids [N, T], attention [N, T])`` with the padding columns
     beyond the longest real row cut off (T <= L), so compute follows the real lengths and not
     the shards' fixed ``max_length``. Rows are right-padded, so no real token is lost."""
-    att = x[:, 1]
-    longest = max(int(att.sum(1).max()), 1) if len(x) else 1  # one host sync per batch
-    return x[:, 0, :longest], att[:, :longest]
+    longest = max(int(text_lengths(x).max()), 1) if len(x) else 1  # one host sync per batch
+    return x[:, 0, :longest], x[:, 1, :longest]
 
 
 class TextEncoder(nn.Module):

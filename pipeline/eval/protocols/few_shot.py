@@ -35,12 +35,13 @@ class FewShot(Protocol):
         """``{classifier: {"<N>way_<K>shot": {mean, ci95}}}`` for every configured classifier and N."""
         feats, labels = ctx.features("test")
         fs = ctx.params.few_shot
+        workers = default_workers(None)  # logistic regression: one process per core
         out = {}
         for clf in fs.classifiers:
             out[clf] = {}
             for ways in fs.ways:
                 out[clf].update(few_shot(feats, labels, ways, fs.shots, fs.queries, fs.episodes, ctx.seed, classifier=clf,
-                                         workers=default_workers(None)))
+                                         workers=workers))
         return out
 
     def headline(self, result: dict) -> dict:
