@@ -29,15 +29,18 @@ sys.path.insert(0, str(REPO))
 
 def main(args: argparse.Namespace) -> None:
     from pipeline.config import load_params
-    from pipeline.data.shards import load_split, read_manifest
+    from pipeline.data.shards import read_manifest
     from pipeline.eval.finetune import top1, train_classifier
+    from pipeline.eval.protocol import EvalContext
     from pipeline.models.encoder import load_encoder
 
     variants = json.loads(args.variants)
     params = load_params(REPO / "params.yaml", preset=args.preset)
     shards = REPO / ("text/data/shards" if args.preset == "text" else "data/shards")
     n_classes = len(read_manifest(shards)["classes"])
-    train, val = load_split(shards, "train"), load_split(shards, "val")
+    cpu = torch.device("cpu")
+    # the stage's data path: images streamed from the shards, text from memory
+    ctx = EvalContext("recipe", None, True, str(shards), read_manifest(shards), params, cpu)
     seconds: dict[int, list[float]] = {i: [] for i in range(len(variants))}
     accuracy: dict[int, float] = {}
     for _ in range(args.rounds):
@@ -46,10 +49,10 @@ def main(args: argparse.Namespace) -> None:
             t0 = time.time()
             encoder = load_encoder(REPO / args.encoder).train()
             with contextlib.redirect_stdout(sys.stderr):  # the training log: progress, not the result table
-                model, _ = train_classifier(encoder, *train, n_classes, cfg, cfg.encoder_lr_mult, params.seed,
-                                            torch.device("cpu"), "finetune")
+                train = ctx.training_set(("train",), cfg.shuffle_buffer, cfg.length_group)
+                model, _ = train_classifier(encoder, train, n_classes, cfg, cfg.encoder_lr_mult, params.seed, cpu, "finetune")
             seconds[i].append(time.time() - t0)
-            accuracy[i] = top1(model, val, torch.device("cpu"))
+            accuracy[i] = top1(model, ctx.batches("val"), cpu)
     print(f"{args.encoder}, {args.rounds} round(s), median seconds\n")
     print("| finetune changes | val top-1 | seconds |\n|---|---:|---:|")
     for i, update in enumerate(variants):

@@ -81,7 +81,7 @@ def generate(root: Path, n: int, unique: int, seed: int = 0) -> None:
             os.link(made[i % unique], path)
 
 
-def _memory_of_tree(pid: int) -> tuple[int, int]:
+def memory_of_tree(pid: int) -> tuple[int, int]:
     """(sum of RSS, sum of anonymous RSS) over a process and its descendants, in bytes."""
     import psutil
 
@@ -119,7 +119,7 @@ def run_stage(folder: Path, out: Path, workers: int, args, work: Path) -> dict:
 
     def sample() -> None:
         while proc.poll() is None:
-            peak[:] = [max(a, b) for a, b in zip(peak, _memory_of_tree(proc.pid))]
+            peak[:] = [max(a, b) for a, b in zip(peak, memory_of_tree(proc.pid))]
             time.sleep(0.25)
 
     sampler = threading.Thread(target=sample, daemon=True)

@@ -182,6 +182,7 @@ class LinearParams(Strict):
     sgd_batch_size: int = Field(256, ge=2)
     sgd_lr: float = Field(0.1, gt=0)  # per 256 images
     sgd_crop_scale: list[float] = Field(default_factory=lambda: [0.5, 1.0], min_length=2, max_length=2)
+    sgd_shuffle_buffer: int = Field(5000, ge=1)  # protocol (b): samples shuffled as they stream from the shards
     amp: bool = True  # protocol (b): bfloat16 autocast on CUDA; ignored on CPU
     nproc_per_node: int = Field(1, ge=1)  # >1: the stage runs under torchrun, protocol (b) with DDP
 
@@ -191,6 +192,7 @@ class FinetuneParams(OptimParams):
     encoder_lr_mult: float = Field(1.0, ge=0, le=1)  # encoder lr = lr * this (a random init trains at the full lr)
     crop_scale: list[float] = Field(default_factory=lambda: [0.5, 1.0], min_length=2, max_length=2)  # training views
     hflip: float = Field(0.5, ge=0, le=1)
+    shuffle_buffer: int = Field(5000, ge=1)  # images: samples shuffled as they stream from the shards
     # text: batches of similar lengths, sorted in windows of this many batches (1: random batches); images ignore it
     length_group: int = Field(50, ge=1)
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU

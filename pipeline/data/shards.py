@@ -447,9 +447,9 @@ def read_texts(shard_dir: str | Path, split: str) -> tuple[list[str], torch.Tens
 
 
 def stream_batches(
-    shard_dir: str | Path, split: str, batch_size: int, shuffle_buffer: int, seed: int,
+    shard_dir: str | Path, split: str | tuple[str, ...], batch_size: int, shuffle_buffer: int, seed: int,
     rank: int | None = None, world_size: int | None = None, ordered: bool = False, skip_batches: int = 0,
-    batch_slice: tuple[int, int] = (0, 1), drop_last: bool = True,
+    batch_slice: tuple[int, int] = (0, 1), drop_last: bool = True, keep: dict[str, np.ndarray] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of shuffled uint8 batches ``([B, C, H, W], [B])`` streamed from the shards
     (a text shard folder: packed int64 ``[B, 2, L]``, see ``sample_codec``).
@@ -481,28 +481,46 @@ def stream_batches(
 
     ``drop_last=False`` (one process, no ``batch_slice``): also the last, smaller batch, so
     the batches hold every sample (feature extraction).
+
+    ``split`` may name several splits (``("train", "val")``): their shards make one stream.
+    ``keep`` (``{split: sample indices in shard order}``, every split named): only those
+    samples, selected before the shuffle buffer (the others are read and counted, never
+    decoded), e.g. a label-efficiency subset streamed without holding it in memory.
     """
     from pipeline import dist
 
     rank = dist.rank() if rank is None else rank
     world_size = dist.world_size() if world_size is None else world_size
     manifest = read_manifest(shard_dir)
-    paths = shard_paths(shard_dir, split)
+    splits = (split,) if isinstance(split, str) else tuple(split)
+    paths_of = {s: shard_paths(shard_dir, s) for s in splits}
+    paths = [p for s in splits for p in paths_of[s]]
     samples_codec = sample_codec(shard_dir, manifest)
-    total = manifest["splits"][split]["count"]
+    if keep is None:
+        total = sum(manifest["splits"][s]["count"] for s in splits)
+    else:
+        keep = {s: frozenset(np.asarray(keep[s]).tolist()) for s in splits}
+        total = sum(len(k) for k in keep.values())
     n_batches = total // (batch_size * world_size) if drop_last else -(-total // batch_size)
     read: Counter[str] = Counter({p: 0 for p in paths})  # a shard that yields nothing counts as 0
+
+    def counted(samples: Iterator[dict]) -> Iterator[dict]:
+        for sample in samples:
+            read[sample["__url__"]] += 1
+            if keep is None or _sample_index(sample) in keep[_sample_split(sample)]:
+                yield sample
+
     # nodesplitter/workersplitter=None: shards are split neither by node nor by DataLoader
     # worker; samples are split by rank below, and batches by worker (``batch_slice``).
     ds = wds.WebDataset(paths, shardshuffle=len(paths) if len(paths) > 1 and not ordered else False, seed=seed,
                         nodesplitter=None, workersplitter=None,
                         handler=functools.partial(_reraise_corrupt, recreate=_recreate(manifest)), empty_check=False)
+    ds = ds.compose(counted)
     if not ordered:
         ds = ds.shuffle(shuffle_buffer, initial=shuffle_buffer, seed=seed)
     offset, stride = batch_slice
     items, labels, mine = [], [], 0
     for sample in split_by_rank(ds, rank, world_size):
-        read[sample["__url__"]] += 1
         if sample.get("__mine__") is False:
             continue  # another rank's sample: counted, not decoded
         batch, mine = mine // batch_size, mine + 1  # the batch of this rank's epoch the sample is in
@@ -515,9 +533,20 @@ def stream_batches(
             if batch < n_batches:  # a rank with a sample more than others drops its extra batch
                 yield _to_batch(items, labels, samples_codec)
             items, labels = [], []
-    _check_counts(shard_dir, manifest, split, read, paths)
+    for s in splits:
+        _check_counts(shard_dir, manifest, s, {p: read[p] for p in paths_of[s]}, paths_of[s])
     if items and not drop_last:
         yield _to_batch(items, labels, samples_codec)
+
+
+def _sample_split(sample: dict) -> str:
+    """The split a sample was written for: its key is ``<split>_<index>`` (``write_split``)."""
+    return sample["__key__"].rsplit("_", 1)[0]
+
+
+def _sample_index(sample: dict) -> int:
+    """A sample's position in its split, in shard order (``load_split``'s order)."""
+    return int(sample["__key__"].rsplit("_", 1)[1])
 
 
 def split_by_rank(samples: Iterator[dict], rank: int, world_size: int) -> Iterator[dict]:

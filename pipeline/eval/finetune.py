@@ -5,7 +5,8 @@ on random resized crops; text (packed int64 entries) trains on the entries as th
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,9 +14,8 @@ from torch import nn
 from pipeline import dist
 from pipeline.config import FinetuneParams
 from pipeline.data.augment import random_resized_crop, to_float
+from pipeline.data.labelled import LabelledSet, steps_per_epoch
 from pipeline.eval.features import encoder_features
-from pipeline.eval.linear_sgd import in_memory_batches, steps_per_epoch
-from pipeline.models.encoder import text_lengths
 from pipeline.train.loop import TrainJob, fit
 from pipeline.train.optim import param_groups
 
@@ -41,42 +41,40 @@ class Classifier(nn.Module):
         logits = self.head(self.encoder(x))
         return {"loss": F.cross_entropy(logits, labels), "acc": (logits.argmax(1) == labels).float().mean()}
 
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor, device: torch.device, batch_size: int = 1024) -> np.ndarray:
-        """Predicted class ``[N]`` of un-augmented images or packed text ``x``, in eval mode."""
-        self.eval()
-        features = encoder_features(self.encoder, device, batch_size)(x)  # text: in length-sorted batches
-        return self.head(torch.from_numpy(features).to(device)).argmax(1).cpu().numpy()
-
 
 def train_classifier(
-    encoder: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: FinetuneParams,
+    encoder: nn.Module, data: LabelledSet, num_classes: int, cfg: FinetuneParams,
     encoder_lr_mult: float, seed: int, device: torch.device, desc: str,
 ) -> tuple[Classifier, list[dict]]:
     """``Classifier`` (``encoder``, trained in place, + a new linear head) trained end to end
-    on in-memory ``images`` (uint8 ``[N, C, H, W]``, or packed text int64 ``[N, 2, L]``) and
-    ``labels`` ``[N]``, the encoder at
-    ``encoder_lr_mult`` times the lr. The batch size is capped at N; each epoch is a fresh
-    seeded permutation, the partial batch dropped; text entries go in batches of similar
-    lengths, sorted in windows of ``cfg.length_group`` batches (``in_memory_batches``).
-    Returns the model and its history."""
-    batch_size = min(cfg.batch_size, len(images))
+    on ``data`` (uint8 images ``[B, C, H, W]`` or packed text int64 ``[B, 2, L]`` with labels:
+    streamed from the shards, or in memory), the encoder at ``encoder_lr_mult`` times the lr.
+    The batch size is capped at the sample count; each epoch is a fresh seeded order, the
+    partial batch dropped. Returns the model and its history."""
+    batch_size = min(cfg.batch_size, data.count)
     cfg = cfg.model_copy(update={"batch_size": batch_size})
     with torch.random.fork_rng(devices=[]):  # the head's init is fixed by the seed
         torch.manual_seed(seed)
         model = Classifier(encoder, num_classes, seed, tuple(cfg.crop_scale), cfg.hflip)
     groups = param_groups(model.encoder, encoder_lr_mult) + param_groups(model.head)
-    lengths = text_lengths(images) if images.dtype == torch.int64 else None  # text: length-grouped batches
     job = TrainJob(
         module=model, param_groups=groups, optim=cfg, amp=cfg.amp,
-        batches=in_memory_batches(images, labels, batch_size, seed, lengths, cfg.length_group),
-        steps_per_epoch=steps_per_epoch(len(images), batch_size),
+        batches=data.batches_for(batch_size, seed), steps_per_epoch=steps_per_epoch(data.count, batch_size),
         batch_size_key="finetune.batch_size", lr_key="finetune.lr",
     )
     history = fit(job, device, desc)
     return model, history
 
 
-def top1(model: Classifier, test: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> float:
-    """Top-1 accuracy of ``model`` on ``(x, labels [N])``: uint8 images or packed int64 text."""
-    return float((model.predict(test[0], device) == np.asarray(test[1])).mean())
+@torch.no_grad()
+def top1(model: Classifier, test: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> float:
+    """Top-1 accuracy of ``model`` (in eval mode) on batches ``(x, labels [B])`` of un-augmented
+    uint8 images or packed int64 text, read one batch at a time (a split is never held whole)."""
+    model.eval()
+    featurize = encoder_features(model.encoder, device)  # text: in length-sorted batches
+    correct = total = 0
+    for x, labels in test:
+        pred = model.head(torch.from_numpy(featurize(x)).to(device)).argmax(1).cpu()
+        correct += int((pred == labels).sum())
+        total += len(labels)
+    return correct / total

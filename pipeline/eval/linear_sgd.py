@@ -10,9 +10,8 @@ same question, the recipe the ImageNet papers report. Training goes through the 
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Iterable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,51 +19,11 @@ from torch import nn
 from pipeline import dist
 from pipeline.config import OptimParams
 from pipeline.data.augment import random_resized_crop, to_float
-from pipeline.data.length_groups import length_grouped
+from pipeline.data.labelled import LabelledSet, steps_per_epoch
 from pipeline.train.loop import TrainJob, fit
 from pipeline.train.optim import param_groups
 
 CROP_RATIO = (0.75, 1.3333)
-
-
-def in_memory_batches(
-    images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int,
-    lengths: torch.Tensor | None = None, window_batches: int = 1,
-) -> Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
-    """``batches(epoch)`` for a ``TrainJob`` over in-memory tensors: each epoch a fresh
-    permutation drawn from a generator seeded with ``(seed, epoch)``, full batches only.
-    images: ``[N, C, H, W]`` (uint8) or packed text ``[N, 2, L]``, labels: ``[N]`` (int64).
-
-    ``lengths`` ``[N]`` (text: real tokens per entry): batches of similar lengths
-    (``length_grouped``): the permutation's windows of ``window_batches`` global batches
-    sorted by length, the epoch's batches then in a seeded random order.
-
-    Under DDP ``batch_size`` is per process: every rank draws the same permutation and
-    takes its slice of each global batch of ``batch_size x world`` images, so the ranks
-    together see the one-process run's global batches and all take
-    ``N // (batch_size x world)`` steps (``steps_per_epoch``)."""
-    labels = labels.long()
-    rank, world = dist.rank(), dist.world_size()
-    step = batch_size * world
-
-    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        perm = torch.randperm(len(images), generator=gen)
-        full = perm[: len(perm) // step * step]
-        if lengths is None:
-            full = full.view(-1, step)  # [steps, global batch]
-        else:
-            full = full[length_grouped(lengths[full], step, window_batches, gen)]
-        for idx in full:
-            idx = idx[rank * batch_size : (rank + 1) * batch_size]
-            yield images[idx], labels[idx]
-
-    return batches
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Optimizer steps of an epoch of ``n`` images at ``batch_size`` per process."""
-    return n // (batch_size * dist.world_size())
 
 
 def _topk(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
@@ -102,6 +61,8 @@ class FrozenLinear(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        if images.dtype != torch.uint8:  # its training views are image crops
+            raise ValueError(f"linear_sgd trains on augmented images: uint8 [N, C, H, W], got {images.dtype}")
         if self.gen is None or self.gen.device != images.device:
             self.gen = torch.Generator(device=images.device)
             self.gen.manual_seed(self.seed + dist.rank())  # each rank its own views (rank 0: as one process)
@@ -112,22 +73,21 @@ class FrozenLinear(nn.Module):
         return {"loss": F.cross_entropy(logits, labels), "acc": (logits.argmax(1) == labels).float().mean()}
 
     @torch.no_grad()
-    def logits(self, images: torch.Tensor, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
-        """Logits ``[N, classes]`` of un-augmented uint8 images, in eval mode, on the CPU."""
+    def logits(self, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Logits ``[N, classes]`` of a batch of un-augmented uint8 images, in eval mode, on the CPU."""
         self.eval()
-        out = [self.head(self.encoder(to_float(images[i : i + batch_size].to(device))).float()).cpu()
-               for i in range(0, len(images), batch_size)]
-        return torch.cat(out)
+        return self.head(self.encoder(to_float(images.to(device))).float()).cpu()
 
 
 def linear_sgd(
-    encoder: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
+    encoder: nn.Module, train: LabelledSet, test: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int,
     epochs: int, batch_size: int, lr: float, seed: int, device: torch.device,
     crop_scale: tuple[float, float] = (0.08, 1.0), amp: bool = True,
 ) -> dict:
     """Train a linear head on the frozen ``encoder`` and report test accuracy.
 
-    train, test: ``(images uint8 [N, C, H, W], labels int [N])`` on the CPU. SGD with
+    train: uint8 images ``[B, C, H, W]`` with labels (``LabelledSet``: streamed from the shards,
+    or in memory); test: batches ``(images uint8 [B, C, H, W], labels [B])``. SGD with
     momentum 0.9 and no weight decay (the papers' probe), ``lr`` per 256 images (scaled
     linearly with the batch size, as every run of the shared loop), cosine decay to 0 over
     ``epochs`` without warmup. ``batch_size`` is capped at the number of training images; the last partial
@@ -137,19 +97,14 @@ def linear_sgd(
     Returns ``top1`` (and ``top5`` with more than 5 classes) on ``test``, the last epoch's
     training loss/accuracy (on augmented images), and the settings used.
     """
-    x_tr, y_tr = train[0], torch.as_tensor(np.asarray(train[1])).long()
-    x_te, y_te = test[0], torch.as_tensor(np.asarray(test[1])).long()
-    if x_tr.dtype != torch.uint8:  # its training views are image crops
-        raise ValueError(f"linear_sgd trains on augmented images: uint8 [N, C, H, W], got {x_tr.dtype}")
-    if len(x_tr) < 2:
+    if train.count < 2:
         raise ValueError("linear_sgd needs at least 2 training images")
-    n_classes = int(max(int(y_tr.max()), int(y_te.max()))) + 1
-    batch_size = min(batch_size, len(x_tr))
-    model = FrozenLinear(encoder, n_classes, seed, crop_scale)  # the head is seeded alike on every rank; views per rank
+    batch_size = min(batch_size, train.count)
+    model = FrozenLinear(encoder, num_classes, seed, crop_scale)  # the head is seeded alike on every rank; views per rank
     optim = OptimParams(epochs=epochs, batch_size=batch_size, optimizer="sgd", lr=lr, momentum=0.9, weight_decay=0.0)
     job = TrainJob(
         module=model, param_groups=param_groups(model.head), optim=optim, amp=amp,
-        batches=in_memory_batches(x_tr, y_tr, batch_size, seed), steps_per_epoch=steps_per_epoch(len(x_tr), batch_size),
+        batches=train.batches_for(batch_size, seed), steps_per_epoch=steps_per_epoch(train.count, batch_size),
     )
     was_training = encoder.training
     grad_flags = [p.requires_grad for p in encoder.parameters()]
@@ -157,16 +112,17 @@ def linear_sgd(
         for p in encoder.parameters():
             p.requires_grad_(False)
         history = fit(job, device, "linear-sgd")
-        logits = model.logits(x_te, device)
+        logits, labels = zip(*((model.logits(x, device), y.long()) for x, y in test))  # the test split batch by batch
     finally:
         for p, flag in zip(encoder.parameters(), grad_flags):
             p.requires_grad_(flag)
         encoder.train(was_training)
+    logits, labels = torch.cat(logits), torch.cat(labels)
     result = {
-        "top1": _topk(logits, y_te, 1), "train_loss_last_epoch": history[-1]["loss"],
+        "top1": _topk(logits, labels, 1), "train_loss_last_epoch": history[-1]["loss"],
         "train_acc_last_epoch": history[-1]["acc"], "epochs": epochs, "batch_size": batch_size, "lr": lr,
         "crop_scale": list(crop_scale),
     }
-    if n_classes > 5:
-        result["top5"] = _topk(logits, y_te, 5)
+    if num_classes > 5:
+        result["top5"] = _topk(logits, labels, 5)
     return result

@@ -2,9 +2,10 @@
 
 A protocol (``pipeline/eval/protocols/<name>.py``) measures one encoder, or a features-only
 baseline (raw pixels, TF-IDF), by one standard recipe (linear probe, kNN, few-shot, ...). It
-gets an ``EvalContext``: the labelled splits (uint8 images ``[N, C, H, W]``, or packed int64
-text ``[N, 2, L]``), their frozen features (computed once per split and shared by everything
-in the stage), the encoder when there is one, and the params. It returns its full results
+gets an ``EvalContext``: the labelled splits, streamed from the shards batch by batch (uint8
+images ``[B, C, H, W]``, or packed int64 text ``[B, 2, L]``) and as training sets, their frozen
+features (computed once per split and shared by everything in the stage), the encoder when
+there is one, and the params. It returns its full results
 (the details file); ``headline`` picks the few numbers a reviewer compares (the DVC metrics
 file); ``summary`` gives its columns of the report's method-by-metric table and ``section``
 its own part of the report. Every method and every baseline goes through the same code.
@@ -14,12 +15,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 import torch
 
 from pipeline.config import Params
+from pipeline.data.labelled import LabelledSet, in_memory, streamed
+from pipeline.data.loader import loader_workers
 from pipeline.data.shards import load_split, stream_batches
 from pipeline.eval.baselines import FEATURE_BASELINES
 from pipeline.eval.features import BATCH, Featurizer, encoder_features
@@ -63,11 +66,35 @@ class EvalContext:
         return is_text_manifest(self.manifest)
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x, labels int64 [N])`` of a labelled split, read once: x uint8 images ``[N, C, H, W]``
-        or packed int64 text ``[N, 2, L]``."""
+        """``(x, labels int64 [N])`` of a whole labelled split, read once and held: x uint8 images
+        ``[N, C, H, W]`` or packed int64 text ``[N, 2, L]``. For text only (short entries that
+        train in batches of similar lengths over the whole epoch); images stream (``batches``,
+        ``training_set``, ``first``)."""
         if name not in self._splits:
             self._splits[name] = load_split(self.shards, name)
         return self._splits[name]
+
+    def batches(self, name: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """A labelled split in shard order, ``BATCH`` samples at a time (the last batch smaller):
+        what predictions and features are computed from without holding the split."""
+        return stream_batches(self.shards, name, BATCH, 1, seed=0, rank=0, world_size=1, ordered=True, drop_last=False)
+
+    def first(self, name: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` samples of a split in shard order and their labels, decoding only those."""
+        n = min(n, self.manifest["splits"][name]["count"])
+        return next(stream_batches(self.shards, name, n, 1, seed=0, rank=0, world_size=1, ordered=True))
+
+    def training_set(self, splits: tuple[str, ...], shuffle_buffer: int, window_batches: int = 1,
+                     keep: dict[str, np.ndarray] | None = None) -> LabelledSet:
+        """The labelled samples of ``splits`` (or only the ``keep`` indices of each, in shard
+        order) as a classifier trains on them: images streamed from the shards every epoch
+        through a ``shuffle_buffer`` (never a split in memory, whatever its size; decoded by the
+        loader workers a GPU host gets); text from memory, in batches of similar lengths sorted
+        in windows of ``window_batches`` batches over the whole epoch."""
+        if self.is_text:
+            parts = [self.split(s) if keep is None else tuple(t[torch.as_tensor(keep[s])] for t in self.split(s)) for s in splits]
+            return in_memory(torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts]), window_batches)
+        return streamed(self.shards, splits, shuffle_buffer, loader_workers(None, self.device), self.device, keep)
 
     def featurize(self, x: torch.Tensor) -> np.ndarray:
         """Frozen features ``[N, D]`` float32 of samples ``x`` (images or packed text)."""
@@ -87,9 +114,7 @@ class EvalContext:
                 images, labels = self._splits[name]
                 self._features[name] = (self.featurize(images), labels.numpy())
             else:
-                batches = stream_batches(self.shards, name, BATCH, 1, seed=0, rank=0, world_size=1, ordered=True,
-                                         drop_last=False)
-                feats, labels = zip(*((self.featurize(x), y.numpy()) for x, y in batches))
+                feats, labels = zip(*((self.featurize(x), y.numpy()) for x, y in self.batches(name)))
                 self._features[name] = (np.concatenate(feats), np.concatenate(labels))
         return self._features[name]
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipeline.data.length_groups import length_grouped
-from pipeline.eval.linear_sgd import in_memory_batches
+from pipeline.data.labelled import in_memory_batches
 
 
 def padded(batches: list[torch.Tensor], lengths: torch.Tensor) -> int:

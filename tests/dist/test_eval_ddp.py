@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from pipeline import dist
-from pipeline.eval.linear_sgd import in_memory_batches
+from pipeline.data.labelled import in_memory_batches
 
 REPO = Path(__file__).resolve().parents[2]
 

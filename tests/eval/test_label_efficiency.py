@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from pipeline.config import EncoderParams, FinetuneParams
+from pipeline.data.labelled import in_memory
 from pipeline.eval.finetune import train_classifier
 from pipeline.eval.label_efficiency import balanced_subset, per_class_count
 from pipeline.models.encoder import Encoder, TextEncoder
@@ -59,7 +60,7 @@ def test_train_classifier_on_in_memory_tensors_is_deterministic():
     def run():
         torch.manual_seed(1)
         enc = Encoder(EncoderParams(width=4, layers=[1]), 1, [0.5], [0.3])
-        model, _ = train_classifier(enc, images, labels, 3, cfg, 0.1, seed=0, device=CPU, desc="t")
+        model, _ = train_classifier(enc, in_memory(images, labels), 3, cfg, 0.1, seed=0, device=CPU, desc="t")
         return model.head.weight.detach().clone()
 
     assert torch.equal(run(), run())
@@ -80,7 +81,7 @@ def test_train_classifier_batches_text_by_length(length_group):
     seen = []
     enc.register_forward_pre_hook(lambda _, args: seen.append(args[0][:, 1].sum(1)) if enc.training else None)
     cfg = FinetuneParams(epochs=1, batch_size=16, lr=0.01, optimizer="adamw", length_group=length_group)
-    train_classifier(enc, x, labels, 3, cfg, 1.0, seed=0, device=CPU, desc="t")
+    train_classifier(enc, in_memory(x, labels, cfg.length_group), 3, cfg, 1.0, seed=0, device=CPU, desc="t")
     assert len(seen) == n // 16
     spans = sorted((int(s.min()), int(s.max())) for s in seen)
     disjoint = all(hi <= lo for (_, hi), (lo, _) in zip(spans, spans[1:]))

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from pipeline.config import EncoderParams
-from pipeline.eval.linear_sgd import FrozenLinear, in_memory_batches, linear_sgd
+from pipeline.data.labelled import in_memory, in_memory_batches
+from pipeline.eval.linear_sgd import FrozenLinear, linear_sgd
 from pipeline.models.encoder import Encoder
 
 CPU = torch.device("cpu")
@@ -32,7 +33,7 @@ def test_frozen_random_encoder_beats_chance_and_stays_unchanged(small):
     train, test = small
     enc = random_encoder()
     before = {k: v.clone() for k, v in enc.state_dict().items()}
-    res = linear_sgd(enc, train, test, epochs=4, batch_size=50, lr=2.0, seed=0, device=CPU, crop_scale=(0.5, 1.0))
+    res = linear_sgd(enc, in_memory(*train), [test], 10, epochs=4, batch_size=50, lr=2.0, seed=0, device=CPU, crop_scale=(0.5, 1.0))
     assert res["top1"] > 0.3  # chance 0.10 on 10 Fashion-MNIST classes
     assert res["top1"] <= res["top5"] <= 1.0
     after = enc.state_dict()
@@ -43,7 +44,8 @@ def test_frozen_random_encoder_beats_chance_and_stays_unchanged(small):
 def test_deterministic_for_a_seed(small):
     train, test = small
     train = (train[0][:200], train[1][:200])
-    run = lambda seed: linear_sgd(random_encoder(), train, test, epochs=2, batch_size=50, lr=1.0, seed=seed, device=CPU)  # noqa: E731
+    run = lambda seed: linear_sgd(random_encoder(), in_memory(*train), [test], 10, epochs=2, batch_size=50, lr=1.0,  # noqa: E731
+                                  seed=seed, device=CPU)
     a, b, c = run(3), run(3), run(4)
     assert a == b
     assert a["train_loss_last_epoch"] != c["train_loss_last_epoch"]

@@ -102,7 +102,7 @@ def test_label_efficiency_arms_share_the_labels(tiny_shards, small):
     enc = encoder(tiny_shards)
     ctx = ctx_for(tiny_shards, small, enc)
     res = registry.get("label_efficiency").run(ctx)
-    (_, y_tr), (_, y_va) = ctx.split("train"), ctx.split("val")
+    (_, y_tr), (_, y_va) = ctx.features("train"), ctx.features("val")
     n = len(balanced_subset(y_tr, 0.1, 0)) + len(balanced_subset(y_va, 0.1, 1))
     assert list(res) == ["0.1"] and res["0.1"]["n_labels"] == n and res["0.1"]["fraction_effective"] == n / 600 and res["0.1"]["epochs"] == 50
     assert res["0.1"]["linear"] > 0.3 and res["0.1"]["finetune"] > 0.2  # chance 0.10 with 60 labels
@@ -181,3 +181,23 @@ def test_dvc_yaml_runs_every_listed_protocol_on_every_method_and_baseline():
         assert "${item.protocol}" in s["params"]  # each protocol's own section, nothing else of the protocols
         assert s["cmd"].startswith("python stages/evaluate.py ${item.protocol}")
         assert any("${item.protocol}/${item.%s}.json" % axis in str(m) for m in s["metrics"])
+
+
+def test_image_protocols_never_hold_a_whole_split(tiny_shards, small, monkeypatch):
+    """Fine-tuning, the SGD probe, label efficiency's fine-tune arm and the diagnostics read
+    image splits as streams: ``load_split`` (a whole split as one tensor) is never called,
+    so a stage's memory does not grow with the dataset's images."""
+    import pipeline.eval.protocol as protocol_module
+
+    def refuse(*args):
+        raise AssertionError(f"load_split{args}: an image split held whole")
+
+    monkeypatch.setattr(protocol_module, "load_split", refuse)
+    sgd = small.linear_eval.model_copy(update={"sgd_epochs": 4, "sgd_batch_size": 50, "sgd_lr": 1.0})  # 32 steps, not 1
+    params = small.model_copy(update={"protocol_params": small.protocol_params | {"linear_eval": sgd}})
+    ctx = ctx_for(tiny_shards, params, encoder(tiny_shards))
+    ran = {name: registry.get(name).run(ctx) for name in ("finetune", "linear_eval", "label_efficiency", "diagnostics")}
+    assert ran["finetune"]["n_labels"] == 600 and ran["finetune"]["top1"] > 0.2  # chance 0.10
+    assert ran["linear_eval"]["linear_sgd"]["top1"] > 0.2
+    assert ran["label_efficiency"]["0.1"]["finetune"] > 0.2
+    assert ran["diagnostics"]["effective_rank"] > 1

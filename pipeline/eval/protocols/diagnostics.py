@@ -33,8 +33,7 @@ class Diagnostics(Protocol):
     needs_encoder = True
 
     def run(self, ctx: EvalContext) -> dict:
-        images, labels = ctx.split("test")
-        images, labels = images[: ctx.params.diagnostics.images], labels[: ctx.params.diagnostics.images]
+        images, labels = ctx.first("test", ctx.params.diagnostics.images)
         clean = ctx.featurize(images)  # the evaluations' features, for the diagnostics and the map
         result = diagnose(ctx.encoder, images, views_for(ctx), ctx.device,
                           collapse_threshold=ctx.params.diagnostics.collapse_threshold, clean=clean)

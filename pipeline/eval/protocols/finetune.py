@@ -4,20 +4,21 @@ random-init baseline the encoder trains at the full learning rate: supervised fr
 
 from __future__ import annotations
 
-import torch
-
 from pipeline import config
 from pipeline.config import FinetuneParams
+from pipeline.data.labelled import LabelledSet
 from pipeline.errors import UserError
 from pipeline.eval.finetune import top1, train_classifier
 from pipeline.eval.protocol import EvalContext, Protocol
 from pipeline.eval.registry import register
 
 
-def labelled_set(ctx: EvalContext) -> tuple[torch.Tensor, torch.Tensor]:
-    """Train + val images ``[N, C, H, W]`` and labels ``[N]``: every label a protocol may fit."""
-    (xtr, ytr), (xva, yva) = ctx.split("train"), ctx.split("val")
-    return torch.cat([xtr, xva]), torch.cat([ytr, yva])
+LABELLED = ("train", "val")  # every label a protocol may fit
+
+
+def labelled_set(ctx: EvalContext, cfg: FinetuneParams, keep: dict | None = None) -> LabelledSet:
+    """The train + val samples (or their ``keep`` indices) as ``cfg``'s fine-tuning trains on them."""
+    return ctx.training_set(LABELLED, cfg.shuffle_buffer, cfg.length_group, keep)
 
 
 def encoder_lr_mult(ctx: EvalContext) -> float:
@@ -39,12 +40,12 @@ class Finetune(Protocol):
                             f"{n} labelled train+val images; lower finetune.batch_size to at most {n}")
 
     def run(self, ctx: EvalContext) -> dict:
-        images, labels = labelled_set(ctx)
         cfg = ctx.params.finetune
+        data = labelled_set(ctx, cfg)
         mult = encoder_lr_mult(ctx)
-        model, history = train_classifier(ctx.trainable_encoder(), images, labels, ctx.num_classes, cfg, mult, ctx.seed,
+        model, history = train_classifier(ctx.trainable_encoder(), data, ctx.num_classes, cfg, mult, ctx.seed,
                                           ctx.device, f"finetune {ctx.name}")
-        return {"top1": top1(model, ctx.split("test"), ctx.device), "n_labels": int(len(labels)), "epochs": cfg.epochs,
+        return {"top1": top1(model, ctx.batches("test"), ctx.device), "n_labels": data.count, "epochs": cfg.epochs,
                 "encoder_lr_mult": mult, "train_loss_last_epoch": history[-1]["loss"], "train_acc_last_epoch": history[-1]["acc"]}
 
     def headline(self, result: dict) -> dict:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from pipeline import config
 from pipeline.config import LabelEfficiencyParams
 from pipeline.eval.checks import check_label_efficiency
@@ -31,32 +29,30 @@ class LabelEfficiency(Protocol):
         check_label_efficiency(params, manifest)
 
     def run(self, ctx: EvalContext) -> dict:
-        (_, y_tr), (_, y_va) = ctx.split("train"), ctx.split("val")
         le = ctx.params.label_efficiency
         ft = le.finetune
+        (f_tr, y_tr), (f_va, y_va) = ctx.features("train"), ctx.features("val")
         out = {}
         for fraction in le.fractions:
-            # the same labelled images for both arms: a balanced subset of train (the probe's fit)
+            # the same labelled samples for both arms: a balanced subset of train (the probe's fit)
             # and of val (its C sweep); fine-tuning trains on their union
-            tr_idx = balanced_subset(y_tr.numpy(), fraction, ctx.seed)
-            va_idx = balanced_subset(y_va.numpy(), fraction, ctx.seed + 1)
+            tr_idx = balanced_subset(y_tr, fraction, ctx.seed)
+            va_idx = balanced_subset(y_va, fraction, ctx.seed + 1)
             row = {"n_labels": int(len(tr_idx) + len(va_idx)),
                    "fraction_effective": (len(tr_idx) + len(va_idx)) / (len(y_tr) + len(y_va))}
-            (f_tr, l_tr), (f_va, l_va) = ctx.features("train"), ctx.features("val")
-            row["linear"] = linear_probe((f_tr[tr_idx], l_tr[tr_idx]), (f_va[va_idx], l_va[va_idx]), ctx.features("test"),
+            row["linear"] = linear_probe((f_tr[tr_idx], y_tr[tr_idx]), (f_va[va_idx], y_va[va_idx]), ctx.features("test"),
                                          le.c_grid, le.max_iter)["top1"]
             if ctx.encoder is not None:
-                images = np.concatenate([tr_idx, len(y_tr) + va_idx])
-                x_all, y_all = labelled_set(ctx)
-                n = len(images)
+                data = labelled_set(ctx, ft, keep={"train": tr_idx, "val": va_idx})  # streamed: only the subset decoded
+                n = data.count
                 batch_size = min(ft.batch_size, max(2, n // 2))
                 # at least min_steps optimizer steps, so 1% of the labels still trains for real
                 epochs = max(ft.epochs, math.ceil(le.min_steps / max(1, n // batch_size)))
                 cfg = ft.model_copy(update={"epochs": epochs, "batch_size": batch_size})
                 mult = ft.encoder_lr_mult if ctx.pretrained else 1.0
-                model, _ = train_classifier(ctx.trainable_encoder(), x_all[images], y_all[images], ctx.num_classes, cfg,
-                                            mult, ctx.seed, ctx.device, f"label-eff {fraction:g} {ctx.name}")
-                row["finetune"], row["epochs"] = top1(model, ctx.split("test"), ctx.device), epochs
+                model, _ = train_classifier(ctx.trainable_encoder(), data, ctx.num_classes, cfg, mult, ctx.seed, ctx.device,
+                                            f"label-eff {fraction:g} {ctx.name}")
+                row["finetune"], row["epochs"] = top1(model, ctx.batches("test"), ctx.device), epochs
             out[str(fraction)] = row
         return out
 

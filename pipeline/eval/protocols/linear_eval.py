@@ -26,8 +26,9 @@ class LinearEval(Protocol):
             out["linear_sgd_not_applicable"] = ("linear_sgd trains on the encoder's features of augmented images "
                                                 "(random resized crops); text has no such views: set linear_eval.sgd_epochs: 0")
         elif le.sgd_epochs and ctx.encoder is not None:  # trains on the encoder's features of augmented images
-            out["linear_sgd"] = linear_sgd(ctx.encoder, ctx.split("train"), ctx.split("test"), le.sgd_epochs, le.sgd_batch_size,
-                                           le.sgd_lr, ctx.seed, ctx.device, crop_scale=tuple(le.sgd_crop_scale), amp=le.amp)
+            out["linear_sgd"] = linear_sgd(ctx.encoder, ctx.training_set(("train",), le.sgd_shuffle_buffer), ctx.batches("test"),
+                                           ctx.num_classes, le.sgd_epochs, le.sgd_batch_size, le.sgd_lr, ctx.seed, ctx.device,
+                                           crop_scale=tuple(le.sgd_crop_scale), amp=le.amp)
         return out
 
     def headline(self, result: dict) -> dict:

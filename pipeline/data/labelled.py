@@ -1,0 +1,99 @@
+"""Labelled samples a classifier trains on (fine-tuning, the SGD probe, label efficiency's
+fine-tune arm), whatever holds them:
+
+- ``streamed``: the shards, read epoch by epoch (a seeded shard order and shuffle buffer, as
+  pretraining reads them), so no split's images are ever held in memory, whatever its size;
+- ``in_memory``: tensors (text, whose short entries train in batches of similar lengths
+  over the whole epoch; tests).
+
+A ``LabelledSet`` does not fix the batch size: the trainer picks it (capped at the sample
+count), then asks for ``batches(epoch)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from pipeline import dist
+from pipeline.data.length_groups import length_grouped
+from pipeline.data.loader import epoch_batches
+from pipeline.data.shards import read_manifest
+from pipeline.models.encoder import text_lengths
+
+Batches = Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]  # epoch -> (x, labels int64 [B]) on the CPU
+
+
+@dataclass(frozen=True)
+class LabelledSet:
+    """``count`` samples; ``batches_for(batch_size, seed)`` -> ``batches(epoch)``, full batches
+    of ``batch_size`` per process, a fresh seeded order each epoch; under DDP each rank gets
+    ``steps_per_epoch(count, batch_size)`` batches of its own samples."""
+
+    count: int
+    batches_for: Callable[[int, int], Batches]
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimizer steps of an epoch of ``n`` samples at ``batch_size`` per process."""
+    return n // (batch_size * dist.world_size())
+
+
+def streamed(shard_dir, splits: tuple[str, ...], shuffle_buffer: int, workers: int, device: torch.device,
+             keep: dict[str, np.ndarray] | None = None) -> LabelledSet:
+    """The labelled samples of ``splits`` (all, or the ``keep`` indices of each split), read
+    from the shards every epoch and decoded by ``workers`` loader processes (``epoch_batches``)."""
+    counts = read_manifest(shard_dir)["splits"]
+    count = sum(counts[s]["count"] for s in splits) if keep is None else sum(len(keep[s]) for s in splits)
+
+    def batches_for(batch_size: int, seed: int) -> Batches:
+        return lambda epoch: epoch_batches(shard_dir, splits, batch_size, shuffle_buffer, seed * 100_003 + epoch, workers,
+                                           device, keep=keep)
+
+    return LabelledSet(count, batches_for)
+
+
+def in_memory(x: torch.Tensor, labels: torch.Tensor, window_batches: int = 1) -> LabelledSet:
+    """Samples held as tensors: uint8 images ``[N, C, H, W]`` or packed int64 text ``[N, 2, L]``
+    (then batches of similar lengths, sorted in windows of ``window_batches`` batches:
+    ``in_memory_batches``), labels ``[N]``."""
+    lengths = text_lengths(x) if x.dtype == torch.int64 else None
+    return LabelledSet(len(x), lambda batch_size, seed: in_memory_batches(x, labels, batch_size, seed, lengths, window_batches))
+
+
+def in_memory_batches(
+    images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int,
+    lengths: torch.Tensor | None = None, window_batches: int = 1,
+) -> Batches:
+    """``batches(epoch)`` for a ``TrainJob`` over in-memory tensors: each epoch a fresh
+    permutation drawn from a generator seeded with ``(seed, epoch)``, full batches only.
+    images: ``[N, C, H, W]`` (uint8) or packed text ``[N, 2, L]``, labels: ``[N]`` (int64).
+
+    ``lengths`` ``[N]`` (text: real tokens per entry): batches of similar lengths
+    (``length_grouped``): the permutation's windows of ``window_batches`` global batches
+    sorted by length, the epoch's batches then in a seeded random order.
+
+    Under DDP ``batch_size`` is per process: every rank draws the same permutation and
+    takes its slice of each global batch of ``batch_size x world`` images, so the ranks
+    together see the one-process run's global batches and all take
+    ``N // (batch_size x world)`` steps (``steps_per_epoch``)."""
+    labels = labels.long()
+    rank, world = dist.rank(), dist.world_size()
+    step = batch_size * world
+
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        perm = torch.randperm(len(images), generator=gen)
+        full = perm[: len(perm) // step * step]
+        if lengths is None:
+            full = full.view(-1, step)  # [steps, global batch]
+        else:
+            full = full[length_grouped(lengths[full], step, window_batches, gen)]
+        for idx in full:
+            idx = idx[rank * batch_size : (rank + 1) * batch_size]
+            yield images[idx], labels[idx]
+
+    return batches

@@ -1,0 +1,72 @@
+"""Labelled training sets streamed from the shards (``pipeline/data/labelled.py``, the
+multi-split and ``keep`` streams of ``shards.stream_batches``): every sample once an epoch,
+only the kept ones decoded, a fresh seeded order each epoch, equal shares under DDP."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import dist
+from pipeline.data import shards
+from pipeline.data.labelled import steps_per_epoch, streamed
+
+CPU = torch.device("cpu")
+
+
+def rows(x: torch.Tensor) -> list[bytes]:
+    """Each image's bytes, sorted: a batch's content regardless of order."""
+    return sorted(img.numpy().tobytes() for img in x)
+
+
+def test_two_splits_stream_as_one_with_every_sample_once(tiny_shards):
+    (xtr, _), (xva, _) = shards.load_split(tiny_shards, "train"), shards.load_split(tiny_shards, "val")
+    batches = list(shards.stream_batches(tiny_shards, ("train", "val"), 64, 1000, seed=3, drop_last=False))
+    assert [len(b[0]) for b in batches] == [64] * 9 + [24]  # 400 + 200
+    assert rows(torch.cat([x for x, _ in batches])) == rows(torch.cat([xtr, xva]))
+    full = list(shards.stream_batches(tiny_shards, ("train", "val"), 64, 1000, seed=3))
+    assert len(full) == 9  # full batches only by default
+
+
+def test_keep_streams_only_the_subset_and_decodes_nothing_else(tiny_shards, monkeypatch):
+    keep = {"train": np.array([0, 5, 17, 399]), "val": np.array([1, 199])}
+    (xtr, ytr), (xva, yva) = shards.load_split(tiny_shards, "train"), shards.load_split(tiny_shards, "val")
+    decoded = []
+    real = shards._decode
+    monkeypatch.setattr(shards, "_decode", lambda sample, codec: decoded.append(sample["__key__"]) or real(sample, codec))
+    (x, y), = shards.stream_batches(tiny_shards, ("train", "val"), 6, 1000, seed=0, keep=keep)
+    assert sorted(decoded) == ["train_00000000", "train_00000005", "train_00000017", "train_00000399",
+                               "val_00000001", "val_00000199"]
+    assert rows(x) == rows(torch.cat([xtr[keep["train"]], xva[keep["val"]]]))
+    assert sorted(y.tolist()) == sorted(torch.cat([ytr[keep["train"]], yva[keep["val"]]]).tolist())
+
+
+def test_streamed_set_reshuffles_each_epoch_with_labels_in_place(tiny_shards):
+    data = streamed(tiny_shards, ("train", "val"), 1000, workers=0, device=CPU)
+    assert data.count == 600
+    batches = data.batches_for(64, 0)
+    e0, again, e1 = list(batches(0)), list(batches(0)), list(batches(1))
+    assert len(e0) == steps_per_epoch(600, 64) == 9
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(e0, again))  # seeded
+    assert not torch.equal(e0[0][0], e1[0][0])
+    assert not torch.equal(e0[0][0], list(data.batches_for(64, 1)(0))[0][0])  # the seed matters
+    # every image keeps its own label: the same (image, label) pairs as the splits in memory
+    pairs = lambda bs: sorted((x.numpy().tobytes(), int(y)) for xb, yb in bs for x, y in zip(xb, yb))  # noqa: E731
+    whole = [shards.load_split(tiny_shards, s) for s in ("train", "val")]
+    assert set(pairs(e0)) <= set(pairs(whole))
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_streamed_ranks_take_equal_disjoint_shares(tiny_shards, monkeypatch, world):
+    keep = {"train": np.arange(0, 400, 2), "val": np.arange(100)}  # 300 samples
+    seen = []
+    for rank in range(world):
+        monkeypatch.setattr(dist, "world_size", lambda: world)
+        monkeypatch.setattr(dist, "rank", lambda rank=rank: rank)
+        data = streamed(tiny_shards, ("train", "val"), 1000, workers=0, device=CPU, keep=keep)
+        batches = list(data.batches_for(16, 0)(0))
+        assert len(batches) == steps_per_epoch(300, 16) == 300 // (16 * world)
+        seen.append(rows(torch.cat([x for x, _ in batches])))
+    flat = [r for rank_rows in seen for r in rank_rows]
+    assert len(set(flat)) == len(flat)  # no sample on two ranks
