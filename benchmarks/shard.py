@@ -101,20 +101,11 @@ def memory_of_tree(pid: int) -> tuple[int, int]:
     return rss, anon
 
 
-def run_stage(folder: Path, out: Path, workers: int, args, work: Path) -> dict:
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["data"].update(source="imagefolder", root=str(folder), image_size=args.store_size, channels=3,
-                       store_size=args.store_size, image_format=args.format, pretrain_size=None, train_size=None,
-                       val_size=max(1, len(list(folder.rglob("*.jpg"))) // 20), test_fraction=0.1,
-                       shard_size=args.shard_size, workers=workers)
-    params = work / f"params-{folder.name}-{workers}.yaml"
-    params.write_text(yaml.safe_dump(raw))
-    timing = work / "time.txt"
-    cmd = ["/usr/bin/time", "-f", "%M %U %S", "-o", str(timing), sys.executable, str(REPO / "stages" / "shard.py"),
-           "--params", str(params), "--out", str(out)]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+def run_sampled(cmd: list[str], cwd: Path, env: dict) -> tuple[subprocess.Popen, str, str, float, list[int]]:
+    """Run ``cmd``, sampling its process tree's memory every 0.25 s: the finished process, its
+    stdout and stderr, the wall seconds and the peaks ``[RSS sum, anonymous RSS sum]`` in bytes."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = [0, 0]
 
     def sample() -> None:
@@ -127,6 +118,21 @@ def run_stage(folder: Path, out: Path, workers: int, args, work: Path) -> dict:
     stdout, stderr = proc.communicate()
     wall = time.perf_counter() - start
     sampler.join()
+    return proc, stdout, stderr, wall, peak
+
+
+def run_stage(folder: Path, out: Path, workers: int, args, work: Path) -> dict:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["data"].update(source="imagefolder", root=str(folder), image_size=args.store_size, channels=3,
+                       store_size=args.store_size, image_format=args.format, pretrain_size=None, train_size=None,
+                       val_size=max(1, len(list(folder.rglob("*.jpg"))) // 20), test_fraction=0.1,
+                       shard_size=args.shard_size, workers=workers)
+    params = work / f"params-{folder.name}-{workers}.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    timing = work / "time.txt"
+    cmd = ["/usr/bin/time", "-f", "%M %U %S", "-o", str(timing), sys.executable, str(REPO / "stages" / "shard.py"),
+           "--params", str(params), "--out", str(out)]
+    proc, stdout, stderr, wall, peak = run_sampled(cmd, work, dict(os.environ, PYTHONPATH=str(REPO)))
     if proc.returncode:
         raise SystemExit(f"shard stage failed ({proc.returncode}):\n{stderr}")
     manifest = json.loads((out / "manifest.json").read_text())

@@ -12,7 +12,9 @@ count), then asks for ``batches(epoch)``.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -21,7 +23,7 @@ import torch
 from pipeline import dist
 from pipeline.data.length_groups import length_grouped
 from pipeline.data.loader import epoch_batches
-from pipeline.data.shards import read_manifest
+from pipeline.data.shards import read_manifest, write_subset
 from pipeline.models.encoder import text_lengths
 
 Batches = Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]  # epoch -> (x, labels int64 [B]) on the CPU
@@ -35,6 +37,7 @@ class LabelledSet:
 
     count: int
     batches_for: Callable[[int, int], Batches]
+    scratch: tempfile.TemporaryDirectory | None = None  # a subset's copy (``streamed``), removed with the set
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -44,16 +47,23 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 def streamed(shard_dir, splits: tuple[str, ...], shuffle_buffer: int, workers: int, device: torch.device,
              keep: dict[str, np.ndarray] | None = None) -> LabelledSet:
-    """The labelled samples of ``splits`` (all, or the ``keep`` indices of each split), read
-    from the shards every epoch and decoded by ``workers`` loader processes (``epoch_batches``)."""
-    counts = read_manifest(shard_dir)["splits"]
-    count = sum(counts[s]["count"] for s in splits) if keep is None else sum(len(keep[s]) for s in splits)
+    """The labelled samples of ``splits``, read from the shards every epoch and decoded by
+    ``workers`` loader processes (``epoch_batches``). With ``keep`` (``{split: indices}``, e.g. a
+    label-efficiency fraction) only those: copied once, still encoded, to a scratch shard
+    folder (``shards.write_subset``, under the temporary directory, removed with the set), so
+    each epoch reads the subset alone, not the whole split around it."""
+    scratch = None
+    if keep is not None:
+        scratch = tempfile.TemporaryDirectory(prefix="labelled-subset-")
+        write_subset(shard_dir, splits, keep, Path(scratch.name))
+        shard_dir, splits = scratch.name, ("subset",)
+    count = sum(read_manifest(shard_dir)["splits"][s]["count"] for s in splits)
 
     def batches_for(batch_size: int, seed: int) -> Batches:
         return lambda epoch: epoch_batches(shard_dir, splits, batch_size, shuffle_buffer, seed * 100_003 + epoch, workers,
-                                           device, keep=keep)
+                                           device)
 
-    return LabelledSet(count, batches_for)
+    return LabelledSet(count, batches_for, scratch)
 
 
 def in_memory(x: torch.Tensor, labels: torch.Tensor, window_batches: int = 1) -> LabelledSet:

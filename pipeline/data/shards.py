@@ -539,6 +539,40 @@ def stream_batches(
         yield _to_batch(items, labels, samples_codec)
 
 
+def write_subset(shard_dir: str | Path, splits: tuple[str, ...], keep: dict[str, np.ndarray], out_dir: Path,
+                 shard_size: int = 10_000) -> int:
+    """Copy the ``keep`` samples of ``splits`` (``{split: indices in shard order}``), still
+    encoded, into ``out_dir`` as one split ``"subset"`` with its own manifest; returns their
+    count. A protocol that trains many epochs on a small fraction of a large split streams
+    this copy, reading only those samples each epoch instead of every sample of the split
+    (`stream_batches`' ``keep`` reads and skips the rest every time)."""
+    manifest = read_manifest(shard_dir)
+    kept = {s: frozenset(np.asarray(keep[s]).tolist()) for s in splits}
+    paths = [p for s in splits for p in shard_paths(shard_dir, s)]
+    ds = wds.WebDataset(paths, shardshuffle=False, nodesplitter=None, workersplitter=None,
+                        handler=functools.partial(_reraise_corrupt, recreate=_recreate(manifest)), empty_check=False)
+    names: dict[str, int] = {}
+    sink, n = None, 0
+    try:
+        for sample in ds:
+            if _sample_index(sample) not in kept[_sample_split(sample)]:
+                continue
+            if n % shard_size == 0:
+                if sink is not None:
+                    sink.close()
+                name = f"subset-{n // shard_size:06d}.tar"
+                sink, names[name] = wds.TarWriter(str(out_dir / name), mtime=0, user="ssl", group="ssl"), 0
+            sink.write({k: v for k, v in sample.items() if k == "__key__" or not k.startswith("__")})
+            names[name] += 1
+            n += 1
+    finally:
+        if sink is not None:
+            sink.close()
+    entry = {"count": n, "shards": {name: sha256(out_dir / name) for name in names}, "shard_counts": names}
+    write_manifest(out_dir, manifest | {"splits": {"subset": entry}})
+    return n
+
+
 def _sample_split(sample: dict) -> str:
     """The split a sample was written for: its key is ``<split>_<index>`` (``write_split``)."""
     return sample["__key__"].rsplit("_", 1)[0]

@@ -4,6 +4,9 @@ only the kept ones decoded, a fresh seeded order each epoch, equal shares under 
 
 from __future__ import annotations
 
+import gc
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -70,3 +73,26 @@ def test_streamed_ranks_take_equal_disjoint_shares(tiny_shards, monkeypatch, wor
         seen.append(rows(torch.cat([x for x, _ in batches])))
     flat = [r for rank_rows in seen for r in rank_rows]
     assert len(set(flat)) == len(flat)  # no sample on two ranks
+
+
+def test_a_kept_subset_streams_from_its_own_copy(tiny_shards, monkeypatch):
+    """With ``keep``, the set copies the subset once (still encoded) and each epoch reads only
+    that copy: the same samples and labels, none of the others read again; the copy goes
+    with the set."""
+    keep = {"train": np.array([3, 150, 151, 398]), "val": np.array([0, 120])}
+    data = streamed(tiny_shards, ("train", "val"), 1000, workers=0, device=CPU, keep=keep)
+    scratch = data.scratch.name
+    assert data.count == 6 and shards.read_manifest(scratch)["splits"]["subset"]["count"] == 6
+    read = []
+    real = shards.shard_paths
+    monkeypatch.setattr(shards, "shard_paths", lambda d, s: read.append(s) or real(d, s))
+    (x, y), = data.batches_for(6, 0)(0)
+    assert set(read) == {"subset"}  # the splits themselves are not read again
+    (xtr, ytr), (xva, yva) = shards.load_split(tiny_shards, "train"), shards.load_split(tiny_shards, "val")
+    pairs = sorted((img.numpy().tobytes(), int(label)) for img, label in zip(x, y))
+    expected = sorted((img.numpy().tobytes(), int(label)) for img, label in
+                      zip(torch.cat([xtr[keep["train"]], xva[keep["val"]]]), torch.cat([ytr[keep["train"]], yva[keep["val"]]])))
+    assert pairs == expected
+    del data
+    gc.collect()
+    assert not os.path.exists(scratch)
