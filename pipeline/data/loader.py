@@ -35,11 +35,11 @@ class EpochBatches(IterableDataset):
     (``stream_batches``' arguments)."""
 
     def __init__(self, shard_dir, split: str | tuple[str, ...], batch_size: int, shuffle_buffer: int, seed: int,
-                 skip_batches: int = 0, keep: dict | None = None):
+                 skip_batches: int = 0):
         # The rank is this process's (a worker has no process group); the shards' sha256 are
         # checked here once, and the workers trust what this process checked.
         self.args = dict(shard_dir=shard_dir, split=split, batch_size=batch_size, shuffle_buffer=shuffle_buffer, seed=seed,
-                         rank=dist.rank(), world_size=dist.world_size(), skip_batches=skip_batches, keep=keep)
+                         rank=dist.rank(), world_size=dist.world_size(), skip_batches=skip_batches)
         for name in (split,) if isinstance(split, str) else split:
             shards.shard_paths(shard_dir, name)
         shards.sample_codec(shard_dir, shards.read_manifest(shard_dir))  # a text folder's tokenizer checked here too
@@ -68,11 +68,11 @@ def loader_workers(requested: int | None, device: torch.device) -> int:
 
 
 def epoch_batches(shard_dir, split: str | tuple[str, ...], batch_size: int, shuffle_buffer: int, seed: int, workers: int,
-                  device: torch.device, skip_batches: int = 0, keep: dict | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                  device: torch.device, skip_batches: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The epoch's batches (from batch ``skip_batches`` on), decoded by ``workers`` processes
     (0: in this one), in pinned memory when the batches go to a GPU (``non_blocking`` copies).
-    ``split`` and ``keep``: as ``shards.stream_batches`` takes them (several splits, a subset)."""
-    dataset = EpochBatches(shard_dir, split, batch_size, shuffle_buffer, seed, skip_batches, keep)
+    ``split``: one split or several, as ``shards.stream_batches`` takes it."""
+    dataset = EpochBatches(shard_dir, split, batch_size, shuffle_buffer, seed, skip_batches)
     if workers == 0:
         yield from dataset
         return

@@ -449,7 +449,7 @@ def read_texts(shard_dir: str | Path, split: str) -> tuple[list[str], torch.Tens
 def stream_batches(
     shard_dir: str | Path, split: str | tuple[str, ...], batch_size: int, shuffle_buffer: int, seed: int,
     rank: int | None = None, world_size: int | None = None, ordered: bool = False, skip_batches: int = 0,
-    batch_slice: tuple[int, int] = (0, 1), drop_last: bool = True, keep: dict[str, np.ndarray] | None = None,
+    batch_slice: tuple[int, int] = (0, 1), drop_last: bool = True,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of shuffled uint8 batches ``([B, C, H, W], [B])`` streamed from the shards
     (a text shard folder: packed int64 ``[B, 2, L]``, see ``sample_codec``).
@@ -482,10 +482,8 @@ def stream_batches(
     ``drop_last=False`` (one process, no ``batch_slice``): also the last, smaller batch, so
     the batches hold every sample (feature extraction).
 
-    ``split`` may name several splits (``("train", "val")``): their shards make one stream.
-    ``keep`` (``{split: sample indices in shard order}``, every split named): only those
-    samples, selected before the shuffle buffer (the others are read and counted, never
-    decoded), e.g. a label-efficiency subset streamed without holding it in memory.
+    ``split`` may name several splits (``("train", "val")``): their shards make one stream
+    (a subset of them: ``write_subset``).
     """
     from pipeline import dist
 
@@ -496,31 +494,20 @@ def stream_batches(
     paths_of = {s: shard_paths(shard_dir, s) for s in splits}
     paths = [p for s in splits for p in paths_of[s]]
     samples_codec = sample_codec(shard_dir, manifest)
-    if keep is None:
-        total = sum(manifest["splits"][s]["count"] for s in splits)
-    else:
-        keep = {s: frozenset(np.asarray(keep[s]).tolist()) for s in splits}
-        total = sum(len(k) for k in keep.values())
+    total = sum(manifest["splits"][s]["count"] for s in splits)
     n_batches = total // (batch_size * world_size) if drop_last else -(-total // batch_size)
     read: Counter[str] = Counter({p: 0 for p in paths})  # a shard that yields nothing counts as 0
-
-    def counted(samples: Iterator[dict]) -> Iterator[dict]:
-        for sample in samples:
-            read[sample["__url__"]] += 1
-            if keep is None or _sample_index(sample) in keep[_sample_split(sample)]:
-                yield sample
-
     # nodesplitter/workersplitter=None: shards are split neither by node nor by DataLoader
     # worker; samples are split by rank below, and batches by worker (``batch_slice``).
     ds = wds.WebDataset(paths, shardshuffle=len(paths) if len(paths) > 1 and not ordered else False, seed=seed,
                         nodesplitter=None, workersplitter=None,
                         handler=functools.partial(_reraise_corrupt, recreate=_recreate(manifest)), empty_check=False)
-    ds = ds.compose(counted)
     if not ordered:
         ds = ds.shuffle(shuffle_buffer, initial=shuffle_buffer, seed=seed)
     offset, stride = batch_slice
     items, labels, mine = [], [], 0
     for sample in split_by_rank(ds, rank, world_size):
+        read[sample["__url__"]] += 1
         if sample.get("__mine__") is False:
             continue  # another rank's sample: counted, not decoded
         batch, mine = mine // batch_size, mine + 1  # the batch of this rank's epoch the sample is in
@@ -544,8 +531,7 @@ def write_subset(shard_dir: str | Path, splits: tuple[str, ...], keep: dict[str,
     """Copy the ``keep`` samples of ``splits`` (``{split: indices in shard order}``), still
     encoded, into ``out_dir`` as one split ``"subset"`` with its own manifest; returns their
     count. A protocol that trains many epochs on a small fraction of a large split streams
-    this copy, reading only those samples each epoch instead of every sample of the split
-    (`stream_batches`' ``keep`` reads and skips the rest every time)."""
+    this copy, reading only those samples each epoch instead of every sample of the splits."""
     manifest = read_manifest(shard_dir)
     kept = {s: frozenset(np.asarray(keep[s]).tolist()) for s in splits}
     paths = [p for s in splits for p in shard_paths(shard_dir, s)]
