@@ -14,7 +14,7 @@ import torch
 from pipeline import dist
 from pipeline.config import load_params
 from pipeline.data.loader import epoch_batches, loader_workers
-from pipeline.data.shards import read_manifest, stream_batches
+from pipeline.data.shards import first_samples, read_manifest, split_batches, stream_batches
 from pipeline.errors import UserError, exit_on_user_error
 from pipeline.eval.features import BATCH, encoder_features
 from pipeline.eval.knn import knn_accuracy
@@ -101,8 +101,8 @@ def _train(args, params, method_cls, manifest, device, out: Path, staged: Staged
     sample = next(stream_batches(args.shards, "pretrain", min(n_images, p.prepare_images), 1, params.seed,
                                  rank=0, world_size=1))[0].to(device)
     method.prepare(sample)
-    bank_x, bank_y = _first_images(args.shards, "train", manifest, p.knn_bank_size)
-    query_x, query_y = _first_images(args.shards, "val", manifest, p.knn_query_size)
+    bank_x, bank_y = _first_images(args.shards, "train", p.knn_bank_size)
+    query_x, query_y = _first_images(args.shards, "val", p.knn_query_size)
 
     def monitor(epoch: int, stats: dict) -> dict:
         if (epoch + 1) % p.knn_every and epoch + 1 != p.epochs:
@@ -145,8 +145,7 @@ def _train(args, params, method_cls, manifest, device, out: Path, staged: Staged
     last = history[-1]
     save_encoder(method.encoder, paths["encoder"])
     write_json(paths["provenance"], provenance(resolved, method=args.method, device=str(device), world_size=dist.world_size()))
-    held_out = method.held_out_metrics(lambda split: stream_batches(args.shards, split, BATCH, 1, seed=0, rank=0, world_size=1,
-                                                                     ordered=True, drop_last=False))
+    held_out = method.held_out_metrics(lambda split: split_batches(args.shards, split, BATCH))
     write_json(paths["metrics"], {"loss": last["loss"], "knn_top1": last["knn_top1"], "epochs": p.epochs} | held_out)
     wall = time.time() - t0
     images_per_s = sum(h["images_per_s"] for h in history) / len(history)
@@ -157,11 +156,9 @@ def _train(args, params, method_cls, manifest, device, out: Path, staged: Staged
           f"{'es' if dist.world_size() > 1 else ''})", file=sys.stderr, flush=True)
 
 
-def _first_images(shards: str, split: str, manifest: dict, n: int) -> tuple[torch.Tensor, np.ndarray]:
-    """The split's first ``n`` images and labels in shard order (what ``load_split(...)[:n]``
-    gives), decoding only those, on every rank alike."""
-    n = min(n, manifest["splits"][split]["count"])
-    x, y = next(stream_batches(shards, split, n, 1, seed=0, rank=0, world_size=1, ordered=True))
+def _first_images(shards: str, split: str, n: int) -> tuple[torch.Tensor, np.ndarray]:
+    """The split's first ``n`` images, and their labels as numpy (the kNN monitor's bank and queries)."""
+    x, y = first_samples(shards, split, n)
     return x, y.numpy()
 
 

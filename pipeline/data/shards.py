@@ -526,6 +526,19 @@ def stream_batches(
         yield _to_batch(items, labels, samples_codec)
 
 
+def split_batches(shard_dir: str | Path, split: str, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """A whole split in shard order, ``batch_size`` samples at a time (the last batch smaller),
+    in this process alone: what features and predictions are computed from without holding it."""
+    return stream_batches(shard_dir, split, batch_size, 1, seed=0, rank=0, world_size=1, ordered=True, drop_last=False)
+
+
+def first_samples(shard_dir: str | Path, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split's first ``n`` samples (all, if it has fewer) and labels in shard order, what
+    ``load_split(...)[:n]`` gives, decoding only those; the same on every rank."""
+    n = min(n, read_manifest(shard_dir)["splits"][split]["count"])
+    return next(stream_batches(shard_dir, split, n, 1, seed=0, rank=0, world_size=1, ordered=True))
+
+
 def write_subset(shard_dir: str | Path, splits: tuple[str, ...], keep: dict[str, np.ndarray], out_dir: Path,
                  shard_size: int = 10_000) -> int:
     """Copy the ``keep`` samples of ``splits`` (``{split: indices in shard order}``), still

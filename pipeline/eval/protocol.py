@@ -23,7 +23,7 @@ import torch
 from pipeline.config import Params
 from pipeline.data.labelled import LabelledSet, in_memory, streamed
 from pipeline.data.loader import loader_workers
-from pipeline.data.shards import load_split, stream_batches
+from pipeline.data.shards import first_samples, load_split, split_batches
 from pipeline.eval.baselines import FEATURE_BASELINES
 from pipeline.eval.features import BATCH, Featurizer, encoder_features
 from pipeline.models.encoder import Encoder
@@ -77,12 +77,11 @@ class EvalContext:
     def batches(self, name: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """A labelled split in shard order, ``BATCH`` samples at a time (the last batch smaller):
         what predictions and features are computed from without holding the split."""
-        return stream_batches(self.shards, name, BATCH, 1, seed=0, rank=0, world_size=1, ordered=True, drop_last=False)
+        return split_batches(self.shards, name, BATCH)
 
     def first(self, name: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The first ``n`` samples of a split in shard order and their labels, decoding only those."""
-        n = min(n, self.manifest["splits"][name]["count"])
-        return next(stream_batches(self.shards, name, n, 1, seed=0, rank=0, world_size=1, ordered=True))
+        return first_samples(self.shards, name, n)
 
     def training_set(self, splits: tuple[str, ...], shuffle_buffer: int, window_batches: int = 1,
                      keep: dict[str, np.ndarray] | None = None) -> LabelledSet:

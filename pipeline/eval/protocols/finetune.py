@@ -34,7 +34,7 @@ class Finetune(Protocol):
     needs_encoder = True
 
     def check(self, params: config.Params, manifest: dict) -> None:
-        n = sum(int(manifest["splits"][s]["count"]) for s in ("train", "val"))
+        n = sum(int(manifest["splits"][s]["count"]) for s in LABELLED)
         if params.finetune.batch_size > n:
             raise UserError(f"finetune.batch_size={params.finetune.batch_size} is larger than the images available: "
                             f"{n} labelled train+val images; lower finetune.batch_size to at most {n}")
