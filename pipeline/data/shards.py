@@ -11,8 +11,13 @@ are loaded, resized and encoded a chunk at a time by a pool of worker processes,
 with a bounded number of chunks in flight; the normalisation stats are exact integer sums.
 Shards and manifest are byte-identical for any number of workers.
 
-Every reader verifies a shard's sha256 (once per process) before trusting it, and checks
-that it read as many samples as the manifest says.
+Verification is paid once: ``stream_batches`` (training, features) hashes each shard's bytes
+as it reads them and fails at the shard's end, naming it, if the sha256 differs from the
+manifest (a sample that does not decode first has its shard hashed, so a corrupt shard is
+named as such), so nothing is read before the first batch but the samples it needs. The
+other readers (``load_split``, ``write_subset``) check a shard's sha256 once per process
+before trusting it. Every reader checks that a shard gave as many samples as the manifest
+says. ``IO`` counts the bytes read and the tar members parsed (the scale tests' counters).
 
 Text shards (``pipeline/data/text_shards.py``: ``{__key__, txt, cls}``, a manifest with
 ``"modality": "text"``) are read by the same readers: the manifest picks the codec that
@@ -27,6 +32,7 @@ import contextlib
 import functools
 import hashlib
 import io
+import itertools
 import json
 import math
 import multiprocessing
@@ -42,6 +48,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from pipeline.data import streams
 from pipeline.data.sources import ArrayReader, ImageSet, SampleRefs, load_image
 from pipeline.errors import UserError
 
@@ -52,6 +59,8 @@ _RECREATE_TEXT = "re-create the shards with 'dvc repro -f text-shard'"
 # mtime): an epoch loop re-reads the same shards, and hashing them again each epoch costs a
 # full extra read. Size and mtime make a shard rewritten in place get hashed again.
 _VERIFIED: set[tuple[str, str, int, int]] = set()
+# Bytes of shard files read (hashing included) and samples parsed from tars, in this process.
+IO: Counter[str] = Counter()
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -65,6 +74,7 @@ def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
+            IO["bytes"] += len(block)
             h.update(block)
     return h.hexdigest()
 
@@ -323,8 +333,9 @@ def _verify(path: Path, digest: str, recreate: str = _RECREATE) -> None:
     _VERIFIED.add(key)
 
 
-def shard_paths(shard_dir: str | Path, split: str) -> list[str]:
-    """Paths of a split's shards, each checked against the manifest's sha256."""
+def shard_paths(shard_dir: str | Path, split: str, verify: bool = True) -> list[str]:
+    """Paths of a split's shards in file order, each checked against the manifest's sha256
+    (``verify=False``: only that it exists; the reader verifies while streaming)."""
     manifest = read_manifest(shard_dir)
     if split not in manifest["splits"]:
         raise UserError(f"split {split!r} not in {shard_dir}/{MANIFEST}; valid: {list(manifest['splits'])}")
@@ -334,9 +345,86 @@ def shard_paths(shard_dir: str | Path, split: str) -> list[str]:
         if not path.is_file():
             stage = "text-shard" if manifest.get("modality") == "text" else "shard"
             raise UserError(f"shard {path} is missing; run 'dvc checkout' or 'dvc repro {stage}'")
-        _verify(path, digest, _recreate(manifest))
+        if verify:
+            _verify(path, digest, _recreate(manifest))
         paths.append(str(path))
     return paths
+
+
+def _digests(shard_dir: str | Path, manifest: dict) -> dict[str, str]:
+    """{shard path (as ``shard_paths`` gives it): its sha256 in the manifest}."""
+    return {str(Path(shard_dir) / name): digest for info in manifest["splits"].values()
+            for name, digest in info["shards"].items()}
+
+
+def _corrupt(path: str | Path, recreate: str) -> UserError:
+    return UserError(f"shard {path} is corrupt (sha256 differs from {MANIFEST}); {recreate}")
+
+
+class _HashingFile:
+    """A shard file read front to back, its bytes hashed (sha256) and counted as they go."""
+
+    def __init__(self, path: str):
+        self.path, self.file, self.hash = path, open(path, "rb"), hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        block = self.file.read(n)
+        self.hash.update(block)
+        IO["bytes"] += len(block)
+        return block
+
+    def check(self, digest: str, recreate: str) -> None:
+        """Read what the tar reader left (end-of-archive padding), close, and fail naming the
+        shard if its sha256 is not ``digest``; a match counts as verified in this process."""
+        while self.read(1 << 20):
+            pass
+        self.file.close()
+        if self.hash.hexdigest() != digest:
+            raise _corrupt(self.path, recreate)
+        st = Path(self.path).stat()
+        _VERIFIED.add((str(Path(self.path).resolve()), digest, st.st_size, st.st_mtime_ns))
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _open_verifying(sources: Iterator[dict], digests: dict[str, str], recreate: str) -> Iterator[dict]:
+    """WebDataset's opener stage, hashing: each shard is checked when the tar reader asks for
+    the next one (or the stream ends), i.e. once all its members were parsed."""
+    for source in sources:
+        stream = _HashingFile(source["url"])
+        try:
+            yield dict(source, stream=stream)
+            stream.check(digests[source["url"]], recreate)
+        finally:
+            stream.close()
+
+
+def _blame(url: str | None, digests: dict[str, str], recreate: str) -> None:
+    """Raise the corrupt-shard error if the shard ``url`` that failed to parse or decode does
+    not match its sha256 (a damaged shard is named as such, not as a bad sample)."""
+    if url in digests and sha256(Path(url)) != digests[url]:
+        raise _corrupt(url, recreate)
+
+
+def _reader(paths: list[str], digests: dict[str, str], recreate: str, seed: int, shuffle_shards: bool,
+            shuffle_buffer: int | None):
+    """The samples of ``paths``: shard order shuffled (seeded) unless not ``shuffle_shards``, then
+    a seeded sample shuffle buffer if ``shuffle_buffer``; every shard verified while read.
+    The same WebDataset pipeline (and so the same order) as before streaming verification,
+    with the opener stage replaced by ``_open_verifying``."""
+
+    def handler(exn: Exception) -> bool:
+        _blame(next((a for a in exn.args if isinstance(a, str) and a in digests), None), digests, recreate)
+        return _reraise_corrupt(exn, recreate)
+
+    ds = wds.WebDataset(paths, shardshuffle=len(paths) if len(paths) > 1 and shuffle_shards else False, seed=seed,
+                        nodesplitter=None, workersplitter=None, handler=handler, empty_check=False)
+    (opener,) = [i for i, stage in enumerate(ds.pipeline) if isinstance(stage, wds.cache.StreamingOpen)]
+    ds.pipeline[opener] = functools.partial(_open_verifying, digests=digests, recreate=recreate)
+    if shuffle_buffer:
+        ds = ds.shuffle(shuffle_buffer, initial=shuffle_buffer, seed=seed)
+    return ds
 
 
 def _check_counts(shard_dir: str | Path, manifest: dict, split: str, read: dict[str, int], all_paths: list[str]) -> None:
@@ -385,12 +473,15 @@ def sample_codec(shard_dir: str | Path, manifest: dict):
     return ImageCodec(manifest.get("image_size"), manifest["channels"])
 
 
-def _decode(sample: dict, codec) -> tuple[object, int]:
-    """One sample -> its ``codec``-decoded item (an image, a text) and its label (-1 if none)."""
+def _decode(sample: dict, codec, digests: dict[str, str] | None = None) -> tuple[object, int]:
+    """One sample -> its ``codec``-decoded item (an image, a text) and its label (-1 if none).
+    ``digests`` (a reader that verifies while streaming): a failure first checks the shard."""
     try:
         item = codec.decode(sample)
         label = int(sample["cls"]) if "cls" in sample else -1
     except Exception as err:  # noqa: BLE001 - only decoding stored bytes happens here: any failure is the data's
+        if digests is not None:
+            _blame(sample.get("__url__"), digests, codec.recreate)
         raise UserError(
             f"cannot decode sample {sample.get('__key__')!r} in shard {sample.get('__url__')} "
             f"({type(err).__name__}: {err}); {codec.recreate}"
@@ -449,7 +540,7 @@ def read_texts(shard_dir: str | Path, split: str) -> tuple[list[str], torch.Tens
 def stream_batches(
     shard_dir: str | Path, split: str | tuple[str, ...], batch_size: int, shuffle_buffer: int, seed: int,
     rank: int | None = None, world_size: int | None = None, ordered: bool = False, skip_batches: int = 0,
-    batch_slice: tuple[int, int] = (0, 1), drop_last: bool = True,
+    batch_slice: tuple[int, int] = (0, 1), drop_last: bool = True, indexed: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of shuffled uint8 batches ``([B, C, H, W], [B])`` streamed from the shards
     (a text shard folder: packed int64 ``[B, 2, L]``, see ``sample_codec``).
@@ -484,6 +575,13 @@ def stream_batches(
 
     ``split`` may name several splits (``("train", "val")``): their shards make one stream
     (a subset of them: ``write_subset``).
+
+    A shard folder written with ``data.streams`` S > 1 (its manifest's ``"streams"``) is read
+    by virtual streams instead (``_stream_epoch``): a rank reads only its streams' shards and
+    a worker (``batch_slice``) only its streams of those; ``epoch_steps`` gives the batch count.
+
+    ``indexed``: yield ``(batch number in the rank's epoch, batch)`` (the loader puts the
+    workers' batches back in order with it).
     """
     from pipeline import dist
 
@@ -491,39 +589,110 @@ def stream_batches(
     world_size = dist.world_size() if world_size is None else world_size
     manifest = read_manifest(shard_dir)
     splits = (split,) if isinstance(split, str) else tuple(split)
-    paths_of = {s: shard_paths(shard_dir, s) for s in splits}
+    paths_of = {s: shard_paths(shard_dir, s, verify=False) for s in splits}  # verified while read
+    if manifest.get("streams", 1) > 1 and not ordered:
+        yield from _stream_epoch(shard_dir, manifest, splits, paths_of, batch_size, shuffle_buffer, seed, rank,
+                                 world_size, skip_batches, batch_slice, indexed)
+        return
     paths = [p for s in splits for p in paths_of[s]]
     samples_codec = sample_codec(shard_dir, manifest)
+    digests = _digests(shard_dir, manifest)
     total = sum(manifest["splits"][s]["count"] for s in splits)
     n_batches = total // (batch_size * world_size) if drop_last else -(-total // batch_size)
     read: Counter[str] = Counter({p: 0 for p in paths})  # a shard that yields nothing counts as 0
-    # nodesplitter/workersplitter=None: shards are split neither by node nor by DataLoader
-    # worker; samples are split by rank below, and batches by worker (``batch_slice``).
-    ds = wds.WebDataset(paths, shardshuffle=len(paths) if len(paths) > 1 and not ordered else False, seed=seed,
-                        nodesplitter=None, workersplitter=None,
-                        handler=functools.partial(_reraise_corrupt, recreate=_recreate(manifest)), empty_check=False)
-    if not ordered:
-        ds = ds.shuffle(shuffle_buffer, initial=shuffle_buffer, seed=seed)
+    # Shards are split neither by node nor by DataLoader worker; samples are split by rank
+    # below, and batches by worker (``batch_slice``).
+    ds = _reader(paths, digests, _recreate(manifest), seed, shuffle_shards=not ordered,
+                 shuffle_buffer=None if ordered else shuffle_buffer)
     offset, stride = batch_slice
     items, labels, mine = [], [], 0
     for sample in split_by_rank(ds, rank, world_size):
         read[sample["__url__"]] += 1
+        IO["samples"] += 1
         if sample.get("__mine__") is False:
             continue  # another rank's sample: counted, not decoded
         batch, mine = mine // batch_size, mine + 1  # the batch of this rank's epoch the sample is in
         if batch < skip_batches or (batch - skip_batches) % stride != offset:
             continue  # before the resume position, or another worker's batch: counted, not decoded
-        item, label = _decode(sample, samples_codec)
+        item, label = _decode(sample, samples_codec, digests)
         items.append(item)
         labels.append(label)
         if len(items) == batch_size:
             if batch < n_batches:  # a rank with a sample more than others drops its extra batch
-                yield _to_batch(items, labels, samples_codec)
+                out = _to_batch(items, labels, samples_codec)
+                yield (batch, out) if indexed else out
             items, labels = [], []
     for s in splits:
         _check_counts(shard_dir, manifest, s, {p: read[p] for p in paths_of[s]}, paths_of[s])
     if items and not drop_last:
         yield _to_batch(items, labels, samples_codec)
+
+
+def _stream_layout(manifest: dict, splits: tuple[str, ...], paths_of: dict[str, list[str]]) -> tuple[list, list]:
+    """Each virtual stream's shard paths and sample count (``streams``: shard ``i`` of a split,
+    in file order, is stream ``i % S``'s)."""
+    n = manifest["streams"]
+    stream_paths: list[list[str]] = [[] for _ in range(n)]
+    counts = [0] * n
+    for s in splits:
+        for i, (path, count) in enumerate(zip(paths_of[s], manifest["splits"][s]["shard_counts"].values())):
+            stream_paths[streams.stream_of(i, n)].append(path)
+            counts[streams.stream_of(i, n)] += count
+    return stream_paths, counts
+
+
+def epoch_steps(shard_dir: str | Path, split: str | tuple[str, ...], batch_size: int, world_size: int) -> int:
+    """Batches each rank gets in an epoch of ``stream_batches`` (drop_last): the same on every rank."""
+    manifest = read_manifest(shard_dir)
+    splits = (split,) if isinstance(split, str) else tuple(split)
+    if manifest.get("streams", 1) == 1:
+        return sum(manifest["splits"][s]["count"] for s in splits) // (batch_size * world_size)
+    _, counts = _stream_layout(manifest, splits, {s: list(manifest["splits"][s]["shards"]) for s in splits})
+    return min(sum(counts[s] // batch_size for s in streams.rank_streams(len(counts), r, world_size))
+               for r in range(world_size))
+
+
+def _stream_epoch(shard_dir, manifest: dict, splits: tuple[str, ...], paths_of: dict[str, list[str]], batch_size: int,
+                  shuffle_buffer: int, seed: int, rank: int, world_size: int, skip_batches: int,
+                  batch_slice: tuple[int, int], indexed: bool) -> Iterator:
+    """``stream_batches`` on a shard folder of ``S > 1`` virtual streams (``pipeline/data/streams.py``):
+    this rank's loader worker ``batch_slice[0]`` of ``batch_slice[1]`` opens only its streams'
+    shards, each stream through its own seeded shuffle buffer (``shuffle_buffer * world_size / S``
+    samples: ``shuffle_buffer`` per rank), and yields its batches of the rank's epoch."""
+    n_streams = manifest["streams"]
+    mine = streams.rank_streams(n_streams, rank, world_size)
+    stream_paths, counts = _stream_layout(manifest, splits, paths_of)
+    n_steps = epoch_steps(shard_dir, splits, batch_size, world_size)
+    order = streams.batch_order([counts[s] // batch_size for s in mine])[:n_steps]
+    worker, n_workers = batch_slice
+    positions = streams.worker_streams(len(mine), worker, n_workers)
+    codec = sample_codec(shard_dir, manifest)
+    digests, recreate = _digests(shard_dir, manifest), _recreate(manifest)
+    buffer = max(1, shuffle_buffer * world_size // n_streams)
+    readers = {j: iter(_reader(stream_paths[mine[j]], digests, recreate, streams.stream_seed(seed, mine[j], n_streams),
+                               shuffle_shards=True, shuffle_buffer=buffer)) for j in positions}
+    read: Counter[str] = Counter({p: 0 for j in positions for p in stream_paths[mine[j]]})
+    for k, (j, _) in enumerate(order):
+        if j not in readers:
+            continue  # another worker's stream
+        items, labels = [], []
+        for sample in itertools.islice(readers[j], batch_size):
+            read[sample["__url__"]] += 1
+            IO["samples"] += 1
+            if k >= skip_batches:  # before a resume position: read, not decoded
+                item, label = _decode(sample, codec, digests)
+                items.append(item)
+                labels.append(label)
+        if k >= skip_batches:
+            out = _to_batch(items, labels, codec)
+            yield (k, out) if indexed else out
+    for reader in readers.values():  # the rest: every shard verified and counted to its end
+        for sample in reader:
+            read[sample["__url__"]] += 1
+            IO["samples"] += 1
+    for s in splits:
+        own = [p for p in paths_of[s] if p in read]
+        _check_counts(shard_dir, manifest, s, {p: read[p] for p in own}, paths_of[s])
 
 
 def split_batches(shard_dir: str | Path, split: str, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
