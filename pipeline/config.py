@@ -48,6 +48,10 @@ class DataParams(Strict):
     # Processes decoding/resizing/encoding (None: os.cpu_count(), at most 8); the output
     # bytes are the same for any count, so it is left out of the manifest.
     workers: Optional[int] = Field(None, ge=1, le=64)
+    # Virtual streams (pipeline/data/streams.py): 1 (every rank reads the one seeded stream);
+    # S > 1: each split in a multiple of S shards, and each rank x loader worker reads only
+    # its streams' shards (S a multiple of the process count; e.g. 64 or 256 at ImageNet scale).
+    streams: int = Field(1, ge=1, le=4096)
 
 
 class EncoderParams(Strict):

@@ -37,6 +37,7 @@ import json
 import math
 import multiprocessing
 import os
+import pickle
 import sys
 from collections import Counter, deque
 from fractions import Fraction
@@ -49,6 +50,7 @@ import webdataset as wds
 from PIL import Image
 
 from pipeline.data import streams
+from pipeline.data.streams import shard_sizes as streams_sizes
 from pipeline.data.sources import ArrayReader, ImageSet, SampleRefs, load_image
 from pipeline.errors import UserError
 
@@ -186,30 +188,103 @@ def _worker_pool(readers: list, fmt: SampleFormat, workers: int):
 
 def write_split(data: ImageSet | SampleRefs, out_dir: Path, split: str, shard_size: int, with_labels: bool,
                 samples: Iterator[tuple[bytes, np.ndarray | None]] | None = None, ext: str = "png",
-                totals: np.ndarray | None = None) -> dict[str, int]:
+                totals: np.ndarray | None = None, sizes: list[int] | None = None,
+                journal: "Journal | None" = None) -> dict[str, int]:
     """Write ``{split}-NNNNNN.tar`` shards in dataset order; returns {file name: sample count}.
 
     ``samples``: the split's encoded samples in order (default: ``data``, an ``ImageSet``,
-    encoded as PNG here). ``totals``: int64 ``[2, C]`` that the samples' pixel sums are
-    added to."""
+    encoded as PNG here), less those of shards the ``journal`` already holds (a resumed
+    stage keeps them). ``totals``: int64 ``[2, C]`` that the samples' pixel sums are added
+    to. ``sizes``: the shards' sample counts (default: ``shard_size`` each, the last smaller)."""
     if samples is None:
         fmt = SampleFormat(int(data.images.shape[1]), int(data.images.shape[3]))
         samples = iter(encode_chunk(ArrayReader(data.images), np.arange(len(data)), fmt, totals is not None))
+    sizes = streams.shard_sizes(len(data), shard_size, 1) if sizes is None else sizes
     names = {}
-    for start in range(0, len(data), shard_size):
-        name = f"{split}-{start // shard_size:06d}.tar"
-        # mtime=0 and fixed user/group make the tar bytes depend only on the samples.
-        with wds.TarWriter(str(out_dir / name), mtime=0, user="ssl", group="ssl") as sink:
-            for i in range(start, min(start + shard_size, len(data))):
-                encoded, sums = next(samples)
-                sample = {"__key__": f"{split}_{i:08d}", ext: encoded}
-                if with_labels:
-                    sample["cls"] = str(int(data.labels[i])).encode()
-                if totals is not None:
-                    totals += sums
-                sink.write(sample)
-        names[name] = min(start + shard_size, len(data)) - start
+    start = 0
+    for number, size in enumerate(sizes):
+        name = f"{split}-{number:06d}.tar"
+        kept = journal.kept.get(name) if journal is not None else None
+        if kept is not None:  # written and verified by an earlier, interrupted run
+            if totals is not None:
+                totals += np.array(kept["sums"], np.int64)
+        else:
+            shard_sums = np.zeros_like(totals) if totals is not None else None
+            # mtime=0 and fixed user/group make the tar bytes depend only on the samples.
+            with wds.TarWriter(str(out_dir / name), mtime=0, user="ssl", group="ssl") as sink:
+                for i in range(start, start + size):
+                    encoded, sums = next(samples)
+                    sample = {"__key__": f"{split}_{i:08d}", ext: encoded}
+                    if with_labels:
+                        sample["cls"] = str(int(data.labels[i])).encode()
+                    if totals is not None:
+                        shard_sums += sums
+                    sink.write(sample)
+            if totals is not None:
+                totals += shard_sums
+            if journal is not None:
+                journal.add(name, size, shard_sums)
+        names[name] = size
+        start += size
     return names
+
+
+class Journal:
+    """The shards a shard stage has finished, in ``out_dir/_written.jsonl`` (one line each:
+    name, count, sha256, pixel sums), so a killed stage restarted on the same inputs keeps
+    them. The first line is the run's fingerprint (inputs, format, shard plan): another
+    run's leftovers are removed, not kept. Shards are byte-deterministic, so a kept shard is
+    the shard this run would write; it is kept only if its sha256 still matches."""
+
+    NAME = "_written.jsonl"
+
+    def __init__(self, out_dir: Path, fingerprint: str, resume: bool):
+        self.path, self.kept = out_dir / self.NAME, {}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lines = self.path.read_text().splitlines() if resume and self.path.is_file() else []
+        if lines and lines[0] == fingerprint:
+            for line in lines[1:]:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    break  # the line a kill cut short: that shard is rewritten
+                shard = out_dir / entry["name"]
+                if shard.is_file() and sha256(shard) == entry["sha256"]:
+                    self.kept[entry["name"]] = entry
+        for old in out_dir.glob("*"):  # everything else is an unfinished or stale file
+            if old.name not in self.kept:
+                old.unlink()
+        with open(self.path, "w") as f:
+            f.write(fingerprint + "\n" + "".join(json.dumps(e) + "\n" for e in self.kept.values()))
+        self.digests = {name: e["sha256"] for name, e in self.kept.items()}
+
+    def add(self, name: str, count: int, sums: np.ndarray | None) -> None:
+        """Record a shard once its bytes are on disk (hashed here: the manifest's sha256)."""
+        shard = self.path.parent / name
+        with open(shard, "rb+") as f:
+            os.fsync(f.fileno())
+        self.digests[name] = sha256(shard)
+        entry = {"name": name, "count": count, "sha256": self.digests[name],
+                 "sums": sums.tolist() if sums is not None else None}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def remove(self) -> None:
+        self.path.unlink()
+
+
+def _fingerprint(refs: dict, plan: dict, fmt: SampleFormat, source: dict) -> str:
+    """What a split's shards are made from: readers, sample indices and labels, the shard
+    sizes, the format and the data params (a resume keeps shards only of the same)."""
+    h = hashlib.sha256(json.dumps([source, list(fmt), plan], sort_keys=True).encode())
+    for name, data in refs.items():
+        h.update(name.encode())
+        h.update(pickle.dumps(data.reader))
+        h.update(np.ascontiguousarray(data.index, np.int64).tobytes())
+        h.update(np.ascontiguousarray(data.labels, np.int64).tobytes())
+    return "fingerprint " + h.hexdigest()
 
 
 def _mean_std(totals: np.ndarray, n_pixels: int) -> tuple[list[float], list[float]]:
@@ -224,13 +299,18 @@ def _mean_std(totals: np.ndarray, n_pixels: int) -> tuple[list[float], list[floa
 
 
 def write_shards(splits: dict, out_dir: Path, shard_size: int, source: dict,
-                 fmt: SampleFormat | None = None, workers: int = 1) -> dict:
-    """Write every split and the manifest into ``out_dir`` (replaced atomically-ish:
-    the manifest is written last, so a crash leaves no manifest and readers refuse the dir).
+                 fmt: SampleFormat | None = None, workers: int = 1, n_streams: int = 1, resume: bool = False) -> dict:
+    """Write every split and the manifest into ``out_dir`` (the manifest is written last, so
+    a crash leaves no manifest and readers refuse the dir).
 
     ``splits``: ``ImageSet``s (arrays, stored as they are) or ``SampleRefs`` (loaded and
     stored as ``fmt`` says, by ``workers`` processes, streaming: no split is held in
-    memory). The bytes written do not depend on ``workers``."""
+    memory). The bytes written do not depend on ``workers``.
+
+    ``n_streams`` > 1 (``data.streams``): each split in a multiple of ``n_streams`` shards, every
+    virtual stream the same number of samples (``streams.shard_sizes``), recorded in the
+    manifest. ``resume``: keep the finished shards of an interrupted run on the same inputs
+    (``Journal``) and write only the rest; the result is byte-identical either way."""
     any_set = splits["pretrain"]
     if fmt is None:
         if not isinstance(any_set, ImageSet):
@@ -238,6 +318,12 @@ def write_shards(splits: dict, out_dir: Path, shard_size: int, source: dict,
         fmt = SampleFormat(int(any_set.images.shape[1]), int(any_set.images.shape[3]))
     refs = {name: SampleRefs(ArrayReader(d.images), np.arange(len(d)), d.labels, d.classes, d.skipped)
             if isinstance(d, ImageSet) else d for name, d in splits.items()}
+    small = {name: len(d) for name, d in refs.items() if len(d) < n_streams}
+    if small:
+        raise UserError(f"data.streams={n_streams} exceeds the samples of split(s) {small}: every stream needs "
+                        "samples of every split; lower data.streams (1: no virtual streams)")
+    plan = {name: streams_sizes(len(d), shard_size, n_streams) for name, d in refs.items()}
+    journal = Journal(out_dir, _fingerprint(refs, plan, fmt, source), resume)
     readers: list = []  # the distinct readers, by identity; tasks name them by position
     reader_id: dict[int, int] = {}
     tasks = []
@@ -245,15 +331,19 @@ def write_shards(splits: dict, out_dir: Path, shard_size: int, source: dict,
         if id(data.reader) not in reader_id:
             reader_id[id(data.reader)] = len(readers)
             readers.append(data.reader)
-        tasks += [(reader_id[id(data.reader)], data.index[i : i + CHUNK], name == "pretrain")
-                  for i in range(0, len(data), CHUNK)]
+        start = 0
+        for number, size in enumerate(plan[name]):  # the samples of the shards still to write
+            if f"{name}-{number:06d}.tar" not in journal.kept:
+                tasks += [(reader_id[id(data.reader)], data.index[i : min(i + CHUNK, start + size)], name == "pretrain")
+                          for i in range(start, start + size, CHUNK)]
+            start += size
 
-    empty_dir(out_dir)
     manifest = {
         "source": source,
         "image_size": fmt.side,
         "channels": fmt.channels,
         **({"image_format": fmt.image_format} if fmt.image_format != "png" else {}),
+        **({"streams": n_streams} if n_streams > 1 else {}),
         "classes": list(any_set.classes),
         # per-channel stats of the pretrain split, used by the encoder's input normalisation
         "mean": None,
@@ -266,11 +356,13 @@ def write_shards(splits: dict, out_dir: Path, shard_size: int, source: dict,
             _encoded(tasks, readers, fmt, pool, workers * TASKS_PER_WORKER)) as samples:
         for split, data in refs.items():
             names = write_split(data, out_dir, split, shard_size, with_labels=split != "pretrain", samples=samples,
-                                ext=fmt.ext, totals=totals if split == "pretrain" else None)
-            manifest["splits"][split] = split_entry(data, split, names, out_dir)
+                                ext=fmt.ext, totals=totals if split == "pretrain" else None, sizes=plan[split],
+                                journal=journal)
+            manifest["splits"][split] = split_entry(data, split, names, out_dir, journal.digests)
     mean, std = _mean_std(totals, len(refs["pretrain"]) * fmt.side * fmt.side)
     manifest["mean"] = [round(m, 6) for m in mean]
     manifest["std"] = [round(s, 6) for s in std]
+    journal.remove()
     write_manifest(out_dir, manifest)
     return manifest
 
@@ -288,14 +380,16 @@ def skipped_files(splits: dict) -> dict:
     return {"count": len(skipped), "examples": skipped[:10]}
 
 
-def split_entry(data, split: str, names: dict[str, int], out_dir: Path) -> dict:
+def split_entry(data, split: str, names: dict[str, int], out_dir: Path, digests: dict[str, str] | None = None) -> dict:
     """A split's manifest entry: its count, per-class counts (None for pretrain: no labels),
-    and each shard's sha256 and sample count (``names``: ``write_split``'s result)."""
+    and each shard's sha256 (``digests``, hashed when written; else hashed now) and sample
+    count (``names``: ``write_split``'s result)."""
     counts = np.bincount(data.labels, minlength=len(data.classes))
+    digests = digests or {}
     return {
         "count": len(data),
         "per_class": {c: int(n) for c, n in zip(data.classes, counts)} if split != "pretrain" else None,
-        "shards": {n: sha256(out_dir / n) for n in names},
+        "shards": {n: digests[n] if n in digests else sha256(out_dir / n) for n in names},
         "shard_counts": names,
     }
 
