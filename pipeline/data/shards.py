@@ -831,7 +831,8 @@ def write_subset(shard_dir: str | Path, splits: tuple[str, ...], keep: dict[str,
         if sink is not None:
             sink.close()
     entry = {"count": n, "shards": {name: sha256(out_dir / name) for name in names}, "shard_counts": names}
-    write_manifest(out_dir, manifest | {"splits": {"subset": entry}})
+    # one split of its own shard layout: read as one stream, whatever the source folder's streams
+    write_manifest(out_dir, {k: v for k, v in manifest.items() if k != "streams"} | {"splits": {"subset": entry}})
     return n
 
 
