@@ -52,6 +52,9 @@ class DataParams(Strict):
     # S > 1: each split in a multiple of S shards, and each rank x loader worker reads only
     # its streams' shards (S a multiple of the process count; e.g. 64 or 256 at ImageNet scale).
     streams: int = Field(1, ge=1, le=4096)
+    # Unlabelled images (any tree of files) that make the pretrain split instead of the labelled
+    # source's pool; the labelled source (data.root) still gives train/val/test. None: off.
+    pretrain_root: Optional[str] = None
 
 
 class EncoderParams(Strict):

@@ -305,19 +305,67 @@ def _folder_refs(root: Path, classes: list[str] | None = None, base: Path | None
     return SampleRefs(reader, np.arange(len(labels)), labels, folder.classes, tuple(skipped))
 
 
-def image_folder_refs(root: str, test_fraction: float, seed: int) -> tuple[SampleRefs, SampleRefs]:
-    """An ImageFolder directory: ``root/<class>/*.png|jpg``, or ``root/train`` + ``root/test``.
+SPLIT_FOLDERS = ("train", "val", "test")
 
-    Without a ``test`` sub-folder, a stratified ``test_fraction`` is held out with ``seed``.
+
+def folder_layout(path: Path) -> tuple[Path, Path | None]:
+    """Where an ImageFolder's classes are: ``(train folder, test folder or None)``.
+
+    - ``root/train`` + ``root/test``, or ``root/train`` + ``root/val`` (ImageNet's layout: its
+      ``val`` is the test split; the pipeline carves its own val from train); with all three,
+      ``test`` is the test split and ``val/`` is not used (a warning says so);
+    - ``root/train`` alone, or ``root`` itself: one folder per class (test held out).
+
+    Split folders beside other folders are ambiguous (are ``train``/``val`` classes?): an
+    error naming both."""
+    folders = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    split_dirs = [d for d in folders if d in SPLIT_FOLDERS]
+    if not split_dirs:
+        return path, None
+    others = [d for d in folders if d not in SPLIT_FOLDERS]
+    if others or "train" not in split_dirs:
+        raise UserError(
+            f"ImageFolder {path} is ambiguous: split folder(s) {split_dirs} beside "
+            f"{'class folder(s) ' + str(others) if others else 'no train/ folder'}. Use either one folder per class "
+            "(none named train, val or test) or train/ with val/ or test/ holding the class folders"
+        )
+    held = "test" if "test" in split_dirs else "val" if "val" in split_dirs else None
+    if held == "test" and "val" in split_dirs:
+        print(f"warning: {path / 'val'} is not used: {path / 'test'} is the test split and val is carved from train",
+              file=sys.stderr)
+    return path / "train", (path / held if held else None)
+
+
+def image_folder_refs(root: str, test_fraction: float, seed: int) -> tuple[SampleRefs, SampleRefs]:
+    """An ImageFolder directory: ``root/<class>/*.png|jpg``, or ``root/train`` + ``root/test``
+    or ``root/val`` (``folder_layout``).
+
+    Without a test folder, a stratified ``test_fraction`` is held out with ``seed``.
     Both sets need at least two classes and at least one image per class folder.
     """
     path = Path(root)
     if not path.is_dir():
         raise UserError(f"data.root {root} is not a directory; point it at an ImageFolder (one sub-folder per class)")
-    if (path / "train").is_dir() and (path / "test").is_dir():
-        train = _folder_refs(path / "train", base=path)
-        return train, _folder_refs(path / "test", train.classes, base=path)
-    return split_stratified(_folder_refs(path), test_fraction, seed)
+    train_dir, test_dir = folder_layout(path)
+    if test_dir is not None:
+        train = _folder_refs(train_dir, base=path)
+        return train, _folder_refs(test_dir, train.classes, base=path)
+    return split_stratified(_folder_refs(train_dir, base=path if train_dir != path else None), test_fraction, seed)
+
+
+def image_tree_refs(root: str, classes: list[str]) -> SampleRefs:
+    """Every image file under ``root`` (any depth, sorted paths), unlabelled: the pretrain split
+    of ``data.pretrain_root``. ``classes``: the labelled set's, which the manifest records."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    path = Path(root)
+    if not path.is_dir():
+        raise UserError(f"data.pretrain_root {root} is not a directory; point it at a folder of images (any tree)")
+    files = sorted(str(Path(d) / f) for d, _, names in os.walk(path, followlinks=True) for f in names
+                   if f.lower().endswith(IMG_EXTENSIONS))
+    if not files:
+        raise UserError(f"data.pretrain_root {root} holds no images ({' '.join(IMG_EXTENSIONS)}); add images or set it to null")
+    return SampleRefs(FolderReader(tuple(files)), np.arange(len(files)), np.zeros(len(files), np.int64), list(classes))
 
 
 def image_folder(root: str, size: int, channels: int, test_fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
