@@ -43,6 +43,9 @@ class DataParams(Strict):
     # as before); set, the short side is resized to store_size and the centre cropped to
     # store_size x store_size (no distortion): the shards' and the encoder's image size.
     store_size: Optional[int] = Field(None, ge=8, le=1024)
+    # With store_size: store the short side at store_size with the aspect ratio kept (no crop;
+    # ImageNet's photos keep their edges); readers decode the centre square. False: as above.
+    store_aspect: bool = False
     image_format: Literal["png", "jpeg"] = "png"  # sample encoding in the shards
     jpeg_quality: int = Field(90, ge=1, le=100)  # with image_format jpeg
     # Processes decoding/resizing/encoding (None: os.cpu_count(), at most 8); the output

@@ -27,10 +27,10 @@ from pipeline.outputs import TMP_SUFFIX, StagedOutputs
 # data.* keys that do not change the output (left out of the manifest), and new keys left out
 # at their defaults, so a manifest is byte-identical to one written before they existed.
 _NOT_IN_MANIFEST = {"workers"}
-_OMITTED_AT_DEFAULT = {"store_size": None, "image_format": "png", "streams": 1, "pretrain_root": None}
+_OMITTED_AT_DEFAULT = {"store_size": None, "image_format": "png", "streams": 1, "pretrain_root": None, "store_aspect": False}
 # data.* keys that only concern images, left out of a text manifest.
 _IMAGE_ONLY = {"torchvision_name", "download", "image_size", "channels", "store_size", "image_format", "jpeg_quality",
-               "streams", "pretrain_root"}
+               "streams", "pretrain_root", "store_aspect"}
 
 
 def manifest_source(d) -> dict:
@@ -103,7 +103,7 @@ def main() -> None:
         train, test = sources.torchvision_refs(d.torchvision_name, d.root, d.download)
     pretrain = sources.image_tree_refs(d.pretrain_root, train.classes) if d.pretrain_root else None
     splits = make_splits(train, test, d, params.seed, pretrain)
-    fmt = SampleFormat(d.image_size, d.channels, d.store_size, d.image_format, d.jpeg_quality)
+    fmt = SampleFormat(d.image_size, d.channels, d.store_size, d.image_format, d.jpeg_quality, d.store_aspect)
     manifest = write_resumable(args.out, lambda tmp: write_shards(
         splits, tmp, d.shard_size, source=manifest_source(d), fmt=fmt, workers=dist.default_workers(d.workers),
         n_streams=d.streams, resume=True))

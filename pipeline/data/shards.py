@@ -51,7 +51,7 @@ from PIL import Image
 
 from pipeline.data import streams
 from pipeline.data.streams import shard_sizes as streams_sizes
-from pipeline.data.sources import ArrayReader, ImageSet, SampleRefs, load_image
+from pipeline.data.sources import ArrayReader, ImageSet, SampleRefs, centre_square, load_image, load_image_short_side
 from pipeline.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -83,13 +83,15 @@ def sha256(path: Path) -> str:
 
 class SampleFormat(NamedTuple):
     """How samples are stored: ``size`` x ``size`` (any aspect squashed), or with
-    ``store_size`` the short side resized to it and the centre cropped square; PNG or JPEG."""
+    ``store_size`` the short side resized to it and the centre cropped square (``store_aspect``:
+    not cropped, the aspect kept; readers crop the centre square); PNG or JPEG."""
 
     size: int
     channels: int
     store_size: int | None = None
     image_format: str = "png"  # png | jpeg
     jpeg_quality: int = 90
+    store_aspect: bool = False  # with store_size: short side to store_size, aspect kept, no crop
 
     @property
     def side(self) -> int:
@@ -127,9 +129,13 @@ def encode_chunk(reader, index: np.ndarray, fmt: SampleFormat, stats: bool) -> l
     """Samples ``index`` of ``reader``: (encoded bytes, pixel sums if ``stats``) each."""
     out = []
     for i in index:
-        image = load_image(reader, i, fmt.size, fmt.channels, fmt.store_size)
+        if fmt.store_aspect and fmt.store_size:
+            image = load_image_short_side(reader, i, fmt.store_size, fmt.channels)
+        else:
+            image = load_image(reader, i, fmt.size, fmt.channels, fmt.store_size)
         data = _png(image) if fmt.image_format == "png" else _jpeg(image, fmt.jpeg_quality)
-        out.append((data, _pixel_sums(image) if stats else None))
+        # stats over the centre square: what the readers decode (side x side pixels each)
+        out.append((data, _pixel_sums(centre_square(image, fmt.side)) if stats else None))
     return out
 
 
@@ -343,6 +349,7 @@ def write_shards(splits: dict, out_dir: Path, shard_size: int, source: dict,
         "image_size": fmt.side,
         "channels": fmt.channels,
         **({"image_format": fmt.image_format} if fmt.image_format != "png" else {}),
+        **({"store_aspect": True} if fmt.store_aspect and fmt.store_size else {}),
         **({"streams": n_streams} if n_streams > 1 else {}),
         "classes": list(any_set.classes),
         # per-channel stats of the pretrain split, used by the encoder's input normalisation
@@ -544,11 +551,14 @@ class ImageCodec(NamedTuple):
 
     size: int | None  # None: unchecked
     channels: int
+    crop: bool = False  # stored with the aspect kept (``store_aspect``): decode the centre square
     recreate = _RECREATE  # the fix named when a sample does not decode
 
     def decode(self, sample: dict) -> np.ndarray:
         with Image.open(io.BytesIO(sample["png"] if "png" in sample else sample["jpg"])) as img:
             arr = np.asarray(img.convert("L" if self.channels == 1 else "RGB"))
+        if self.crop and min(arr.shape[:2]) == self.size:
+            arr = centre_square(arr, self.size)
         if self.size is not None and arr.shape[:2] != (self.size, self.size):
             raise ValueError(f"image is {arr.shape[1]}x{arr.shape[0]}, {MANIFEST} says {self.size}x{self.size}")
         return arr.reshape(arr.shape[0], arr.shape[1], self.channels)
@@ -564,7 +574,7 @@ def sample_codec(shard_dir: str | Path, manifest: dict):
         from pipeline.data.text_shards import TextCodec
 
         return TextCodec.of(shard_dir, manifest)
-    return ImageCodec(manifest.get("image_size"), manifest["channels"])
+    return ImageCodec(manifest.get("image_size"), manifest["channels"], manifest.get("store_aspect", False))
 
 
 def _decode(sample: dict, codec, digests: dict[str, str] | None = None) -> tuple[object, int]:

@@ -168,6 +168,31 @@ def _pil_store(img: Image.Image, side: int, channels: int) -> Image.Image:
     return img.crop((left, top, left + side, top + side))
 
 
+def load_image_short_side(reader, i: int, side: int, channels: int) -> np.ndarray:
+    """Sample ``i`` of ``reader`` as uint8 ``[H, W, channels]`` with its short side resized to
+    ``side`` (bicubic) and its aspect ratio kept, no crop (``data.store_aspect``): a reader
+    crops what it needs, e.g. a random crop over the whole photo."""
+    img = reader.load(int(i))
+    if isinstance(img, np.ndarray):
+        img = Image.fromarray(img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img)
+    try:
+        img = img.convert("RGB") if img.mode not in ("L", "RGB") else img
+        img = img.convert("L" if channels == 1 else "RGB")
+        w, h = img.size
+        nw, nh = (side, int(side * h / w)) if w <= h else (int(side * w / h), side)  # as _pil_store
+        out = img.resize((nw, nh), Image.BICUBIC) if (nw, nh) != (w, h) else img
+        arr = np.asarray(out)
+    except OSError as err:  # truncated files fail when the pixels are decoded
+        raise UserError(f"cannot read image {getattr(img, 'filename', '') or i}: {err}; remove or replace the file") from None
+    return arr.reshape(arr.shape[0], arr.shape[1], channels)
+
+
+def centre_square(image: np.ndarray, side: int) -> np.ndarray:
+    """The centre ``side`` x ``side`` of uint8 ``[H, W, C]`` (H, W >= side), as ``_pil_store`` crops."""
+    top, left = int(round((image.shape[0] - side) / 2.0)), int(round((image.shape[1] - side) / 2.0))
+    return image[top : top + side, left : left + side]
+
+
 def materialize(refs: SampleRefs, size: int, channels: int) -> ImageSet:
     """Every sample of ``refs`` loaded into one array (small sets only)."""
     n = len(refs)

@@ -98,3 +98,26 @@ def test_stage_with_imagenet_layout_and_pretrain_root(tmp_path, monkeypatch):
                           "--out", str(tmp_path / "shards2")], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 2 and "Traceback" not in res.stderr and not (tmp_path / "shards2").exists()
     assert "is ambiguous: split folder(s) ['train', 'val'] beside class folder(s) ['cow']" in res.stderr
+
+
+def test_store_aspect_keeps_the_photo_and_reads_the_centre_square(tmp_path):
+    """data.store_aspect: the shards hold the short side at store_size, aspect kept; the
+    readers decode the centre square, the pixels of the default store_size crop."""
+    import io
+    import tarfile
+
+    from pipeline.data.shards import SampleFormat, load_split, write_shards
+    from pipeline.data.sources import SampleRefs, load_image
+
+    folder = _tree(tmp_path / "d", {"cat": 6, "dog": 6})  # 10x8 photos
+    train, test = sources.image_folder_refs(str(folder), 0.2, 0)
+    splits = make_splits(train, test, DataParams(val_size=2, pretrain_size=None, train_size=None), 0)
+    m = write_shards(splits, tmp_path / "s", 100, source={}, fmt=SampleFormat(6, 3, store_size=6, store_aspect=True))
+    assert m["store_aspect"] is True and m["image_size"] == 6
+    with tarfile.open(tmp_path / "s" / "test-000000.tar") as tar:
+        png = tar.extractfile(next(t for t in tar.getmembers() if t.name.endswith(".png"))).read()
+    assert Image.open(io.BytesIO(png)).size == (7, 6)  # 10x8 -> short side 6, aspect kept
+    x, _ = load_split(tmp_path / "s", "test")
+    test_refs: SampleRefs = splits["test"]
+    want = np.stack([load_image(test_refs.reader, i, 6, 3, store_size=6) for i in test_refs.index])
+    np.testing.assert_array_equal(x.permute(0, 2, 3, 1).numpy(), want)
