@@ -47,7 +47,8 @@ class EpochBatches(IterableDataset):
         for name in (split,) if isinstance(split, str) else split:
             shards.shard_paths(shard_dir, name, verify=False)
         shards.sample_codec(shard_dir, shards.read_manifest(shard_dir))  # a text folder's tokenizer checked here too
-        self.epoch = mp.Array("q", 2)  # seed, skip_batches
+        # seed, skip_batches; no lock (a semaphore needs /dev/shm): written only between epochs
+        self.epoch = mp.RawArray("q", 2)
 
     def set_epoch(self, seed: int, skip_batches: int = 0) -> None:
         self.epoch[0], self.epoch[1] = seed, skip_batches
