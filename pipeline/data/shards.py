@@ -501,6 +501,12 @@ def _open_verifying(sources: Iterator[dict], digests: dict[str, str], recreate: 
             stream.close()
 
 
+def _count_parsed(samples: Iterator[dict]) -> Iterator[dict]:
+    for sample in samples:
+        IO["samples"] += 1
+        yield sample
+
+
 def _blame(url: str | None, digests: dict[str, str], recreate: str) -> None:
     """Raise the corrupt-shard error if the shard ``url`` that failed to parse or decode does
     not match its sha256 (a damaged shard is named as such, not as a bad sample)."""
@@ -523,6 +529,7 @@ def _reader(paths: list[str], digests: dict[str, str], recreate: str, seed: int,
                         nodesplitter=None, workersplitter=None, handler=handler, empty_check=False)
     (opener,) = [i for i, stage in enumerate(ds.pipeline) if isinstance(stage, wds.cache.StreamingOpen)]
     ds.pipeline[opener] = functools.partial(_open_verifying, digests=digests, recreate=recreate)
+    ds.append(_count_parsed)  # before the shuffle buffer: every sample parsed from a tar
     if shuffle_buffer:
         ds = ds.shuffle(shuffle_buffer, initial=shuffle_buffer, seed=seed)
     return ds
@@ -712,7 +719,6 @@ def stream_batches(
     items, labels, mine = [], [], 0
     for sample in split_by_rank(ds, rank, world_size):
         read[sample["__url__"]] += 1
-        IO["samples"] += 1
         if sample.get("__mine__") is False:
             continue  # another rank's sample: counted, not decoded
         batch, mine = mine // batch_size, mine + 1  # the batch of this rank's epoch the sample is in
@@ -782,7 +788,6 @@ def _stream_epoch(shard_dir, manifest: dict, splits: tuple[str, ...], paths_of: 
         items, labels = [], []
         for sample in itertools.islice(readers[j], batch_size):
             read[sample["__url__"]] += 1
-            IO["samples"] += 1
             if k >= skip_batches:  # before a resume position: read, not decoded
                 item, label = _decode(sample, codec, digests)
                 items.append(item)
@@ -793,7 +798,6 @@ def _stream_epoch(shard_dir, manifest: dict, splits: tuple[str, ...], paths_of: 
     for reader in readers.values():  # the rest: every shard verified and counted to its end
         for sample in reader:
             read[sample["__url__"]] += 1
-            IO["samples"] += 1
     for s in splits:
         own = [p for p in paths_of[s] if p in read]
         _check_counts(shard_dir, manifest, s, {p: read[p] for p in own}, paths_of[s])
