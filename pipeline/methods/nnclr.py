@@ -89,11 +89,11 @@ class NNCLR(Method):
 
     @torch.no_grad()
     def enqueue(self, z: torch.Tensor) -> None:
-        """Write ``z [M, D]`` (every rank's, rank-major) over the oldest rows, wrapping around
-        the end; when M > queue_size only the newest rows are kept. Row indices are computed on
-        the device from the pointer buffer, so no value is read back to the host."""
-        size = self.queue.shape[0]
+        """Write ``z [M, D]`` (every rank's, rank-major) over the oldest rows, wrapping around the
+        end, as a ring buffer written row by row would (when M > queue_size only the newest rows
+        survive). Row indices are computed on the device from the pointer buffer: no host sync."""
+        size, m = self.queue.shape[0], z.shape[0]
         z = z[-size:]
-        rows = (self.queue_ptr + torch.arange(z.shape[0], device=z.device)) % size
+        rows = (self.queue_ptr + (m - z.shape[0]) + torch.arange(z.shape[0], device=z.device)) % size
         self.queue.index_copy_(0, rows, z.to(self.queue.dtype))
-        self.queue_ptr.copy_((self.queue_ptr + z.shape[0]) % size)
+        self.queue_ptr.copy_((self.queue_ptr + m) % size)
