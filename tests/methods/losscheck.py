@@ -3,6 +3,8 @@ float64, for the value and the gradient of every input (to 1e-6), and a tiny enc
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from pipeline.config import AugmentParams, EncoderParams
@@ -49,3 +51,25 @@ def tiny(cls, seed: int = 0, **params):
     torch.manual_seed(seed)
     encoder = Encoder(EncoderParams(layers=[1], width=8), 1, [0.5], [0.5])
     return cls(encoder, cls.Params(**params), AugmentParams(), seed, torch.device("cpu"))
+
+
+def assert_resumes_exactly(cls, **params) -> None:
+    """Train ``cls`` two steps, checkpoint it as the loop does (``state_dict`` + ``extra_state``),
+    load that into a fresh instance of another seed, and take a third step on both: the same
+    loss and the same buffers (queues, running matrices, EMA targets), to the bit."""
+    images = torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    a = tiny(cls, seed=0, **params)
+    a.prepare(images)
+    opt = torch.optim.SGD(a.optimized_parameters(), lr=0.1)
+    for step in range(2):
+        opt.zero_grad()
+        a(images)["loss"].backward()
+        opt.step()
+        a.after_optimizer_step((step + 1) / 3)
+    state, extra = copy.deepcopy(a.state_dict()), copy.deepcopy(a.extra_state())
+    b = tiny(cls, seed=1, **params)
+    b.load_state_dict(state)
+    b.load_extra_state(extra)
+    assert torch.equal(a(images)["loss"], b(images)["loss"])
+    for (name, x), (_, y) in zip(a.named_buffers(), b.named_buffers()):
+        assert torch.equal(x, y), name

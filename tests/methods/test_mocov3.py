@@ -5,7 +5,7 @@ import torch
 
 from pipeline.errors import UserError
 from pipeline.methods.mocov3 import MoCoV3, contrastive_loss
-from tests.methods.losscheck import assert_matches, dot, leaves, tiny, unit
+from tests.methods.losscheck import assert_resumes_exactly, assert_matches, dot, leaves, tiny, unit
 
 
 def naive_ctr(q, k, t):
@@ -36,3 +36,7 @@ def test_frozen_patch_projection_needs_a_vit_and_stays_random():
     assert not any(id(p) in {id(q) for q in method.optimized_parameters()} for p in patch.parameters())
     assert any(p.requires_grad for p in encoder.parameters())
     assert math.isfinite(method(torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8))["loss"].item())
+
+
+def test_resumes_exactly():
+    assert_resumes_exactly(MoCoV3, hidden_dim=16, projection_dim=8, predictor_hidden_dim=16)

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.methods.nnclr import NNCLR, nearest_neighbour, nnclr_loss
-from tests.methods.losscheck import assert_matches, dot, leaves, tiny, unit
+from tests.methods.losscheck import assert_resumes_exactly, assert_matches, dot, leaves, tiny, unit
 
 
 def naive_nnclr(z, p, support, t):
@@ -47,3 +47,7 @@ def test_step_enqueues_the_first_views_unit_embeddings():
     method(images)["loss"].backward()
     assert int(method.queue_ptr) == 4 and torch.equal(method.queue[4:], before[4:])
     assert torch.allclose(method.queue[:4].norm(dim=1), torch.ones(4)) and not torch.equal(method.queue[:4], before[:4])
+
+
+def test_resumes_exactly():
+    assert_resumes_exactly(NNCLR, queue_size=12, hidden_dim=16, projection_dim=8, predictor_hidden_dim=16)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from pipeline.methods.tico import TiCo, tico_loss
-from tests.methods.losscheck import assert_matches, dot, leaves, tiny, unit
+from tests.methods.losscheck import assert_resumes_exactly, assert_matches, dot, leaves, tiny, unit
 
 
 def naive_tico(z1, z2, c, beta, rho):
@@ -41,3 +41,7 @@ def test_step_keeps_the_running_matrix():
     torch.testing.assert_close(torch.trace(first), torch.tensor(0.1))  # (1 - beta) * trace(B), B of unit rows: trace 1
     method(images)
     assert not torch.equal(method.cov, first) and "cov" in method.state_dict()
+
+
+def test_resumes_exactly():
+    assert_resumes_exactly(TiCo, hidden_dim=16, projection_dim=8)

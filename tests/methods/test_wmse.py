@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from pipeline.methods.wmse import WMSE, whiten, wmse_loss
-from tests.methods.losscheck import assert_matches, leaves, tiny
+from tests.methods.losscheck import assert_resumes_exactly, assert_matches, leaves, tiny
 
 
 def _cholesky(a):
@@ -73,3 +73,7 @@ def test_step_whitens_sub_batches_of_the_configured_size():
         module.wmse_loss = real
     (groups,) = seen  # 10 images -> 2 groups of 4, the other 2 left out this step
     assert groups.shape == (2, 4) and len(set(groups.flatten().tolist())) == 8
+
+
+def test_resumes_exactly():
+    assert_resumes_exactly(WMSE, whitening_size=4, hidden_dim=16, projection_dim=3)
