@@ -15,6 +15,7 @@ from pydantic import Field
 
 from pipeline import dist
 from pipeline.methods.ibot import MaskedDistillation, cross_view_ce, masked_patch_ce
+from pipeline.methods.masking import upcast
 from pipeline.methods.registry import register
 
 
@@ -35,7 +36,7 @@ def sinkhorn_knopp(logits: torch.Tensor, temperature: torch.Tensor | float, iter
     (B_all: rows taking part on all ranks). Returns ``[B, K]`` float targets ``B_all * Q``:
     rows that take part sum to 1, the others are 0. Computed in log space (no overflow).
     """
-    log_q = logits.float() / temperature  # [B, K]
+    log_q = upcast(logits) / temperature  # [B, K]
     k = logits.shape[1]
     keep = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device) if weight is None else weight
     keep = keep[:, None]
@@ -54,9 +55,9 @@ def sinkhorn_knopp(logits: torch.Tensor, temperature: torch.Tensor | float, iter
 def koleo_loss(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Kozachenko-Leonenko entropy estimator (Sablayrolles et al., 2019), DINOv2's Eq. 1:
     ``-1/n sum_i log(min_{j != i} ||x_i - x_j||)`` on L2-normalised rows of ``x [n, D]``."""
-    x = F.normalize(x.float(), dim=-1, eps=eps)
+    x = F.normalize(upcast(x), dim=-1, eps=eps)
     dots = x @ x.T
-    dots = dots - 3 * torch.eye(x.shape[0], device=x.device)  # never one's own neighbour (cosines >= -1)
+    dots = dots - 3 * torch.eye(x.shape[0], dtype=x.dtype, device=x.device)  # never one's own neighbour (cosines >= -1)
     nearest = dots.argmax(dim=1)  # on the device: no host read
     distance = (x - x[nearest]).norm(dim=-1)
     return -torch.log(distance + eps).mean()

@@ -18,9 +18,8 @@ from torch import nn
 from pipeline import dist
 from pipeline.config import Strict
 from pipeline.methods.ema import MomentumMethod, cosine_tau
-from pipeline.methods.masking import block_mask, masked_image_ratios
+from pipeline.methods.masking import block_mask, masked_image_ratios, require_vit, upcast
 from pipeline.methods.registry import register
-from pipeline.methods.simmim import require_vit
 
 N_GLOBAL = 2  # the teacher sees the 2 global crops; only they are masked
 
@@ -53,9 +52,9 @@ def cross_view_ce(student: torch.Tensor, targets: torch.Tensor, student_temp: fl
     probabilities. ``1/(G(V-1)) sum_g sum_{v != g} 1/B sum_b -targets[g,b] . log_softmax(student[v,b] / t_s)``.
     """
     g, v = targets.shape[0], student.shape[0]
-    log_p = F.log_softmax(student.float() / student_temp, dim=-1)  # [V, B, K]
-    ce = torch.stack([-(targets[i].float() * log_p).sum(-1).mean(-1) for i in range(g)])  # [G, V]
-    different = 1 - torch.eye(g, v, device=student.device)  # a float weight, not boolean indexing
+    log_p = F.log_softmax(upcast(student) / student_temp, dim=-1)  # [V, B, K]
+    ce = torch.stack([-(upcast(targets[i]) * log_p).sum(-1).mean(-1) for i in range(g)])  # [G, V]
+    different = 1 - torch.eye(g, v, dtype=log_p.dtype, device=student.device)  # a float weight, not boolean indexing
     return (ce * different).sum() / (g * (v - 1))
 
 
@@ -67,7 +66,7 @@ def masked_patch_ce(student: torch.Tensor, targets: torch.Tensor, mask: torch.Te
 
     student: ``[G, B, L, K]`` logits; targets: ``[G, B, L, K]`` probabilities; mask: bool ``[G, B, L]``.
     """
-    ce = -(targets.float() * F.log_softmax(student.float() / student_temp, dim=-1)).sum(-1)  # [G, B, L]
+    ce = -(upcast(targets) * F.log_softmax(upcast(student) / student_temp, dim=-1)).sum(-1)  # [G, B, L]
     m = mask.to(ce.dtype)
     return ((ce * m).sum(-1) / m.sum(-1).clamp(min=1)).mean()
 
@@ -81,8 +80,8 @@ def ibot_loss(student_cls: torch.Tensor, student_patch: torch.Tensor, teacher_cl
     crops), teacher_cls ``[G, B, K]``, teacher_patch ``[G, B, L, K]`` (unmasked crops), mask bool
     ``[G, B, L]``, centres ``[K]``. Teacher targets are ``softmax((t - c) / t_t)``.
     """
-    t_cls = F.softmax((teacher_cls.float() - center_cls) / teacher_temp, dim=-1).detach()
-    t_patch = F.softmax((teacher_patch.float() - center_patch) / teacher_patch_temp, dim=-1).detach()
+    t_cls = F.softmax((upcast(teacher_cls) - center_cls) / teacher_temp, dim=-1).detach()
+    t_patch = F.softmax((upcast(teacher_patch) - center_patch) / teacher_patch_temp, dim=-1).detach()
     return cross_view_ce(student_cls, t_cls, student_temp), masked_patch_ce(student_patch, t_patch, mask, student_temp)
 
 

@@ -22,9 +22,8 @@ from torch import nn
 from pipeline.config import Strict
 from pipeline.data.augment import random_resized_crop, to_float
 from pipeline.methods.ema import MomentumMethod, cosine_tau
-from pipeline.methods.masking import encode_with_padding, rectangle_indices
+from pipeline.methods.masking import encode_with_padding, rectangle_indices, require_vit, upcast
 from pipeline.methods.registry import register
-from pipeline.methods.simmim import require_vit
 from pipeline.models.vit import LN_EPS, block, sincos_pos_embed
 
 
@@ -35,7 +34,7 @@ def ijepa_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
     pred, target: ``[M, N, P, D]`` (M target blocks of P patches of N images).
     """
-    return (pred.float() - target.float()).pow(2).mean()
+    return (upcast(pred) - upcast(target)).pow(2).mean()
 
 
 def block_size(grid: int, scale: tuple[float, float], aspect: tuple[float, float], rng: random.Random) -> tuple[int, int]:

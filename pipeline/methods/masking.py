@@ -1,5 +1,5 @@
-"""Patch masks for the masked-modelling methods (SimMIM, iBOT, DINOv2-style, I-JEPA, MSN),
-built on the training device with torch ops only: no host syncs, no numpy, no boolean
+"""Patch masks (and two small helpers) for the masked-modelling methods (SimMIM, iBOT,
+DINOv2-style, I-JEPA, MSN), built on the training device with torch ops only: no host syncs, no numpy, no boolean
 indexing, so a step never waits for the GPU. Patches are numbered row-major over the
 ``grid x grid`` patch grid (the ViT's token order).
 """
@@ -10,6 +10,20 @@ import math
 
 import torch
 from torch import nn
+
+from pipeline.errors import UserError
+
+
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """Losses run in at least float32 (autocast gives bfloat16) and keep float64 (the tests)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def require_vit(encoder, method: str) -> None:
+    """These methods mask or drop patch tokens: they need the ViT encoder."""
+    if encoder.params.arch != "vit":
+        raise UserError(f"{method} needs a ViT encoder, got encoder.arch {encoder.params.arch!r}: "
+                        f"set `encoder: {{arch: vit}}` under `{method}:` in params.yaml")
 
 
 def random_patch_mask(n: int, length: int, ratio: torch.Tensor | float, gen: torch.Generator,

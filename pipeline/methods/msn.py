@@ -20,8 +20,8 @@ from torch import nn
 from pipeline import dist
 from pipeline.config import Strict
 from pipeline.methods.ema import MomentumMethod
+from pipeline.methods.masking import require_vit, upcast
 from pipeline.methods.registry import register
-from pipeline.methods.simmim import require_vit
 from pipeline.methods.swav import sinkhorn
 from pipeline.models.heads import mlp
 
@@ -37,11 +37,11 @@ def msn_loss(anchors: torch.Tensor, targets: torch.Tensor, prototypes: torch.Ten
     ``1/(VB) sum_{v,b} H(target_b, p_{v,b})``; me_max is ``log K - H(mean_{v,b} p_{v,b})``
     with the mean over every rank's anchors (>= 0, 0 when all prototypes are used evenly).
     """
-    z = F.normalize(anchors.float(), dim=-1)
-    q = F.normalize(prototypes.float(), dim=-1)
+    z = F.normalize(upcast(anchors), dim=-1)
+    q = F.normalize(upcast(prototypes), dim=-1)
     log_p = F.log_softmax(z @ q.T / temperature, dim=-1)  # [V, B, K]
     with torch.no_grad():
-        t = F.normalize(targets.float(), dim=-1) @ q.T / temperature  # [B, K]
+        t = F.normalize(upcast(targets), dim=-1) @ q.T / temperature  # [B, K]
         log_sharp = F.log_softmax(t / sharpen_temperature, dim=-1)  # = log(p^(1/T) / sum p^(1/T))
         target = sinkhorn(log_sharp, 1.0, sinkhorn_iterations) if sinkhorn_iterations else log_sharp.exp()
     ce = -(target * log_p).sum(-1).mean()

@@ -13,9 +13,8 @@ from torch import nn
 
 from pipeline.config import Strict
 from pipeline.data.augment import random_resized_crop, to_float
-from pipeline.errors import UserError
 from pipeline.methods.base import Method
-from pipeline.methods.masking import random_patch_mask
+from pipeline.methods.masking import random_patch_mask, require_vit, upcast
 from pipeline.methods.registry import register
 from pipeline.models.vit import patchify
 
@@ -26,15 +25,9 @@ def simmim_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) ->
     pred, target: ``[N, L, P]`` (P = patch pixels x channels); mask: bool ``[N, L]``, True
     where masked. The paper's ``1/Omega(x_M) * ||y_M - x_M||_1`` over the batch.
     """
-    per_patch = (pred.float() - target.float()).abs().mean(dim=-1)  # [N, L]
+    per_patch = (upcast(pred) - upcast(target)).abs().mean(dim=-1)  # [N, L]
     m = mask.to(per_patch.dtype)
     return (per_patch * m).sum() / m.sum().clamp(min=1)
-
-
-def require_vit(encoder, method: str) -> None:
-    if encoder.params.arch != "vit":
-        raise UserError(f"{method} needs a ViT encoder, got encoder.arch {encoder.params.arch!r}: "
-                        f"set `encoder: {{arch: vit}}` under `{method}:` in params.yaml")
 
 
 @register
