@@ -34,7 +34,8 @@ def random_patch_mask(n: int, length: int, ratio: torch.Tensor | float, gen: tor
     ``round(ratio_i * L)`` masked patches, the ones whose uniform noise ranks lowest.
     """
     ranks = torch.rand(n, length, generator=gen, device=device).argsort(dim=1).argsort(dim=1)  # [N, L] a permutation
-    count = torch.as_tensor(ratio, device=device).mul(length).round().reshape(-1, 1)  # [N or 1, 1]
+    # a float ratio stays a Python number: a tensor made from it would be a host-to-device copy
+    count = (ratio * length).round().reshape(-1, 1) if torch.is_tensor(ratio) else round(ratio * length)
     return ranks < count
 
 

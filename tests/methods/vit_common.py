@@ -16,7 +16,8 @@ TINY = {
     "simmim": {},
     "ibot": {"out_dim": 32, "hidden_dim": 32, "bottleneck_dim": 16},
     "dinov2": {"out_dim": 32, "hidden_dim": 32, "bottleneck_dim": 16},
-    "ijepa": {"predictor_dim": 16, "predictor_depth": 1},
+    # ijepa: wide size ranges, so that block sizes (drawn on the host, one per batch) differ from step to step
+    "ijepa": {"predictor_dim": 16, "predictor_depth": 1, "target_scale": [0.05, 0.5], "target_aspect": [0.3, 3.0]},
     "msn": {"num_prototypes": 16, "hidden_dim": 32, "output_dim": 16},
 }
 
