@@ -11,6 +11,9 @@ and pretrain@<method> first) and on the random init of its architecture (`baseli
 Records per method: pretrain wall time, final loss, linear (L-BFGS, C swept on val) and
 kNN-20 top-1 of the pretrained encoder and of the same architecture at random init. Writes
 benchmarks/results/methods.json and prints a table.
+
+The ViT methods of issue 27 (each against its own ViT's random init, random_init_<method>):
+    python benchmarks/methods.py --methods simmim,msn,ijepa,ibot,dinov2 --out benchmarks/results/methods_vit.json
 """
 
 from __future__ import annotations
