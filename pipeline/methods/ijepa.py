@@ -21,7 +21,7 @@ from torch import nn
 
 from pipeline.config import Strict
 from pipeline.data.augment import random_resized_crop, to_float
-from pipeline.methods.ema import MomentumMethod, cosine_tau
+from pipeline.methods.ema import MomentumMethod
 from pipeline.methods.masking import encode_with_padding, rectangle_indices, require_vit, upcast
 from pipeline.methods.registry import register
 from pipeline.models.vit import LN_EPS, block, sincos_pos_embed

@@ -75,7 +75,8 @@ class MSN(MomentumMethod):
     def __init__(self, encoder, params, augment, seed, device):
         super().__init__(encoder, params, augment, seed, device)
         require_vit(encoder, self.name)
-        self.require_crops_fit_encoder(params.num_focal_views, params.focal_crop_size, "msn.num_focal_views", "msn.focal_crop_size")
+        self.require_crops_fit_encoder(params.num_focal_views, params.focal_crop_size, "msn.num_focal_views",
+                                       "msn.focal_crop_size")
         self.projector = mlp(encoder.feature_dim, params.hidden_dim, params.output_dim, layers=3)
         self.prototypes = nn.Parameter(torch.empty(params.num_prototypes, params.output_dim))
         nn.init.uniform_(self.prototypes, -1 / math.sqrt(params.output_dim), 1 / math.sqrt(params.output_dim))

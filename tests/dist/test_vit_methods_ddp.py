@@ -38,7 +38,8 @@ def _rank(rank: int, out: str) -> dict:
 
     logits, keep = _logits()
     mine = slice(rank * 6, rank * 6 + 6)
-    results = {"sinkhorn": sinkhorn_knopp(logits[mine], 0.5, 3), "sinkhorn_masked": sinkhorn_knopp(logits[mine], 0.5, 3, keep[mine])}
+    results = {"sinkhorn": sinkhorn_knopp(logits[mine], 0.5, 3),
+               "sinkhorn_masked": sinkhorn_knopp(logits[mine], 0.5, 3, keep[mine])}
     anchors, targets, protos = _msn_inputs()
     results["msn"] = _msn(anchors[:, rank * 4:rank * 4 + 4], targets[rank * 4:rank * 4 + 4], protos)
     ibot, seen = tiny_method("ibot"), []
