@@ -13,6 +13,9 @@ kNN-20 top-1 of the pretrained encoder and of the same architecture at random in
 benchmarks/results/methods.json (a subset of methods: ``--out methods_<tag>.json`` beside it,
 which benchmarks/report.py adds as a second table) with the command, the CPU model and the
 load average, and prints a table.
+
+The ViT methods of issue 27 (each against its own ViT's random init, random_init_<method>):
+    python benchmarks/methods.py --methods simmim,msn,ijepa,ibot,dinov2 --out benchmarks/results/methods_vit.json
 """
 
 from __future__ import annotations
