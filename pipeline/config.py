@@ -54,7 +54,10 @@ class EncoderParams(Strict):
     """Backbone: a ResNet for small images, or a small ViT (torchvision's) for masked image
     modeling (MAE, BEiT). Keys of the other arch are ignored."""
 
-    arch: Literal["resnet", "vit", "transformer"] = "resnet"  # transformer: text (dim, depth, heads, mlp_ratio, causal)
+    arch: Literal["resnet", "vit", "transformer", "resnet18", "resnet50", "vit_small_patch16_224",
+                  "vit_base_patch16_224"] = "resnet"  # transformer: text (dim, depth, heads, mlp_ratio, causal)
+    # resnet18/resnet50: torchvision's (ImageNet stem); vit_*_patch16_224: timm's (class-token features,
+    # patch 16); none of the keys below apply to them. Their weights export (pipeline/export.py)
     # resnet
     layers: list[int] = Field(default_factory=lambda: [1, 1, 1, 1], min_length=1, max_length=6)
     width: int = Field(32, ge=4, le=512)
