@@ -138,7 +138,10 @@ class OptimParams(Strict):
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=2)
     optimizer: Literal["sgd", "adamw", "lars"] = "sgd"
-    lr: float = Field(gt=0)  # base lr for a batch of 256; scaled linearly with batch size
+    lr: float = Field(gt=0)  # base lr: the lr at a global batch of 256, scaled to the real batch by lr_scaling
+    # linear: lr x B/256 (Goyal et al. 2017; SimCLR/BYOL with LARS, MoCo/SimSiam with SGD, DINO/MAE with AdamW);
+    # sqrt: lr x sqrt(B/256) (SimCLR App. B.1, for small batches and short schedules). pipeline/train/optim.py
+    lr_scaling: Literal["linear", "sqrt"] = "linear"
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd and lars
     betas: list[float] = Field(default_factory=lambda: [0.9, 0.999], min_length=2, max_length=2)  # adamw
