@@ -12,7 +12,9 @@ on a GPU. Usage::
     assert syncs.count == 0, syncs.calls   # calls: ["nonzero", "Tensor.item", ...]
 
 It counts what goes through torch's function dispatch from Python; synchronising work
-inside one C++ op (e.g. ``torch.unique``) is counted by naming the op.
+inside one C++ op (e.g. ``torch.unique``) is counted by naming the op. ``.to(device)`` is not
+counted: on the CPU the proxy cannot tell a move to the training device (asynchronous from
+pinned memory) from a copy back to the host; write ``.cpu()`` for the latter.
 """
 
 from __future__ import annotations
@@ -81,10 +83,6 @@ class SyncCounter(TorchFunctionMode):
                 return "bool-mask index"
         if func in (torch.tensor, torch.as_tensor) and kwargs.get("device") is not None:
             return "torch.tensor(device=)"
-        if func in (torch.Tensor.to,):  # .to("cpu") / .to(torch.device("cpu")) from another device
-            dev = kwargs.get("device", args[1] if len(args) > 1 else None)
-            if isinstance(dev, (str, torch.device)) and torch.device(dev).type == "cpu":
-                return "Tensor.to(cpu)"
         if func in (torch.repeat_interleave, torch.Tensor.repeat_interleave):
             # tensor repeats without output_size: the output length is a device sum
             repeats = args[1] if len(args) > 1 else kwargs.get("repeats")
