@@ -29,7 +29,7 @@ def ema_update(target: nn.Module, online: nn.Module, tau: float, foreach: bool =
     kernel launches for the whole network instead of two per tensor (same values)."""
     targets = list(target.parameters()) + list(target.buffers())
     onlines = list(online.parameters()) + list(online.buffers())
-    floats = [(t, o.detach()) for t, o in zip(targets, onlines) if t.dtype.is_floating_point]
+    floats = [(t, o) for t, o in zip(targets, onlines) if t.dtype.is_floating_point]  # (no_grad: nothing recorded)
     others = [(t, o) for t, o in zip(targets, onlines) if not t.dtype.is_floating_point]
     if foreach and floats:
         ts, os_ = [t for t, _ in floats], [o for _, o in floats]
