@@ -13,6 +13,9 @@ code path, not the learning.
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -145,3 +148,15 @@ def test_the_counter_counts_what_syncs():
         x[mask] = 0.0
     assert syncs.calls == ["nonzero", "bool-mask index", "Tensor.item", "Tensor.__bool__", "Tensor.tolist", "Tensor.cpu",
                            "Tensor.__float__", "Tensor.__int__", "torch.tensor(device=)", "bool-mask index"]
+
+
+def test_sync_free_views_equal_the_gather_views_they_replaced(monkeypatch, capsys):
+    """benchmarks/views_sync.py --smoke: the replaced nonzero/gather views (kept there as the
+    baseline) and ViewMaker's give the same views bit for bit, grayscale and RGB with blur."""
+    bench = Path(__file__).resolve().parents[2] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))
+    spec = importlib.util.spec_from_file_location("views_sync_bench", bench / "views_sync.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--smoke"])  # asserts the equality before it times anything
+    assert capsys.readouterr().out.count("| torch.where (sync-free, now) |") == 2
