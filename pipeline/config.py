@@ -165,7 +165,11 @@ class PretrainParams(OptimParams):
     # at most 8, with a GPU: pipeline.data.loader.loader_workers; 0: in the training process); any count
     # gives the same batches in the same order
     loader_workers: Optional[int] = Field(None, ge=0, le=64)
-    amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
+    # auto: bfloat16 autocast on a GPU that has it, float16 + gradient scaler on one that does not,
+    # float32 on the CPU; bf16 | fp16 | fp32 force one (pipeline/train/device.py)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    device: Literal["auto", "cuda", "cpu"] = "auto"  # auto: CUDA when usable (and says so); cuda: fail at once without it
+    compile: bool = False  # torch.compile the encoder (benchmarks/compile.py measures it)
     # Processes on this node: above 1, the stage starts itself under torchrun (--standalone);
     # several nodes are launched by hand with torchrun (README)
     nproc_per_node: int = Field(1, ge=1)
