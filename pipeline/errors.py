@@ -13,6 +13,7 @@ Everything here is written once and used by every stage (``exit_on_user_error`` 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import fcntl
@@ -23,6 +24,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -89,8 +91,11 @@ def exit_on_user_error(main: Callable[[], None] | None = None, *, kept: str = NO
             main()
         except UserError as err:
             _fail(str(err), 2)
-        except KeyboardInterrupt:
-            _fail(f"interrupted; {kept}", INTERRUPTED)
+        except KeyboardInterrupt:  # the staged outputs and the worker pool were cleaned up on the way here
+            try:
+                _fail(f"interrupted; {kept}", INTERRUPTED)
+            except SystemExit:
+                _exit_now(INTERRUPTED)
         except OSError as err:
             message = describe_os_error(err)
             if message is None:
@@ -110,6 +115,31 @@ def _fail(message: str, status: int) -> None:
     else:
         print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(status)
+
+
+def _exit_now(status: int) -> None:
+    """Exit at once after the exit handlers (multiprocessing's, which reap child processes): the
+    interpreter's teardown of torch and the imported modules took 1-4 s more on a busy 2-core
+    machine, time a user who pressed Ctrl-C waits for nothing."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+@contextlib.contextmanager
+def interrupts_ignored() -> Iterator[None]:
+    """Ctrl-C ignored while the block runs, e.g. while a pool forks its workers: a child forked
+    here starts with SIGINT ignored (before its own code runs), so a Ctrl-C while the pool
+    starts cannot kill a worker mid-start (a traceback, and a pool that may hang)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def rank_error(folder: str | Path) -> tuple[int, str] | None:

@@ -43,7 +43,7 @@ import webdataset as wds
 from PIL import Image
 
 from pipeline.data.sources import ArrayReader, ImageSet, SampleRefs, load_image
-from pipeline.errors import UserError, ignore_interrupts
+from pipeline.errors import UserError, ignore_interrupts, interrupts_ignored
 
 MANIFEST = "manifest.json"
 _RECREATE = "re-create the shards with 'dvc repro -f shard'"
@@ -164,7 +164,8 @@ def _worker_pool(readers: list, fmt: SampleFormat, workers: int):
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
     try:
-        pool = ctx.Pool(workers, _init_worker, (readers, fmt))
+        with interrupts_ignored():  # the workers start with Ctrl-C ignored: the main process handles it
+            pool = ctx.Pool(workers, _init_worker, (readers, fmt))
     except OSError as err:  # e.g. no /dev/shm for the pool's locks: same bytes, one process
         print(f"warning: cannot start {workers} worker processes ({err}); encoding in this process", file=sys.stderr)
         pool = None
