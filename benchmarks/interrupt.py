@@ -62,6 +62,13 @@ def _alive(pgid: int) -> bool:
         return False
 
 
+def _default_sigint() -> None:
+    """In the stage's process before it starts: SIGINT as a terminal's foreground job has it
+    (a benchmark started in the background, ``&``, passes SIGINT on ignored, and Python keeps an
+    ignored SIGINT ignored: the stage would never see the Ctrl-C)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt_once(code: Path, folder: Path, work: Path, workers: int, timeout: float) -> dict:
     """One run of ``code``'s shard stage on ``folder``, interrupted mid-run; what happened."""
     raw = yaml.safe_load((code / "params.yaml").read_text())
@@ -73,7 +80,7 @@ def interrupt_once(code: Path, folder: Path, work: Path, workers: int, timeout: 
     env = {**os.environ, "PYTHONPATH": str(code)}
     proc = subprocess.Popen([sys.executable, str(code / "stages" / "shard.py"), "--params", "params.yaml", "--out", "shards"],
                             cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_default_sigint)
     staged = out.with_name("shards.tmp")
     while not (staged.is_dir() and any(staged.glob("*.tar"))):
         if proc.poll() is not None:
