@@ -103,7 +103,9 @@ def relaunch_under_torchrun(nproc: int, script: str, tag: str) -> int:
     argv = ["--standalone", f"--nproc-per-node={nproc}", script, *sys.argv[1:]]
     print(f"[{tag}] {nproc} processes: torch.distributed.run {' '.join(argv)}", flush=True)
     # the agent logs a failed rank as an error with its own summary: the line printed below says it once
-    logging.getLogger("torch.distributed.elastic").addFilter(lambda record: "failed (exitcode" not in str(record.msg))
+    # (a logger's filter is not inherited by its children: set on the logger that writes it)
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(
+        lambda record: "failed (exitcode" not in str(record.msg))
     with tempfile.TemporaryDirectory(prefix="ssl-rank-errors-") as folder:
         os.environ[RANK_ERRORS_ENV] = folder
         try:

@@ -133,6 +133,7 @@ def test_a_rank_user_error_under_torchrun_is_the_parent_s_one_line(tiny_shards, 
     assert "torch.distributed.run --standalone --nproc-per-node=2" in res.stdout
     errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
     assert res.returncode == 2 and "Traceback" not in res.stderr and "ChildFailedError" not in res.stderr, res.stderr
+    assert "failed (exitcode" not in res.stderr, res.stderr  # the agent's own log line of the failure
     assert len(errors) == 1 and errors[0].startswith("error: models/simclr/checkpoint.pt is not a checkpoint"), res.stderr
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == [
         "models/simclr/checkpoint.pt", "params.yaml"]
