@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNTIME = {"data": {"workers"}, "pretrain": {"loader_workers", "nproc_per_node"}}
 STAGES = {"data": ("shard", "text-shard"), "pretrain": ("pretrain", "text-pretrain")}
 # config keys with a default in code only (not in params.yaml, so DVC cannot track them there)
-NOT_IN_PARAMS_YAML = {"data": set(), "pretrain": {"betas", "lars_eta", "grad_clip"}}
+NOT_IN_PARAMS_YAML = {"data": set(), "pretrain": {"betas", "lars_eta", "grad_clip", "lr_scaling"}}
 
 
 def _tracked(stage: dict, section: str) -> set[str]:
