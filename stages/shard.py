@@ -4,8 +4,8 @@
 Streaming: the source gives sample references (file paths, indices) and labels, the splits
 are computed from the labels, and worker processes (``data.workers``) load, resize and
 encode the images a chunk at a time, so memory does not grow with the dataset. The output
-is byte-identical for any number of workers, and resumes: a killed or failed run leaves
-``<out>.tmp`` with the shards it finished, which the next run keeps (``write_resumable``).
+is byte-identical for any number of workers, and resumes: a killed run leaves ``<out>.tmp``
+with the shards it finished, which the next run keeps (``write_resumable``).
 """
 
 from __future__ import annotations
@@ -67,12 +67,17 @@ def write_text(params, out: str) -> dict:
 def write_resumable(out: str, write) -> dict:
     """``write(folder)`` into ``<out>.tmp``, then renamed to ``out``: the shard folder appears
     whole (manifest included) or not at all. Unlike ``StagedOutputs`` the staging folder
-    outlives a failed or killed run: the next run keeps the shards it finished
-    (``shards.Journal``: same inputs, same bytes) and writes the rest."""
+    outlives a killed run (SIGKILL, out of memory, a pre-empted host, a power cut): the next
+    run keeps the shards it finished (``shards.Journal``: same inputs, same bytes) and writes
+    the rest. An error or Ctrl-C removes it, as ``StagedOutputs`` does."""
     final = Path(out)
     tmp = final.with_name(final.name + TMP_SUFFIX)
     final.parent.mkdir(parents=True, exist_ok=True)
-    manifest = write(tmp)
+    try:
+        manifest = write(tmp)
+    except BaseException:  # an error or Ctrl-C: nothing half-written (only a killed process leaves shards to resume)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.is_dir():
         shutil.rmtree(final)
     elif final.exists():
