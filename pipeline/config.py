@@ -48,13 +48,19 @@ class DataParams(Strict):
     # Processes decoding/resizing/encoding (None: os.cpu_count(), at most 8); the output
     # bytes are the same for any count, so it is left out of the manifest.
     workers: Optional[int] = Field(None, ge=1, le=64)
+    # An image file with more pixels is refused from its header (a decompression bomb); PIL's
+    # own limit by default. None: no limit. Left out of the manifest (no accepted image changes).
+    max_image_pixels: Optional[int] = Field(89478485, ge=1)
 
 
 class EncoderParams(Strict):
     """Backbone: a ResNet for small images, or a small ViT (torchvision's) for masked image
     modeling (MAE, BEiT). Keys of the other arch are ignored."""
 
-    arch: Literal["resnet", "vit", "transformer"] = "resnet"  # transformer: text (dim, depth, heads, mlp_ratio, causal)
+    arch: Literal["resnet", "vit", "transformer", "resnet18", "resnet50", "vit_small_patch16_224",
+                  "vit_base_patch16_224"] = "resnet"  # transformer: text (dim, depth, heads, mlp_ratio, causal)
+    # resnet18/resnet50: torchvision's (ImageNet stem); vit_*_patch16_224: timm's (class-token features,
+    # patch 16); none of the keys below apply to them. Their weights export (pipeline/export.py)
     # resnet
     layers: list[int] = Field(default_factory=lambda: [1, 1, 1, 1], min_length=1, max_length=6)
     width: int = Field(32, ge=4, le=512)
@@ -135,7 +141,10 @@ class OptimParams(Strict):
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=2)
     optimizer: Literal["sgd", "adamw", "lars"] = "sgd"
-    lr: float = Field(gt=0)  # base lr for a batch of 256; scaled linearly with batch size
+    lr: float = Field(gt=0)  # base lr: the lr at a global batch of 256, scaled to the real batch by lr_scaling
+    # linear: lr x B/256 (Goyal et al. 2017; SimCLR/BYOL with LARS, MoCo/SimSiam with SGD, DINO/MAE with AdamW);
+    # sqrt: lr x sqrt(B/256) (SimCLR App. B.1, for small batches and short schedules). pipeline/train/optim.py
+    lr_scaling: Literal["linear", "sqrt"] = "linear"
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd and lars
     betas: list[float] = Field(default_factory=lambda: [0.9, 0.999], min_length=2, max_length=2)  # adamw
@@ -330,6 +339,16 @@ def _describe(err: ValidationError, source: str) -> str:
     return f"invalid params in {source}:\n" + "\n".join(lines)
 
 
+def _check_sections_are_mappings(sections: dict[str, Any], source: str) -> None:
+    """A method's or protocol's section must be a mapping (or empty): ``simclr: [1, 2]`` is refused
+    in one line here rather than failing inside ``dict()``. (The core sections are pydantic models,
+    which already report a wrong shape as one line.)"""
+    for name, section in sections.items():
+        if section is not None and not isinstance(section, dict):
+            raise UserError(f"{source}: section '{name}' must be a mapping of its keys (e.g. '{name}: {{key: value}}'), "
+                            f"got {type(section).__name__} {section!r}; fix it or remove the section to use the defaults")
+
+
 def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
     """Validate a params dict; raises ``UserError`` listing every problem."""
     from pipeline.eval import registry as protocols  # late imports: methods and protocols import config
@@ -340,6 +359,7 @@ def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
     raw = dict(raw)
     method_sections = {name: raw.pop(name) for name in list(raw) if name in registry.names()}
     protocol_sections = {name: raw.pop(name) for name in list(raw) if name in protocols.names()}
+    _check_sections_are_mappings(method_sections | protocol_sections, source)
     try:
         params = Params.model_validate(raw)
     except ValidationError as err:

@@ -15,7 +15,7 @@ from pipeline import dist
 from pipeline.config import load_params
 from pipeline.data.loader import epoch_batches, loader_workers
 from pipeline.data.shards import first_samples, read_manifest, split_batches, stream_batches
-from pipeline.errors import UserError, exit_on_user_error
+from pipeline.errors import UserError, exit_on_user_error, output_lock
 from pipeline.eval.features import BATCH, encoder_features
 from pipeline.eval.knn import knn_accuracy
 from pipeline.eval.protocol import seed_everything
@@ -30,7 +30,7 @@ from pipeline.train.optim import param_groups
 
 
 
-@exit_on_user_error
+@exit_on_user_error(kept="no output was written (a checkpoint.pt in --out, if any, resumes the run)")
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
@@ -46,6 +46,11 @@ def main() -> None:
     method_cls = registry.get(args.method)
     manifest = read_manifest(args.shards)
     _check_modality(method_cls, args.shards, manifest)
+    with output_lock(args.out):  # a second run in the same folder refuses (the ranks of a torchrun share it)
+        _run(args, params, method_cls, manifest)
+
+
+def _run(args, params, method_cls, manifest: dict) -> None:
     p = params.pretrain_for(args.method)
     check_device(p.device)  # device: cuda without a usable GPU stops here, before any work (one line, status 2)
     if p.nproc_per_node > 1 and not dist.launched_by_torchrun():

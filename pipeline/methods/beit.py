@@ -142,9 +142,9 @@ class BEiT(Method):
 
     def __init__(self, encoder, params, augment, seed, device):
         super().__init__(encoder, params, augment, seed, device)
-        if encoder.params.arch != "vit":
+        if not encoder.has_patch_tokens:
             raise UserError(
-                f"beit needs a ViT encoder, got encoder.arch {encoder.params.arch!r}: set `encoder: {{arch: vit}}` under `beit:` in params.yaml"
+                f"beit needs a ViT encoder, got encoder.arch {encoder.params.arch!r}: set `encoder: {{arch: vit}}` (or vit_small_patch16_224) under `beit:` in params.yaml"
             )
         vit = encoder.backbone
         self.seed = seed
