@@ -57,7 +57,10 @@ class EncoderParams(Strict):
     """Backbone: a ResNet for small images, or a small ViT (torchvision's) for masked image
     modeling (MAE, BEiT). Keys of the other arch are ignored."""
 
-    arch: Literal["resnet", "vit", "transformer"] = "resnet"  # transformer: text (dim, depth, heads, mlp_ratio, causal)
+    arch: Literal["resnet", "vit", "transformer", "resnet18", "resnet50", "vit_small_patch16_224",
+                  "vit_base_patch16_224"] = "resnet"  # transformer: text (dim, depth, heads, mlp_ratio, causal)
+    # resnet18/resnet50: torchvision's (ImageNet stem); vit_*_patch16_224: timm's (class-token features,
+    # patch 16); none of the keys below apply to them. Their weights export (pipeline/export.py)
     # resnet
     layers: list[int] = Field(default_factory=lambda: [1, 1, 1, 1], min_length=1, max_length=6)
     width: int = Field(32, ge=4, le=512)
@@ -138,7 +141,10 @@ class OptimParams(Strict):
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=2)
     optimizer: Literal["sgd", "adamw", "lars"] = "sgd"
-    lr: float = Field(gt=0)  # base lr for a batch of 256; scaled linearly with batch size
+    lr: float = Field(gt=0)  # base lr: the lr at a global batch of 256, scaled to the real batch by lr_scaling
+    # linear: lr x B/256 (Goyal et al. 2017; SimCLR/BYOL with LARS, MoCo/SimSiam with SGD, DINO/MAE with AdamW);
+    # sqrt: lr x sqrt(B/256) (SimCLR App. B.1, for small batches and short schedules). pipeline/train/optim.py
+    lr_scaling: Literal["linear", "sqrt"] = "linear"
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd and lars
     betas: list[float] = Field(default_factory=lambda: [0.9, 0.999], min_length=2, max_length=2)  # adamw
@@ -162,7 +168,11 @@ class PretrainParams(OptimParams):
     # at most 8, with a GPU: pipeline.data.loader.loader_workers; 0: in the training process); any count
     # gives the same batches in the same order
     loader_workers: Optional[int] = Field(None, ge=0, le=64)
-    amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
+    # auto: bfloat16 autocast on a GPU that has it, float16 + gradient scaler on one that does not,
+    # float32 on the CPU; bf16 | fp16 | fp32 force one (pipeline/train/device.py)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    device: Literal["auto", "cuda", "cpu"] = "auto"  # auto: CUDA when usable (and says so); cuda: fail at once without it
+    compile: bool = False  # torch.compile the encoder (benchmarks/compile.py measures it)
     # Processes on this node: above 1, the stage starts itself under torchrun (--standalone);
     # several nodes are launched by hand with torchrun (README)
     nproc_per_node: int = Field(1, ge=1)

@@ -73,16 +73,11 @@ class Method(nn.Module):
         statistics on whole images. Default: nothing."""
 
     def require_crops_fit_encoder(self, count: int, size: int, count_key: str, size_key: str) -> None:
-        """Multi-crop methods: crops of another size than the images cannot go through a ViT,
-        whose position table is built for one image size (the forward fails deep inside with
-        a shape mismatch when the positions are added). Refuse early, naming the keys."""
-        arch, image_size = self.encoder.params.arch, self.encoder.image_size
-        if arch == "vit" and count and size != image_size:
-            raise UserError(
-                f"{size_key}: {size} px crops cannot go through a ViT encoder (encoder.arch 'vit'), which takes "
-                f"{image_size} px images only: use a ResNet encoder (encoder.arch 'resnet'), or set {count_key}: 0 "
-                f"(or {size_key}: {image_size})"
-            )
+        """Multi-crop methods: a ViT takes crops of any size its patch size divides (its positions
+        are resampled bicubically), a ResNet any size. Refuse another size early, naming the keys,
+        rather than let the patch embedding drop the crop's edge pixels."""
+        if count:
+            self.encoder.check_input_size(size, size_key)
 
     @torch.no_grad()
     def reestimate_batchnorm(self, sample: torch.Tensor) -> None:

@@ -173,15 +173,10 @@ class Jigsaw(Method):
 
     def __init__(self, encoder, params, augment, seed, device):
         super().__init__(encoder, params, augment, seed, device)
-        arch, size = getattr(encoder.params, "arch", "resnet"), getattr(encoder, "image_size", None)
-        self.tile_size = params.tile_size or size
+        self.tile_size = params.tile_size or getattr(encoder, "image_size", None)
         if self.tile_size is None:
             raise UserError("jigsaw needs jigsaw.tile_size or the encoder's image size (data.image_size)")
-        if arch != "resnet" and size != self.tile_size:
-            raise UserError(
-                f"jigsaw feeds {self.tile_size}px tiles to the encoder; a {arch!r} encoder is built for "
-                f"{size}px inputs: set jigsaw.tile_size to {size} (or null) or use encoder.arch 'resnet'"
-            )
+        encoder.check_input_size(self.tile_size, "jigsaw.tile_size")  # a ViT: a multiple of its patch size
         # A buffer, so checkpoints carry the exact set the classifier's outputs refer to.
         self.register_buffer("permutations", permutation_set(params.num_permutations, params.permutation_seed, params.selection))
         tile_dim = params.tile_dim or encoder.feature_dim

@@ -103,9 +103,9 @@ class MAE(Method):
 
     def __init__(self, encoder, params, augment, seed, device):
         super().__init__(encoder, params, augment, seed, device)
-        if encoder.params.arch != "vit":
+        if not encoder.has_patch_tokens:
             raise UserError(
-                f"mae needs a ViT encoder, got encoder.arch {encoder.params.arch!r}: set `encoder: {{arch: vit}}` under `mae:` in params.yaml"
+                f"mae needs a ViT encoder, got encoder.arch {encoder.params.arch!r}: set `encoder: {{arch: vit}}` (or vit_small_patch16_224) under `mae:` in params.yaml"
             )
         if params.decoder_dim % params.decoder_heads or params.decoder_dim % 4:
             raise UserError(

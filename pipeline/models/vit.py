@@ -93,8 +93,9 @@ class Transformer(nn.Module):
         self.blocks = nn.Sequential(*[block(dim, heads, mlp_dim) for _ in range(depth)])
         self.ln = nn.LayerNorm(dim, eps=LN_EPS)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ln(self.blocks(x + self.pos_embedding))
+    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        """``pos``: a table for another grid than the native one (``ViT.pos_for``)."""
+        return self.ln(self.blocks(x + (self.pos_embedding if pos is None else pos)))
 
 
 class ViT(nn.Module):
@@ -152,10 +153,24 @@ class ViT(nn.Module):
         tokens = torch.gather(tokens, 1, keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
         return self.encode(tokens)
 
+    def pos_for(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        """``[1, 1 + grid_h * grid_w, dim]``: the position table for another patch grid (multi-crop's
+        small crops), its patch part resampled bicubically as DINO and timm do (timm's own
+        ``resample_abs_pos_embed``, so this ViT and timm's interpolate alike); the native grid gets
+        the table itself. The class token's row is kept."""
+        if (grid_h, grid_w) == (self.grid, self.grid):
+            return self.pos_embedding
+        from timm.layers import resample_abs_pos_embed  # late: timm imports torchvision (~1.5 s)
+
+        return resample_abs_pos_embed(self.pos_embedding, new_size=(grid_h, grid_w), old_size=(self.grid, self.grid),
+                                      num_prefix_tokens=1)
+
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """All tokens: ``[N, C, H, W]`` -> ``[N, 1 + L, dim]``."""
+        """All tokens: ``[N, C, H, W]`` -> ``[N, 1 + L, dim]``; any H, W the patch size divides
+        (positions resampled for a grid other than ``image_size``'s)."""
         cls = self.class_token.expand(x.shape[0], -1, -1)
-        return self.transformer(torch.cat([cls, self.embed(x)], dim=1))
+        pos = self.pos_for(x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
+        return self.transformer(torch.cat([cls, self.embed(x)], dim=1), pos)
 
     def pool_tokens(self, h: torch.Tensor) -> torch.Tensor:
         """``[N, 1 + L, dim]`` -> ``[N, dim]`` per ``pool``."""

@@ -62,6 +62,8 @@ def encoder_description(enc) -> str:
         return f"{enc.arch} {list(enc.layers)} w{enc.width}"
     if enc.arch == "transformer":
         return f"transformer d{enc.dim} x{enc.depth}, {'causal' if enc.causal else 'bidirectional'}"
+    if enc.arch != "vit":  # the library backbones (pipeline/models/standard.py): their name says it all
+        return enc.arch
     return f"vit p{enc.patch_size} d{enc.dim} x{enc.depth}"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -24,9 +26,20 @@ def param_groups(module: nn.Module, lr_mult: float = 1.0, params: list[nn.Parame
     ]
 
 
+def scaled_lr(base_lr: float, batch_size: int, rule: str, world_size: int = 1) -> float:
+    """The lr for a global batch (``batch_size`` per process x ``world_size``) from the lr at batch 256,
+    by the scaling rule the recipe's paper uses: ``linear`` lr x B/256 (Goyal et al. 2017, "Accurate,
+    Large Minibatch SGD"; SimCLR's and BYOL's LARS, MoCo's and SimSiam's SGD, DINO's and MAE's AdamW),
+    ``sqrt`` lr x sqrt(B/256) (SimCLR Appendix B.1: 0.075 x sqrt(B) = 1.2 x sqrt(B/256), better for
+    batches up to 2048 and 100-200 epochs)."""
+    if rule == "sqrt":
+        return base_lr * math.sqrt(batch_size * world_size / 256)
+    return base_lr * batch_size * world_size / 256  # this order of operations, as before: the same floats
+
+
 def build_optimizer(groups: list[dict], cfg: OptimParams, world_size: int) -> torch.optim.Optimizer:
-    """``cfg.lr`` is the lr for a global batch of 256 (linear scaling rule)."""
-    lr = cfg.lr * cfg.batch_size * world_size / 256
+    """``cfg.lr`` is the lr for a global batch of 256, scaled by ``cfg.lr_scaling``."""
+    lr = scaled_lr(cfg.lr, cfg.batch_size, cfg.lr_scaling, world_size)
     for g in groups:
         g["base_lr"] = lr * g.get("lr_mult", 1.0)
         g["lr"] = g["base_lr"]

@@ -175,15 +175,15 @@ def _dino_from_params(default_params_dict, dino_section: dict, shared_encoder: d
     return DINO(encoder, params.method_params["dino"], params.augment, 0, torch.device("cpu"))
 
 
-@pytest.mark.parametrize("override", [{"encoder": {"arch": "vit"}}, "shared"])
-def test_vit_encoder_with_local_crops_is_a_user_error(default_params_dict, override):
-    # 12 px local crops fed to a ViT built for 28 px: a shape error deep in the forward, mid-training
+@pytest.mark.parametrize("override", [{"encoder": {"arch": "vit"}, "local_crop_size": 10}, "shared"])
+def test_vit_encoder_with_crops_its_patch_does_not_divide_is_a_user_error(default_params_dict, override):
+    # 10 px crops and 4 px patches: the patch embedding would drop the crops' edge pixels
     from pipeline.errors import UserError
 
-    dino_section, shared = (override, None) if override != "shared" else ({}, {"arch": "vit"})
-    with pytest.raises(UserError, match=r"^dino.local_crop_size: 12 px crops cannot go through a ViT encoder") as err:
+    dino_section, shared = (override, None) if override != "shared" else ({"local_crop_size": 10}, {"arch": "vit"})
+    with pytest.raises(UserError, match=r"^dino.local_crop_size: 10 px does not split into the ViT's 4 px patches") as err:
         _dino_from_params(default_params_dict, dino_section, shared)
-    assert "encoder.arch 'resnet'" in str(err.value) and "dino.num_local_crops: 0" in str(err.value)
+    assert "multiple of 4, e.g. 8 or 12" in str(err.value)
 
 
 def test_vit_encoder_without_local_crops_trains(default_params_dict):

@@ -135,15 +135,17 @@ def test_training_step_feeds_standardised_tiles_to_the_backbone():
 
 def test_tiles_default_to_the_encoders_input_size():
     """tile_size None: tiles reach the encoder at the size it is evaluated at; a ViT accepts
-    only that size, and a mismatch names the fix."""
+    sizes its patch size divides, and another size names the fix."""
     params = Jigsaw.Params(num_permutations=10, hidden_dim=16)
     resnet = Jigsaw(Encoder(EncoderParams(layers=[1, 1], width=8), 1, [0.3], [0.35], 28), params, AugmentParams(), 0,
                     torch.device("cpu"))
     assert resnet.tile_size == 28
     vit_params = EncoderParams(arch="vit", patch_size=4, dim=16, depth=1, heads=2, mlp_ratio=2.0)
     assert Jigsaw(Encoder(vit_params, 1, [0.3], [0.35], 28), params, AugmentParams(), 0, torch.device("cpu")).tile_size == 28
-    with pytest.raises(UserError, match="set jigsaw.tile_size to 28"):
-        Jigsaw(Encoder(vit_params, 1, [0.3], [0.35], 28), params.model_copy(update={"tile_size": 16}), AugmentParams(), 0,
+    assert Jigsaw(Encoder(vit_params, 1, [0.3], [0.35], 28), params.model_copy(update={"tile_size": 16}), AugmentParams(),
+                  0, torch.device("cpu")).tile_size == 16
+    with pytest.raises(UserError, match="jigsaw.tile_size: 14 px does not split into the ViT's 4 px patches"):
+        Jigsaw(Encoder(vit_params, 1, [0.3], [0.35], 28), params.model_copy(update={"tile_size": 14}), AugmentParams(), 0,
                torch.device("cpu"))
 
 

@@ -175,15 +175,15 @@ def _swav_from_params(default_params_dict, swav_section: dict, shared_encoder: d
     return SwAV(encoder, params.method_params["swav"], params.augment, 0, torch.device("cpu"))
 
 
-@pytest.mark.parametrize("override", [{"encoder": {"arch": "vit"}}, "shared"])
-def test_vit_encoder_with_small_crops_is_a_user_error(default_params_dict, override):
-    # 12 px small crops fed to a ViT built for 28 px: a shape error deep in the forward, mid-training
+@pytest.mark.parametrize("override", [{"encoder": {"arch": "vit"}, "small_crop_size": 10}, "shared"])
+def test_vit_encoder_with_crops_its_patch_does_not_divide_is_a_user_error(default_params_dict, override):
+    # 10 px crops and 4 px patches: the patch embedding would drop the crops' edge pixels
     from pipeline.errors import UserError
 
-    swav_section, shared = (override, None) if override != "shared" else ({}, {"arch": "vit"})
-    with pytest.raises(UserError, match=r"^swav.small_crop_size: 12 px crops cannot go through a ViT encoder") as err:
+    swav_section, shared = (override, None) if override != "shared" else ({"small_crop_size": 10}, {"arch": "vit"})
+    with pytest.raises(UserError, match=r"^swav.small_crop_size: 10 px does not split into the ViT's 4 px patches") as err:
         _swav_from_params(default_params_dict, swav_section, shared)
-    assert "encoder.arch 'resnet'" in str(err.value) and "swav.num_small_crops: 0" in str(err.value)
+    assert "multiple of 4, e.g. 8 or 12" in str(err.value)
 
 
 def test_vit_encoder_without_small_crops_trains(default_params_dict):
