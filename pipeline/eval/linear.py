@@ -10,14 +10,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-# backend "auto": scikit-learn up to this many train feature values (N x D; the default's 10k x 256
-# and raw pixels' 10k x 784 stay on it), torch above (a float64 copy of 2e7 values is 160 MB)
-SKLEARN_MAX_ELEMENTS = 20_000_000
+# backend "auto" on the CPU: scikit-learn up to this many train feature values (N x D; the image
+# default's 10k x 256, raw pixels' 10k x 784 and the text preset's TF-IDF 4k x 10k stay on it, so
+# their numbers do not move), torch above (a float64 copy of 1e8 values is 800 MB). On CUDA: torch.
+SKLEARN_MAX_ELEMENTS = 100_000_000
 
 
-def resolve_backend(backend: str, n: int, d: int) -> str:
-    """``"sklearn"`` or ``"torch"`` for ``backend`` (auto: by the train features' size ``n x d``)."""
+def resolve_backend(backend: str, n: int, d: int, device: torch.device | None = None) -> str:
+    """``"sklearn"`` or ``"torch"`` for ``backend`` (auto: torch on CUDA, else by the train features' size ``n x d``)."""
     if backend == "auto":
+        if device is not None and device.type == "cuda":
+            return "torch"
         return "sklearn" if n * d <= SKLEARN_MAX_ELEMENTS else "torch"
     return backend
 
@@ -46,7 +49,7 @@ def linear_probe(
     accuracy of every C (and ``"backend": "torch"`` when torch solved it)."""
     sub = sweep_subset(len(train[1]), sweep_size, seed)
     sweep = train if sub is None else (np.asarray(train[0][sub]), train[1][sub])
-    if resolve_backend(backend, *np.shape(train[0])) == "torch":
+    if resolve_backend(backend, *np.shape(train[0]), device) == "torch":
         return _torch_probe(sweep, train, val, test, c_grid, max_iter, device or torch.device("cpu"))
     if sub is not None:
         result = _sklearn_probe(sweep, val, test, c_grid, max_iter, refit=(train, val))

@@ -79,7 +79,7 @@ def check_scale(protocol: str, params: Params, manifest: dict, dim: int, device:
         if protocol == "label_efficiency":
             n_fit = int(n_fit * max(params.label_efficiency.fractions)) + 1
         n_sweep = min(_count(manifest, "train"), params.linear_eval.sweep_size)
-        if resolve_backend(backend, n_fit, dim) == "sklearn":
+        if resolve_backend(backend, n_fit, dim, device) == "sklearn":
             # StandardScaler's float64 copy, the solver's float64 copy and its [N, K] probabilities
             _refuse(f"{protocol}: scikit-learn's float64 probe on [{n_fit:,}, {dim}]", (2 * n_fit * dim + 2 * n_fit * n_classes) * 8 / GIB,
                     host_memory() / GIB, "GiB", "set linear_eval.backend: torch (fits on the device in float32)")
@@ -87,7 +87,7 @@ def check_scale(protocol: str, params: Params, manifest: dict, dim: int, device:
             hours = cfg.max_iter * fits * dim * n_classes * 4 / SKLEARN_FLOPS / 3600
             _refuse(f"{protocol}: scikit-learn's probe ({cfg.max_iter} iterations x {len(cfg.c_grid)} C values, "
                     f"{n_classes} classes, at {SKLEARN_FLOPS:.0e} flop/s)", hours, MAX_HOURS, "hours",
-                    f"set linear_eval.backend: torch (auto picks it above {SKLEARN_MAX_ELEMENTS:.0e} train feature values), "
+                    f"set linear_eval.backend: torch (auto picks it on CUDA and above {SKLEARN_MAX_ELEMENTS:.0e} train feature values), "
                     "or lower linear_eval.sweep_size / linear_eval.max_iter")
         else:
             # the features as float32 on the device, the logits and their gradient [N, K]
