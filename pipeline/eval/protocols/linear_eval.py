@@ -21,7 +21,7 @@ class LinearEval(Protocol):
     def run(self, ctx: EvalContext) -> dict:
         train, val, test = (ctx.features(s) for s in ("train", "val", "test"))
         le = ctx.params.linear_eval
-        out = {"linear": linear_probe(train, val, test, le.c_grid, le.max_iter)}
+        out = {"linear": linear_probe(train, val, test, le.c_grid, le.max_iter, le.backend, le.sweep_size, ctx.seed, ctx.device)}
         if le.sgd_epochs and ctx.encoder is not None and ctx.is_text:
             out["linear_sgd_not_applicable"] = ("linear_sgd trains on the encoder's features of augmented images "
                                                 "(random resized crops); text has no such views: set linear_eval.sgd_epochs: 0")
