@@ -10,6 +10,7 @@ is byte-identical for any number of workers.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from pipeline import dist
 from pipeline.config import load_params
@@ -17,6 +18,7 @@ from pipeline.data import sources, text
 from pipeline.data.shards import SampleFormat, write_shards
 from pipeline.data.splits import make_splits
 from pipeline.data.text_shards import write_text_shards
+from pipeline.data.fidelity import information_loss
 from pipeline.errors import exit_on_user_error
 from pipeline.outputs import StagedOutputs
 
@@ -79,6 +81,8 @@ def main() -> None:
         train, test = sources.image_folder_refs(d.root, d.test_fraction, params.seed)
     else:
         train, test = sources.torchvision_refs(d.torchvision_name, d.root, d.download)
+    for warning in information_loss(train, d.image_size, d.channels, d.store_size):
+        print(f"warning: {warning}", file=sys.stderr)
     splits = make_splits(train, test, d, params.seed)
     fmt = SampleFormat(d.image_size, d.channels, d.store_size, d.image_format, d.jpeg_quality)
     with StagedOutputs() as staged:  # the shard folder appears whole (manifest included) or not at all
