@@ -15,11 +15,12 @@ def _topk(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
 
 def linear_probe(
     train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
-    c_grid: list[float], max_iter: int,
+    c_grid: list[float], max_iter: int, keep_predictions: bool = False,
 ) -> dict:
     """Each argument is ``(features [N, D], labels [N])``. ``c_grid`` holds inverse L2
     strengths (sklearn's C). Returns test top-1 (and top-5 with more than 5 classes), the
-    chosen C and the validation accuracy of every C."""
+    chosen C and the validation accuracy of every C; with ``keep_predictions`` also
+    ``test_predictions``, the predicted label ids ``[N]`` (top-1's)."""
     # imported here: ~1.3 s that stages without a linear probe (kNN, fine-tuning) need not pay
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
@@ -48,4 +49,6 @@ def linear_probe(
     result = {"top1": _topk(probs, labels, 1), "best_c": best_c, "val_top1_by_c": {str(c): a for c, a in val_acc.items()}}
     if probs.shape[1] > 5:
         result["top5"] = _topk(probs, labels, 5)
+    if keep_predictions:
+        result["test_predictions"] = clf.classes_[np.argsort(-probs, axis=1)[:, 0]]  # as _topk(k=1) ranks them
     return result

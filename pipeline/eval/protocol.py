@@ -26,6 +26,7 @@ from pipeline.data.loader import loader_workers
 from pipeline.data.shards import first_samples, load_split, split_batches
 from pipeline.eval.baselines import FEATURE_BASELINES
 from pipeline.eval.features import BATCH, Featurizer, encoder_features
+from pipeline.eval.predictions import record
 from pipeline.models.encoder import Encoder
 
 def seed_everything(seed: int) -> None:
@@ -51,6 +52,7 @@ class EvalContext:
     featurizer: Featurizer | None = field(default=None, repr=False)  # None: the encoder's features
     _splits: dict = field(default_factory=dict, repr=False)
     _features: dict = field(default_factory=dict, repr=False)
+    predictions: dict = field(default_factory=dict, repr=False)  # test predictions per headline key (predictions.record)
 
     @property
     def seed(self) -> int:
@@ -116,6 +118,11 @@ class EvalContext:
                 feats, labels = zip(*((self.featurize(x), y.numpy()) for x, y in self.batches(name)))
                 self._features[name] = (np.concatenate(feats), np.concatenate(labels))
         return self._features[name]
+
+    def record_predictions(self, metric: str, predicted, labels) -> None:
+        """Keep headline ``metric``'s predicted classes ``[N]`` on the test split (shard order)
+        with its labels ``[N]``: the evaluate stage writes them for the review's significance test."""
+        record(self.predictions, metric, predicted, labels)
 
     def trainable_encoder(self) -> Encoder:
         """A fresh copy of the encoder to fine-tune (the context's own stays unchanged)."""
