@@ -1,10 +1,9 @@
 """Per-example test predictions: each recorded headline's accuracy is recomputable from them,
-and the evaluate stage writes them (the review's McNemar test pairs head and base on them)."""
+the review's McNemar test pairs head and base on them. The evaluate stage writing them, under
+torchrun with 2 processes: tests/dist/test_eval_ddp.py."""
 
 import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +49,7 @@ def test_recorded_predictions_reproduce_the_headline(tiny_shards, small_params, 
     assert "test_predictions" not in json.dumps(details)  # the arrays stay out of the details file
     doc = json.loads(predictions.to_bytes(ctx.predictions))
     assert len(doc["labels"]) == len(labels) and set(doc["predictions"]) == set(keys)
+    assert predictions.path_for("metrics/knn/simclr.json") == Path("metrics/knn/simclr.predictions.json")
 
 
 def test_record_refuses_predictions_on_other_examples():
@@ -59,19 +59,3 @@ def test_record_refuses_predictions_on_other_examples():
         predictions.record(store, "b", [1, 2], [0, 1])
     with pytest.raises(ValueError, match="2 predictions for 3 labels"):
         predictions.record(store, "c", [1, 2], [1, 1, 1])
-
-
-def test_evaluate_stage_writes_the_predictions_file(tiny_shards, tmp_path):
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["knn"].update(ks=[5])
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    m = tmp_path / "metrics" / "knn"
-    cmd = [sys.executable, str(REPO / "stages" / "evaluate.py"), "knn", "--baseline", "raw_pixels", "--shards", str(tiny_shards),
-           "--params", str(tmp_path / "params.yaml"), "--metrics", str(m / "raw_pixels.json"),
-           "--details", str(m / "raw_pixels.details.json"), "--predictions", str(m / "raw_pixels.predictions.json")]
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    assert res.returncode == 0, res.stderr
-    doc = json.loads((m / "raw_pixels.predictions.json").read_text())
-    acc = json.loads((m / "raw_pixels.json").read_text())["knn5_top1"]
-    assert acc == float(np.mean(np.array(doc["predictions"]["knn5_top1"]) == np.array(doc["labels"])))
-    assert predictions.path_for(m / "raw_pixels.json") == m / "raw_pixels.predictions.json"
