@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Iterator
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from pipeline.config import Params
 from pipeline.data.labelled import LabelledSet, in_memory, streamed
@@ -115,7 +116,10 @@ class EvalContext:
                 images, labels = self._splits[name]
                 self._features[name] = (self.featurize(images), labels.numpy())
             else:
-                feats, labels = zip(*((self.featurize(x), y.numpy()) for x, y in self.batches(name)))
+                count = int(self.manifest["splits"][name]["count"])  # a bar on a terminal only (tqdm: disable=None)
+                batches = tqdm(self.batches(name), total=-(-count // BATCH), desc=f"features {self.name} {name}",
+                               unit="batch", leave=False, disable=None)
+                feats, labels = zip(*((self.featurize(x), y.numpy()) for x, y in batches))
                 self._features[name] = (np.concatenate(feats), np.concatenate(labels))
         return self._features[name]
 
