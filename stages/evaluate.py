@@ -3,7 +3,8 @@ registered evaluation protocol (``pipeline/eval/protocols/``) on a pretrained en
 a baseline (raw pixels, a random init).
 
     python stages/evaluate.py linear_eval --encoder models/simclr/encoder.pt --shards data/shards \\
-        --metrics metrics/linear_eval/simclr.json --details metrics/linear_eval/simclr.details.json
+        --metrics metrics/linear_eval/simclr.json --details metrics/linear_eval/simclr.details.json \\
+        --predictions metrics/linear_eval/simclr.predictions.json
     python stages/evaluate.py linear_eval --baseline random_init --shards data/shards ...
 """
 
@@ -25,7 +26,8 @@ from pipeline.eval.features import pixel_dim, pixel_features
 from pipeline.eval.run import run_protocol
 from pipeline.eval.scale import check_scale
 from pipeline.models.encoder import load_encoder
-from pipeline.outputs import StagedOutputs, write_json
+from pipeline.eval import predictions
+from pipeline.outputs import StagedOutputs, write_bytes, write_json
 from pipeline.train.loop import pick_device
 
 
@@ -43,6 +45,8 @@ def main() -> None:
     ap.add_argument("--details", required=True, help="every number and setting (a plain output DVC does not diff)")
     ap.add_argument("--feature-cache", help="folder of the split features shared by the stages (pipeline/eval/feature_cache.py); "
                     "default: 'features' beside the shards folder; 'none': keep them in memory")
+    ap.add_argument("--predictions", help="per-example test predictions for the review's significance tests "
+                                          "(pipeline/eval/predictions.py); not written when omitted")
     args = ap.parse_args()
     protocol = registry.get(args.protocol)
     params = load_params(args.params, args.preset)
@@ -83,6 +87,7 @@ def _evaluate(args, protocol, params, manifest, encoder) -> None:
     with StagedOutputs() as staged:  # metrics and details appear together, or not at all
         # under DDP every rank runs the protocol (training is split between them); rank 0 writes
         paths = (staged.file(args.metrics), staged.file(args.details)) if dist.is_main() else None
+        pred_path = staged.file(args.predictions) if dist.is_main() and args.predictions else None
         reason = protocol.not_applicable(ctx)
         if reason:
             headline, result = {}, {"not_applicable": reason}
@@ -91,6 +96,8 @@ def _evaluate(args, protocol, params, manifest, encoder) -> None:
         if paths:
             write_json(paths[0], headline)
             write_json(paths[1], result)
+        if pred_path:
+            write_bytes(pred_path, predictions.to_bytes(ctx.predictions))
     if dist.is_main():
         print(f"{protocol.name}@{name}: {reason or protocol.summary_line(headline)}")
 

@@ -64,23 +64,29 @@ def knn_topk(bank: np.ndarray, queries: np.ndarray, k: int, device: torch.device
     return torch.cat(sims), torch.cat(idxs)
 
 
-def knn_accuracies(bank, bank_labels: np.ndarray, queries, query_labels: np.ndarray, ks: list[int], temperature: float,
-                   device: torch.device) -> dict[int, float]:
-    """Top-1 accuracy (fraction) of the weighted kNN for every k in ``ks``, from one top-k search
-    at the largest k (the nearest k of a sorted top-200 are the top-k)."""
+def knn_predictions(bank, bank_labels: np.ndarray, queries, ks: list[int], temperature: float,
+                    device: torch.device) -> dict[int, np.ndarray]:
+    """Predicted class ids ``[Q]`` of the weighted kNN for every k in ``ks``, from one top-k
+    search at the largest k (the nearest k of a sorted top-200 are the top-k)."""
     kmax = max(ks)
     if not 1 <= kmax <= len(bank) or min(ks) < 1:
         raise ValueError(f"kNN needs 1 <= k <= the bank size; got ks={ks} for a bank of {len(bank)} items")
     sims, idx = knn_topk(bank, queries, kmax, device)
     labels_t = torch.from_numpy(np.asarray(bank_labels)).long().to(device)
     n_classes = int(labels_t.max()) + 1
-    truth = torch.from_numpy(np.asarray(query_labels)).long().to(device)
     weights, votes = (sims / temperature).exp(), labels_t[idx]
     out = {}
     for k in ks:
         scores = torch.zeros(len(idx), n_classes, device=device).scatter_add_(1, votes[:, :k], weights[:, :k])
-        out[k] = int((scores.argmax(1) == truth).sum()) / len(truth)  # exact: as numpy's mean of the hits
+        out[k] = scores.argmax(1).cpu().numpy()
     return out
+
+
+def knn_accuracies(bank, bank_labels: np.ndarray, queries, query_labels: np.ndarray, ks: list[int], temperature: float,
+                   device: torch.device) -> dict[int, float]:
+    """Top-1 accuracy (fraction) of ``knn_predictions`` for every k in ``ks``."""
+    predicted = knn_predictions(bank, bank_labels, queries, ks, temperature, device)
+    return {k: float((p == np.asarray(query_labels)).mean()) for k, p in predicted.items()}
 
 
 def knn_accuracy(bank, bank_labels, queries, query_labels, k: int, temperature: float) -> float:

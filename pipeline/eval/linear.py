@@ -40,21 +40,25 @@ def _topk(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
 def linear_probe(
     train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
     c_grid: list[float], max_iter: int, backend: str = "auto", sweep_size: int | None = None, seed: int = 0,
-    device: torch.device | None = None,
+    device: torch.device | None = None, keep_predictions: bool = False,
 ) -> dict:
     """Each argument is ``(features [N, D], labels [N])`` (features may be memory-mapped).
     ``c_grid`` holds inverse L2 strengths (sklearn's C). The sweep fits a seeded subsample of
     at most ``sweep_size`` train samples (``sweep_subset``), the final fit all of train + val.
     Returns test top-1 (and top-5 with more than 5 classes), the chosen C and the validation
-    accuracy of every C (and ``"backend": "torch"`` when torch solved it)."""
+    accuracy of every C (and ``"backend": "torch"`` when torch solved it); with
+    ``keep_predictions`` also ``test_predictions``, the predicted label ids ``[N]`` (top-1's)."""
     sub = sweep_subset(len(train[1]), sweep_size, seed)
     sweep = train if sub is None else (np.asarray(train[0][sub]), train[1][sub])
     if resolve_backend(backend, *np.shape(train[0]), device) == "torch":
-        return _torch_probe(sweep, train, val, test, c_grid, max_iter, device or torch.device("cpu"))
-    if sub is not None:
-        result = _sklearn_probe(sweep, val, test, c_grid, max_iter, refit=(train, val))
-        return result | {"sweep_size": len(sub)}
-    return _sklearn_probe(train, val, test, c_grid, max_iter)
+        result = _torch_probe(sweep, train, val, test, c_grid, max_iter, device or torch.device("cpu"))
+    elif sub is not None:
+        result = _sklearn_probe(sweep, val, test, c_grid, max_iter, refit=(train, val)) | {"sweep_size": len(sub)}
+    else:
+        result = _sklearn_probe(train, val, test, c_grid, max_iter)
+    if not keep_predictions:
+        del result["test_predictions"]
+    return result
 
 
 def _sklearn_probe(train, val, test, c_grid, max_iter, refit=None) -> dict:
@@ -88,6 +92,7 @@ def _sklearn_probe(train, val, test, c_grid, max_iter, refit=None) -> dict:
     result = {"top1": _topk(probs, labels, 1), "best_c": best_c, "val_top1_by_c": {str(c): a for c, a in val_acc.items()}}
     if probs.shape[1] > 5:
         result["top5"] = _topk(probs, labels, 5)
+    result["test_predictions"] = clf.classes_[np.argsort(-probs, axis=1)[:, 0]]  # as _topk(k=1) ranks them
     return result
 
 
@@ -121,4 +126,5 @@ def _torch_probe(sweep, train, val, test, c_grid, max_iter, device: torch.device
               "backend": "torch", "sweep_size": len(sweep[1])}
     if scores.shape[1] > 5:
         result["top5"] = _topk(scores, labels, 5)
+    result["test_predictions"] = classes[np.argsort(-scores, axis=1)[:, 0]]  # as _topk(k=1) ranks them
     return result

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Iterator
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from pipeline.config import Params
 from pipeline.data.labelled import LabelledSet, in_memory, streamed
@@ -27,6 +28,7 @@ from pipeline.data.shards import first_samples, load_split, split_batches
 from pipeline.eval.baselines import FEATURE_BASELINES
 from pipeline.eval.feature_cache import cache_key, cached_features, encoder_id, feature_dtype
 from pipeline.eval.features import BATCH, Featurizer, encoder_features
+from pipeline.eval.predictions import record
 from pipeline.models.encoder import Encoder
 
 def seed_everything(seed: int) -> None:
@@ -53,6 +55,7 @@ class EvalContext:
     feature_cache: str | None = None  # a folder: split features kept there as memmaps (feature_cache.py); None: in memory
     _splits: dict = field(default_factory=dict, repr=False)
     _features: dict = field(default_factory=dict, repr=False)
+    predictions: dict = field(default_factory=dict, repr=False)  # test predictions per headline key (predictions.record)
 
     @property
     def seed(self) -> int:
@@ -132,9 +135,17 @@ class EvalContext:
                 images, labels = self._splits[name]
                 self._features[name] = (self.featurize(images), labels.numpy())
             else:
-                feats, labels = zip(*((self.featurize(x), y.numpy()) for x, y in self.batches(name)))
+                count = int(self.manifest["splits"][name]["count"])  # a bar on a terminal only (tqdm: disable=None)
+                batches = tqdm(self.batches(name), total=-(-count // BATCH), desc=f"features {self.name} {name}",
+                               unit="batch", leave=False, disable=None)
+                feats, labels = zip(*((self.featurize(x), y.numpy()) for x, y in batches))
                 self._features[name] = (np.concatenate(feats), np.concatenate(labels))
         return self._features[name]
+
+    def record_predictions(self, metric: str, predicted, labels) -> None:
+        """Keep headline ``metric``'s predicted classes ``[N]`` on the test split (shard order)
+        with its labels ``[N]``: the evaluate stage writes them for the review's significance test."""
+        record(self.predictions, metric, predicted, labels)
 
     def trainable_encoder(self) -> Encoder:
         """A fresh copy of the encoder to fine-tune (the context's own stays unchanged)."""

@@ -123,7 +123,7 @@ def _fake_imagenet(tmp_path, classes=1000):
     shards.mkdir()
     names = [f"n{i:08d}" for i in range(classes)]
     split = lambda n: {"count": n, "shards": {}, "per_class": {c: n // classes for c in names}}  # noqa: E731
-    manifest = {"classes": names, "channels": 3, "image_size": 224, "image_format": "jpeg",
+    manifest = {"classes": names, "channels": 3, "image_size": 224, "image_format": "jpeg", "mean": [0.5] * 3, "std": [0.25] * 3,
                 "splits": {"train": split(1_231_000), "val": split(50_000), "test": split(50_000)}}
     (shards / "manifest.json").write_text(json.dumps(manifest))
     return shards
