@@ -200,6 +200,10 @@ class LinearParams(Strict):
 
     c_grid: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0], min_length=1)
     max_iter: int = Field(200, ge=10)
+    # (a)'s solver: scikit-learn (float64, CPU) or torch L-BFGS on the device; auto: torch on CUDA, on the CPU
+    # scikit-learn up to pipeline.eval.linear.SKLEARN_MAX_ELEMENTS train feature values, torch above
+    backend: Literal["auto", "sklearn", "torch"] = "auto"
+    sweep_size: int = Field(50000, ge=100)  # (a): the C sweep fits a seeded subsample of at most this many train samples
     # protocol (b), ImageNet-style: SGD on features of augmented images; 0 epochs switches it off
     sgd_epochs: int = Field(10, ge=0)
     sgd_batch_size: int = Field(256, ge=2)
@@ -227,6 +231,7 @@ class FewShotParams(Strict):
     shots: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
     queries: int = Field(15, ge=1)
     episodes: int = Field(600, ge=1)
+    max_ways: int = Field(100, ge=2)  # "all"-way episodes draw at most this many classes (1000-way: 100 sampled per episode)
     classifiers: list[Literal["prototype", "logreg"]] = Field(default_factory=lambda: ["prototype", "logreg"], min_length=1)
 
 

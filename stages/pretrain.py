@@ -24,7 +24,7 @@ from pipeline.models.encoder import build_encoder, save_encoder
 from pipeline.outputs import StagedOutputs, write_json
 from pipeline.provenance import code_fingerprint, device_info, provenance
 from pipeline.train.checkpoint import fingerprint
-from pipeline.train.device import pick_device, resolve_precision, why_cpu
+from pipeline.train.device import check_device, pick_device, resolve_precision, why_cpu
 from pipeline.train.loop import TrainJob, check_finite, fit, use_sync_batchnorm
 from pipeline.train.optim import param_groups
 
@@ -52,7 +52,7 @@ def main() -> None:
 
 def _run(args, params, method_cls, manifest: dict) -> None:
     p = params.pretrain_for(args.method)
-    pick_device(p.device)  # device: cuda without a usable GPU stops here, before any work (one line, status 2)
+    check_device(p.device)  # device: cuda without a usable GPU stops here, before any work (one line, status 2)
     if p.nproc_per_node > 1 and not dist.launched_by_torchrun():
         _check_world(p, args, manifest, p.nproc_per_node)
         # bad params and data were refused above, in this one process (one line, status 2)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from pipeline import dist
@@ -21,6 +22,7 @@ from pipeline.data import sources, text
 from pipeline.data.shards import SampleFormat, write_shards
 from pipeline.data.splits import make_splits
 from pipeline.data.text_shards import write_text_shards
+from pipeline.data.fidelity import information_loss
 from pipeline.errors import exit_on_user_error, naming, output_lock
 from pipeline.outputs import TMP_SUFFIX, StagedOutputs
 
@@ -113,6 +115,8 @@ def _shard(params, out: str) -> None:
         sources.limit_pixels((train, test), d.max_image_pixels)
     else:
         train, test = sources.torchvision_refs(d.torchvision_name, d.root, d.download)
+    for warning in information_loss(train, d.image_size, d.channels, d.store_size):
+        print(f"warning: {warning}", file=sys.stderr)
     pretrain = sources.image_tree_refs(d.pretrain_root, train.classes) if d.pretrain_root else None
     if pretrain is not None:
         sources.limit_pixels((pretrain,), d.max_image_pixels)

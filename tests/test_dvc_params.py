@@ -14,7 +14,8 @@ import yaml
 from pipeline.config import DataParams, PretrainParams
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNTIME = {"data": {"workers"}, "pretrain": {"loader_workers", "nproc_per_node"}}
+# max_image_pixels only decides whether the stage refuses an image (left out of the manifest too)
+RUNTIME = {"data": {"workers", "max_image_pixels"}, "pretrain": {"loader_workers", "nproc_per_node"}}
 STAGES = {"data": ("shard", "text-shard"), "pretrain": ("pretrain", "text-pretrain")}
 # config keys with a default in code only (not in params.yaml, so DVC cannot track them there)
 NOT_IN_PARAMS_YAML = {"data": set(), "pretrain": {"betas", "lars_eta", "grad_clip", "lr_scaling"}}

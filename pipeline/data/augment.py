@@ -180,28 +180,25 @@ def apply_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) ->
 
 
 def _apply_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    # Without host syncs: at each position every op is computed for every image and each image
-    # keeps its own op's result (torch.where), instead of gathering the images of one op by
-    # `nonzero` (a sync on CUDA each). The ops act per image, so an image's values are those of
-    # the gathered version, bit for bit; the price is the compute of the ops it did not draw.
-    y = x.clone()
+    # Without host syncs: instead of gathering the images of each op by `nonzero` (a sync on
+    # CUDA each), every position applies its op to every image at once. Brightness, contrast
+    # and saturation are one blend ``clamp(f * x + (1 - f) * other)`` with ``other`` 0, the
+    # grayscale mean or the grayscale image (f = 1, other = 0: the image unchanged, exactly);
+    # hue is computed for every image and kept where it is the position's op. Per image the
+    # arithmetic is the gathered version's, bit for bit.
+    y = x
     rgb = x.shape[1] == 3
     for pos in range(4):
-        op_here = order[:, pos].view(-1, 1, 1, 1)
-        for op in range(4):
-            if op in (SATURATION, HUE) and not rgb:
-                continue
-            f = factors[:, op].view(-1, 1, 1, 1)
-            if op == BRIGHTNESS:
-                z = (y * f).clamp_(0.0, 1.0)
-            elif op == CONTRAST:
-                mean = (_gray(y) if rgb else y).mean(dim=(1, 2, 3), keepdim=True)
-                z = _blend(y, mean, f)
-            elif op == SATURATION:
-                z = _blend(y, _gray(y), f)
-            else:
-                z = adjust_hue(y, f.view(-1))
-            y = torch.where(op_here == op, z, y)
+        op = order[:, pos].view(-1, 1, 1, 1)
+        f = factors.gather(1, order[:, pos:pos + 1]).view(-1, 1, 1, 1)  # the factor of this position's op
+        gray = _gray(y) if rgb else y
+        other = torch.where(op == CONTRAST, gray.mean(dim=(1, 2, 3), keepdim=True), 0.0)
+        if rgb:
+            other = torch.where(op == SATURATION, gray, other)
+        identity = op == HUE if rgb else op >= SATURATION  # (saturation and hue skip 1-channel images)
+        y = _blend(y, other, torch.where(identity, 1.0, f))
+        if rgb:
+            y = torch.where(op == HUE, adjust_hue(y, f.view(-1)), y)
     return y
 
 

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
+from tqdm import tqdm
 
 from pipeline.data import streams
 from pipeline.data.streams import shard_sizes as streams_sizes
@@ -306,6 +307,13 @@ def _mean_std(totals: np.ndarray, n_pixels: int) -> tuple[list[float], list[floa
     return mean, std
 
 
+def _counted(samples: Iterator, bar) -> Iterator:
+    """``samples`` unchanged, ticking the progress ``bar`` once per sample."""
+    for sample in samples:
+        bar.update()
+        yield sample
+
+
 def write_shards(splits: dict, out_dir: Path, shard_size: int, source: dict,
                  fmt: SampleFormat | None = None, workers: int = 1, n_streams: int = 1, resume: bool = False) -> dict:
     """Write every split and the manifest into ``out_dir`` (the manifest is written last, so
@@ -362,7 +370,9 @@ def write_shards(splits: dict, out_dir: Path, shard_size: int, source: dict,
     manifest["skipped_files"] = skipped_files(splits)
     totals = np.zeros((2, fmt.channels), np.int64)
     with _worker_pool(readers, fmt, workers) as pool, contextlib.closing(
-            _encoded(tasks, readers, fmt, pool, workers * TASKS_PER_WORKER)) as samples:
+            _encoded(tasks, readers, fmt, pool, workers * TASKS_PER_WORKER)) as encoded, \
+            tqdm(total=sum(len(d) for d in refs.values()), desc="shard", unit="img", disable=None) as bar:
+        samples = _counted(encoded, bar)  # a bar on a terminal only (tqdm disables itself when stderr is not a TTY)
         for split, data in refs.items():
             names = write_split(data, out_dir, split, shard_size, with_labels=split != "pretrain", samples=samples,
                                 ext=fmt.ext, totals=totals if split == "pretrain" else None, sizes=plan[split],

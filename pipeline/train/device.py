@@ -73,20 +73,25 @@ def _cuda_probe() -> tuple[bool, str]:
     return ok, "; ".join(str(w.message) for w in caught)
 
 
-def pick_device(setting: str = "auto", key: str = "pretrain.device") -> torch.device:
-    """The device for ``setting`` (auto | cuda | cpu); ``cuda`` without a usable GPU raises
-    ``UserError`` with the reason and the fix."""
+def check_device(setting: str, key: str = "pretrain.device") -> bool:
+    """Whether ``setting`` (auto | cuda | cpu) trains on CUDA; ``cuda`` without a usable GPU
+    raises ``UserError`` with the reason and the fix. Makes no CUDA context (safe before
+    torchrun's ranks pick their GPUs)."""
     if setting not in DEVICES:
         raise UserError(f"{key}: {setting!r} is not one of {', '.join(DEVICES)}")
     if setting == "cpu":
-        return torch.device("cpu")
+        return False
     ok, warning = _cuda_probe()
-    if ok:
-        return torch.device("cuda", torch.cuda.current_device())
-    if setting == "cuda":
+    if not ok and setting == "cuda":
         raise UserError(f"{key}: cuda, but CUDA is not usable: "
                         + cuda_unavailable_reason(torch.version.cuda, driver_cuda_version(), warning, key))
-    return torch.device("cpu")
+    return ok
+
+
+def pick_device(setting: str = "auto", key: str = "pretrain.device") -> torch.device:
+    """The device for ``setting`` (see ``check_device``): this process's current GPU (under
+    torchrun, the one ``pipeline.dist.init_from_env`` gave its rank), else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if check_device(setting, key) else torch.device("cpu")
 
 
 def why_cpu() -> str:
