@@ -55,7 +55,7 @@ def test_changing_a_process_count_leaves_dvc_status_clean(tmp_path):
     shutil.copytree(ROOT, repo, ignore=lambda d, names: [n for n in names if n == "__pycache__" or (Path(d) == ROOT and n in top)])
     for out in ["data/shards/manifest.json", "models/simclr/encoder.pt", "models/simclr/provenance.json",
                 "models/simclr/checkpoint.pt", "metrics/pretrain/simclr.json", "metrics/pretrain/simclr.timing.json",
-                "dvclive/pretrain/simclr/plots/metrics/loss.tsv"]:
+                *(f"dvclive/pretrain/simclr/plots/metrics/{c}.tsv" for c in ("loss", "knn_top1", "lr", "epoch"))]:
         (repo / out).parent.mkdir(parents=True, exist_ok=True)
         (repo / out).write_text("{}\n")
     _dvc(repo, "init", "--no-scm", "-q")
