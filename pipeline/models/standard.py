@@ -26,14 +26,13 @@ IN_CHANNELS = 3  # what the library models take (and what an exported state_dict
 
 def torchvision_resnet(arch: str) -> nn.Module:
     """``torchvision.models.<arch>(weights=None)`` with ``fc = Identity``:
-    float ``[N, 3, H, W]`` (normalised) -> ``[N, feature_dim]``. Any H, W >= 1 px after the
-    32x downsampling' rounding (12 px crops run: 6 -> 3 -> 2 -> 1 -> 1)."""
+    float ``[N, 3, H, W]`` (normalised) -> ``[N, feature_dim]``, any H, W (the stride-32 network
+    rounds up: a 12 px crop reaches the pooling as 1 x 1)."""
     import torchvision  # late: 1.5 s import that the text stages never need
 
     model = getattr(torchvision.models, arch)(weights=None)
     model.fc = nn.Identity()
     model.feature_dim = RESNETS[arch]
-    model.patch_size = 1  # any input size goes through (see Encoder.check_input_size)
     return model
 
 

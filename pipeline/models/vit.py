@@ -10,7 +10,8 @@ are exposed so that masked image modeling can work on tokens rather than images:
     h = vit.encode(tokens[some subset])    # [N, 1 + K, D]: class token + the K tokens given
 
 ``encode_subset(x, keep)`` does the three steps for the patch indices ``keep`` (MAE's
-visible patches). Patches are numbered row-major over the ``grid x grid`` patch grid, the
+visible patches). ``forward``/``tokens`` also take images of another size the patch size
+divides (multi-crop's small crops): the position table is resampled bicubically (``pos_for``). Patches are numbered row-major over the ``grid x grid`` patch grid, the
 order of ``patch_embed``'s output and of ``patchify``.
 
 Initialisation follows MAE's reference code: xavier-uniform linear layers (attention
