@@ -58,11 +58,11 @@ def exported(tmp_path_factory) -> dict:
         method = f"m_{arch}"
         (root / "models" / method).mkdir(parents=True)
         save_encoder(enc.eval(), root / "models" / method / "encoder.pt")
-        (root / "metrics" / "linear_eval" / f"{method}.json").write_text(json.dumps({"linear_top1": 0.5}))
         out[arch] = root / "out" / arch
-        if arch == "resnet50":  # the command, as a user runs it
-            res = _ssl("export", str(root / "models" / method / "encoder.pt"), "--out", str(out[arch]), "--shards",
-                       str(root / "shards"), "--metrics", str(root / "metrics"), "--params", str(ROOT / "params.yaml"))
+        if arch == "resnet50":  # the command, as a user runs it, for a method params.yaml knows
+            (root / "metrics" / "linear_eval" / "simclr.json").write_text(json.dumps({"linear_top1": 0.5}))
+            res = _ssl("export", str(root / "models" / method / "encoder.pt"), "--out", str(out[arch]), "--method", "simclr",
+                       "--shards", str(root / "shards"), "--metrics", str(root / "metrics"), "--params", str(ROOT / "params.yaml"))
             assert res.returncode == 0, res.stderr
         else:  # the Python API it calls (one subprocess fewer)
             export_encoder(enc, out[arch], {"method": method})
@@ -80,11 +80,12 @@ def test_model_card_holds_data_hash_params_metrics_and_input_contract(exported):
     assert card["data"]["manifest_sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
     assert card["data"]["counts"] == {"pretrain": 7}
     assert card["metrics"] == {"linear_eval": {"linear_top1": 0.5}}
-    assert card["arch"] == "resnet50" and card["method"] == "m_resnet50"
+    assert card["arch"] == "resnet50" and card["method"] == "simclr"
     assert card["weights_sha256"] == hashlib.sha256((exported["resnet50"] / "model.safetensors").read_bytes()).hexdigest()
     assert card["input"]["value_range"] == [0.0, 1.0] and card["input"]["image_size"] == 32
     assert card["input"]["grey_repeated_to_rgb"] and card["input"]["mean"] == pytest.approx([0.3] * 3)
-    assert card["params"] is None  # params.yaml has no method named m_resnet50
+    # the method's resolved recipe from params.yaml
+    assert card["params"]["method"]["temperature"] == 0.2 and card["params"]["pretrain"]["lr"] == 1.2
     assert not list(exported["resnet50"].glob("*.tmp"))
 
 
