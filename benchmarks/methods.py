@@ -1,7 +1,7 @@
 """Every registered method through the real pipeline on the embedded dataset, short schedule.
 
     python benchmarks/methods.py [--epochs 3] [--epochs-for mae=20,beit=20] [--pretrain-size 10000]
-                                 [--methods simclr,byol,...]
+                                 [--methods simclr,byol,...] [--out benchmarks/results/methods_<tag>.json]
 
 Copies the repository to a temporary directory, sets `methods:` to every method, shortens
 pretraining (``--epochs`` for all, ``--epochs-for`` for the methods that need a longer
@@ -10,7 +10,12 @@ and `knn` protocols on each (`dvc repro evaluate@<method>-linear_eval ...`, whic
 and pretrain@<method> first) and on the random init of its architecture (`baseline@...`).
 Records per method: pretrain wall time, final loss, linear (L-BFGS, C swept on val) and
 kNN-20 top-1 of the pretrained encoder and of the same architecture at random init. Writes
-benchmarks/results/methods.json and prints a table.
+benchmarks/results/methods.json (a subset of methods: ``--out methods_<tag>.json`` beside it,
+which benchmarks/report.py adds as a second table) with the command, the CPU model and the
+load average, and prints a table.
+
+The ViT methods of issue 27 (each against its own ViT's random init, random_init_<method>):
+    python benchmarks/methods.py --methods simmim,msn,ijepa,ibot,dinov2 --out benchmarks/results/methods_vit.json
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ def main() -> None:
     methods = args.methods.split(",")
     epochs_for = {m: int(e) for m, e in (kv.split("=") for kv in args.epochs_for.split(",") if kv)}
     results = {}
+    settings = vars(args) | {"command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+                             "cpu": _cpu_model(), "load_average_before": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         # PYTHONPATH: the stages import the copy's pipeline/, not the editable install's (the
@@ -84,7 +91,15 @@ def main() -> None:
                 print(f"{m:14s} {r['pretrain_seconds']:10.0f} {r['loss']:8.3f} {100 * r['linear_top1']:7.1f} {100 * r['random_init_linear_top1']:8.1f} "
                       f"{100 * r['knn20_top1']:7.1f} {100 * r['random_init_knn20_top1']:8.1f}", flush=True)
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps({"settings": vars(args), "results": results}, indent=2) + "\n")
+            settings["load_average_after"] = os.getloadavg()[0]  # shared machines: read timings beside the load
+            Path(args.out).write_text(json.dumps({"settings": settings, "results": results}, indent=2) + "\n")
+
+
+def _cpu_model() -> str:
+    """lscpu's model name and the cores this process may use (what a timing means depends on both)."""
+    res = subprocess.run(["lscpu"], capture_output=True, text=True)
+    model = next((ln.split(":", 1)[1].strip() for ln in res.stdout.splitlines() if ln.startswith("Model name")), "unknown CPU")
+    return f"{model}, {len(os.sched_getaffinity(0))} cores"
 
 
 def _row(work: Path, m: str, base: str, seconds: float) -> dict:

@@ -1,0 +1,1 @@
+"""The self-supervised learning pipeline: data, models, methods, training, evaluation, report (stages/ runs them)."""

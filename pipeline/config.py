@@ -48,6 +48,9 @@ class DataParams(Strict):
     # Processes decoding/resizing/encoding (None: os.cpu_count(), at most 8); the output
     # bytes are the same for any count, so it is left out of the manifest.
     workers: Optional[int] = Field(None, ge=1, le=64)
+    # An image file with more pixels is refused from its header (a decompression bomb); PIL's
+    # own limit by default. None: no limit. Left out of the manifest (no accepted image changes).
+    max_image_pixels: Optional[int] = Field(89478485, ge=1)
 
 
 class EncoderParams(Strict):
@@ -165,7 +168,11 @@ class PretrainParams(OptimParams):
     # at most 8, with a GPU: pipeline.data.loader.loader_workers; 0: in the training process); any count
     # gives the same batches in the same order
     loader_workers: Optional[int] = Field(None, ge=0, le=64)
-    amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
+    # auto: bfloat16 autocast on a GPU that has it, float16 + gradient scaler on one that does not,
+    # float32 on the CPU; bf16 | fp16 | fp32 force one (pipeline/train/device.py)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    device: Literal["auto", "cuda", "cpu"] = "auto"  # auto: CUDA when usable (and says so); cuda: fail at once without it
+    compile: bool = False  # torch.compile the encoder (benchmarks/compile.py measures it)
     # Processes on this node: above 1, the stage starts itself under torchrun (--standalone);
     # several nodes are launched by hand with torchrun (README)
     nproc_per_node: int = Field(1, ge=1)
@@ -332,6 +339,16 @@ def _describe(err: ValidationError, source: str) -> str:
     return f"invalid params in {source}:\n" + "\n".join(lines)
 
 
+def _check_sections_are_mappings(sections: dict[str, Any], source: str) -> None:
+    """A method's or protocol's section must be a mapping (or empty): ``simclr: [1, 2]`` is refused
+    in one line here rather than failing inside ``dict()``. (The core sections are pydantic models,
+    which already report a wrong shape as one line.)"""
+    for name, section in sections.items():
+        if section is not None and not isinstance(section, dict):
+            raise UserError(f"{source}: section '{name}' must be a mapping of its keys (e.g. '{name}: {{key: value}}'), "
+                            f"got {type(section).__name__} {section!r}; fix it or remove the section to use the defaults")
+
+
 def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
     """Validate a params dict; raises ``UserError`` listing every problem."""
     from pipeline.eval import registry as protocols  # late imports: methods and protocols import config
@@ -342,6 +359,7 @@ def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
     raw = dict(raw)
     method_sections = {name: raw.pop(name) for name in list(raw) if name in registry.names()}
     protocol_sections = {name: raw.pop(name) for name in list(raw) if name in protocols.names()}
+    _check_sections_are_mappings(method_sections | protocol_sections, source)
     try:
         params = Params.model_validate(raw)
     except ValidationError as err:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import subprocess
+import signal
 import sys
 
 import torch
@@ -81,13 +81,52 @@ def shutdown() -> None:
 
 def relaunch_under_torchrun(nproc: int, script: str, tag: str) -> int:
     """Run ``script`` with this process's arguments again under ``torchrun --standalone``
-    with ``nproc`` processes on this node, and return its exit status (a stage asked by a
-    param for more than one process starts itself so; with one it runs in plain python:
-    torchrun would only add a launcher process). A rank's error reaches the log from that
-    rank; torchrun reports a failed rank with status 1."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", script, *sys.argv[1:]]
-    print(f"[{tag}] {nproc} processes: {' '.join(cmd[1:])}", flush=True)
-    return subprocess.call(cmd)
+    with ``nproc`` processes on this node, and return the exit status for this process (a
+    stage asked by a param for more than one process starts itself so; with one it runs in
+    plain python: torchrun would only add a launcher process).
+
+    torchrun's agent runs in this process (``torch.distributed.run.run``, what the
+    ``torchrun`` command calls), so a rank's user error ends here as that rank's one line and
+    its status (2, or 130 for Ctrl-C) instead of torchrun's ``ChildFailedError`` traceback and
+    status 1: the ranks leave their line in a folder (``errors.RANK_ERRORS_ENV``) and this
+    process prints the lowest rank's once. A rank that crashed (a bug) printed its own
+    traceback; this process then exits 1 with one line saying so."""
+    import logging
+    import tempfile
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    from pipeline.errors import RANK_ERRORS_ENV, rank_error
+
+    argv = ["--standalone", f"--nproc-per-node={nproc}", script, *sys.argv[1:]]
+    print(f"[{tag}] {nproc} processes: torch.distributed.run {' '.join(argv)}", flush=True)
+    # the agent logs a failed rank as an error with its own summary: the line printed below says it once
+    # (a logger's filter is not inherited by its children: set on the logger that writes it)
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(
+        lambda record: "failed (exitcode" not in str(record.msg))
+    with tempfile.TemporaryDirectory(prefix="ssl-rank-errors-") as folder:
+        os.environ[RANK_ERRORS_ENV] = folder
+        try:
+            run(parse_args(argv))
+            return 0
+        except ChildFailedError as err:
+            left = rank_error(folder)
+            if left is None:  # a crash: the rank printed its traceback above
+                rank, failure = err.get_first_failure()
+                print(f"error: [{tag}] rank {rank} failed with exit status {failure.exitcode} (its traceback is above)",
+                      file=sys.stderr, flush=True)
+                return 1
+            status, message = left
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            return status
+        except SignalException as err:  # Ctrl-C or a kill reached the agent: it stopped every rank
+            if err.sigval == signal.SIGINT:
+                raise KeyboardInterrupt from None
+            raise
+        finally:
+            os.environ.pop(RANK_ERRORS_ENV, None)
 
 
 def launched_by_torchrun() -> bool:

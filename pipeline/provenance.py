@@ -41,6 +41,47 @@ def git_revision() -> str:
         return "unknown"
 
 
+def nvidia_driver_version() -> str | None:
+    """The NVIDIA driver's version (e.g. "580.65.06") from nvidia-smi; None without one."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout.split()
+        return out[0] if out else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def device_info(device, precision: str) -> dict:
+    """What trained: the device (GPU name and compute capability, CUDA runtime of the torch
+    build, the driver's CUDA version and NVIDIA driver version on a GPU) and the precision
+    (bf16 | fp16 | fp32). For provenance.json and the timing file, not the metrics."""
+    import torch
+
+    from pipeline.train.device import driver_cuda_version
+
+    info = {"device": str(device), "precision": precision, "torch_cuda": torch.version.cuda}
+    if getattr(device, "type", str(device)) == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        driver_cuda = driver_cuda_version()
+        info |= {"gpu": props.name, "gpu_count": torch.cuda.device_count(), "capability": f"{props.major}.{props.minor}",
+                 "gpu_memory_gib": round(props.total_memory / 2**30, 1), "cudnn": torch.backends.cudnn.version(),
+                 "driver_cuda": f"{driver_cuda // 1000}.{driver_cuda % 1000 // 10}" if driver_cuda else None,
+                 "nvidia_driver": nvidia_driver_version()}
+    else:
+        info["cpu"] = _cpu_model()
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def provenance(params: dict | None = None, **extra) -> dict:
     """Code version, library versions, platform and the resolved params."""
     versions = {}

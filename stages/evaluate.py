@@ -16,7 +16,7 @@ from pathlib import Path
 from pipeline import dist
 from pipeline.config import load_params
 from pipeline.data.shards import read_manifest
-from pipeline.errors import UserError, exit_on_user_error
+from pipeline.errors import UserError, exit_on_user_error, output_lock
 from pipeline.eval import registry
 from pipeline.eval.baselines import baseline_encoder, baseline_featurizer
 from pipeline.eval.checks import check_classes
@@ -49,22 +49,29 @@ def main() -> None:
         raise UserError(f"--baseline {args.baseline!r} is not in params.yaml baselines {params.baselines}")
     if args.encoder and not Path(args.encoder).is_file():
         raise UserError(f"{args.encoder} not found; run 'dvc repro' (pretraining writes it)")
+    # a crafted file, or an encoder of other shards, is refused before any work
+    encoder = load_encoder(args.encoder, manifest, args.shards) if args.encoder else None
+    with output_lock(args.metrics):
+        _run(args, protocol, params, manifest, encoder)
+
+
+def _run(args, protocol, params, manifest, encoder) -> None:
     nproc = getattr(params.protocol_params[protocol.name], "nproc_per_node", 1)
     if nproc > 1 and not dist.launched_by_torchrun():  # bad params and data were refused above, once
         sys.exit(dist.relaunch_under_torchrun(nproc, __file__, protocol.name))
     dist.init_from_env()
     try:
-        _evaluate(args, protocol, params, manifest)
+        _evaluate(args, protocol, params, manifest, encoder)
     finally:
         dist.shutdown()
 
 
-def _evaluate(args, protocol, params, manifest) -> None:
+def _evaluate(args, protocol, params, manifest, encoder) -> None:
     if args.baseline:
         name, encoder = args.baseline, baseline_encoder(params, args.baseline, manifest)
         featurizer = baseline_featurizer(params, args.baseline, args.shards)  # None: the encoder's features
     else:
-        name, encoder, featurizer = Path(args.encoder).parent.name, load_encoder(args.encoder), None
+        name, featurizer = Path(args.encoder).parent.name, None
     ctx = EvalContext(name, encoder, args.baseline is None, args.shards, manifest, params, pick_device(), featurizer=featurizer)
     with StagedOutputs() as staged:  # metrics and details appear together, or not at all
         # under DDP every rank runs the protocol (training is split between them); rank 0 writes

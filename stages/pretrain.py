@@ -15,21 +15,22 @@ from pipeline import dist
 from pipeline.config import load_params
 from pipeline.data.loader import epoch_batches, loader_workers
 from pipeline.data.shards import first_samples, read_manifest, split_batches, stream_batches
-from pipeline.errors import UserError, exit_on_user_error
+from pipeline.errors import UserError, exit_on_user_error, output_lock
 from pipeline.eval.features import BATCH, encoder_features
 from pipeline.eval.knn import knn_accuracy
 from pipeline.eval.protocol import seed_everything
 from pipeline.methods import registry
 from pipeline.models.encoder import build_encoder, save_encoder
 from pipeline.outputs import StagedOutputs, write_json
-from pipeline.provenance import code_fingerprint, provenance
+from pipeline.provenance import code_fingerprint, device_info, provenance
 from pipeline.train.checkpoint import fingerprint
-from pipeline.train.loop import TrainJob, check_finite, fit, pick_device, use_sync_batchnorm
+from pipeline.train.device import pick_device, resolve_precision, why_cpu
+from pipeline.train.loop import TrainJob, check_finite, fit, use_sync_batchnorm
 from pipeline.train.optim import param_groups
 
 
 
-@exit_on_user_error
+@exit_on_user_error(kept="no output was written (a checkpoint.pt in --out, if any, resumes the run)")
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
@@ -45,18 +46,29 @@ def main() -> None:
     method_cls = registry.get(args.method)
     manifest = read_manifest(args.shards)
     _check_modality(method_cls, args.shards, manifest)
+    with output_lock(args.out):  # a second run in the same folder refuses (the ranks of a torchrun share it)
+        _run(args, params, method_cls, manifest)
+
+
+def _run(args, params, method_cls, manifest: dict) -> None:
     p = params.pretrain_for(args.method)
+    pick_device(p.device)  # device: cuda without a usable GPU stops here, before any work (one line, status 2)
     if p.nproc_per_node > 1 and not dist.launched_by_torchrun():
         _check_world(p, args, manifest, p.nproc_per_node)
         # bad params and data were refused above, in this one process (one line, status 2)
         sys.exit(dist.relaunch_under_torchrun(p.nproc_per_node, __file__, "pretrain"))
     dist.init_from_env()
     seed_everything(params.seed)
-    device = pick_device()
+    device = pick_device(p.device)  # this rank's (torchrun: its local GPU)
+    precision = resolve_precision(p.precision, device)
+    if dist.is_main():
+        why = f" (auto: {why_cpu()})" if p.device == "auto" and device.type == "cpu" else ""
+        name = f" {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+        print(f"[pretrain {args.method}] device: {device}{name}{why}; precision: {precision}", file=sys.stderr, flush=True)
     out = Path(args.out)
     try:
         with StagedOutputs() as staged:  # outputs appear together at the end, or not at all
-            _train(args, params, method_cls, manifest, device, out, staged)
+            _train(args, params, method_cls, manifest, device, precision, out, staged)
     finally:
         dist.shutdown()
 
@@ -86,7 +98,7 @@ def _sync_setting(p) -> bool | None:
     return None if p.sync_batchnorm == "auto" else p.sync_batchnorm
 
 
-def _train(args, params, method_cls, manifest, device, out: Path, staged: StagedOutputs) -> None:
+def _train(args, params, method_cls, manifest, device, precision: str, out: Path, staged: StagedOutputs) -> None:
     # staged first (only rank 0 writes): an unwritable output path fails now, not after training
     paths = {"encoder": staged.file(out / "encoder.pt"), "provenance": staged.file(out / "provenance.json"),
              "metrics": staged.file(args.metrics), "timing": staged.file(args.timing)} if dist.is_main() else {}
@@ -124,7 +136,7 @@ def _train(args, params, method_cls, manifest, device, out: Path, staged: Staged
         after_optimizer_step=method.after_optimizer_step, extra_state=method.extra_state,
         load_extra_state=method.load_extra_state, on_epoch_end=monitor,
         checkpoint_path=out / "checkpoint.pt", checkpoint_every=p.checkpoint_every, checkpoint_every_steps=p.checkpoint_every_steps,
-        fingerprint=run_fingerprint, amp=p.amp,
+        fingerprint=run_fingerprint, precision=p.precision, precision_key="pretrain.precision", compile=p.compile,
         batch_size_key="pretrain.batch_size", lr_key=f"pretrain.lr, or a `pretrain: {{lr: ...}}` override under '{args.method}:'",
         sync_batchnorm=_sync_setting(p), sync_batchnorm_key="pretrain.sync_batchnorm",
     )
@@ -144,12 +156,13 @@ def _train(args, params, method_cls, manifest, device, out: Path, staged: Staged
         return
     last = history[-1]
     save_encoder(method.encoder, paths["encoder"])
-    write_json(paths["provenance"], provenance(resolved, method=args.method, device=str(device), world_size=dist.world_size()))
+    hardware = device_info(device, precision)
+    write_json(paths["provenance"], provenance(resolved, method=args.method, world_size=dist.world_size(), **hardware))
     held_out = method.held_out_metrics(lambda split: split_batches(args.shards, split, BATCH))
     write_json(paths["metrics"], {"loss": last["loss"], "knn_top1": last["knn_top1"], "epochs": p.epochs} | held_out)
     wall = time.time() - t0
     images_per_s = sum(h["images_per_s"] for h in history) / len(history)
-    write_json(paths["timing"], {"wall_seconds": round(wall, 1), "images_per_second": round(images_per_s, 1)})
+    write_json(paths["timing"], {"wall_seconds": round(wall, 1), "images_per_second": round(images_per_s, 1)} | hardware)
     # stderr: stdout carries the per-epoch lines; this is the one line to read at the end
     print(f"[pretrain {args.method}] done: {p.epochs} epochs, loss {last['loss']:.4f}, kNN top-1 {100 * last['knn_top1']:.1f}%, "
           f"{wall:.0f} s ({images_per_s * dist.world_size():.0f} images/s, {dist.world_size()} process"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipeline.config import load_params
 from pipeline.data.shards import read_manifest
-from pipeline.errors import exit_on_user_error
+from pipeline.errors import exit_on_user_error, output_lock
 from pipeline.outputs import StagedOutputs
 from pipeline.report.markdown import build_report
 
@@ -25,7 +25,7 @@ def main() -> None:
     params = load_params(args.params, args.preset)
     manifest = read_manifest(args.shards)
     out = Path(args.out)
-    with StagedOutputs() as staged:  # report and figures appear together, or not at all
+    with output_lock(out), StagedOutputs() as staged:  # report and figures appear together, or not at all
         build_report(params, manifest, Path(args.metrics_dir), Path(args.live_root), staged.file(out),
                      staged.dir(out.parent / "figures"))
     print(f"wrote {out} and {out.parent / 'figures'}/")

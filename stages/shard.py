@@ -17,12 +17,12 @@ from pipeline.data import sources, text
 from pipeline.data.shards import SampleFormat, write_shards
 from pipeline.data.splits import make_splits
 from pipeline.data.text_shards import write_text_shards
-from pipeline.errors import exit_on_user_error
+from pipeline.errors import exit_on_user_error, naming, output_lock
 from pipeline.outputs import StagedOutputs
 
 # data.* keys that do not change the output (left out of the manifest), and new keys left out
 # at their defaults, so a manifest is byte-identical to one written before they existed.
-_NOT_IN_MANIFEST = {"workers"}
+_NOT_IN_MANIFEST = {"workers", "max_image_pixels"}
 _OMITTED_AT_DEFAULT = {"store_size": None, "image_format": "png"}
 # data.* keys that only concern images, left out of a text manifest.
 _IMAGE_ONLY = {"torchvision_name", "download", "image_size", "channels", "store_size", "image_format", "jpeg_quality"}
@@ -67,24 +67,31 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="shard folder, e.g. data/shards")
     args = ap.parse_args()
     params = load_params(args.params, preset=args.preset)
+    # one run at a time per shard folder; a full disk names the folder (a tar writer's error names no file)
+    with output_lock(args.out), naming(args.out):
+        _shard(params, args.out)
+
+
+def _shard(params, out: str) -> None:
     d = params.data
     if d.source == "fortunes":
-        manifest = write_text(params, args.out)
+        manifest = write_text(params, out)
         print("shards:", ", ".join(f"{s} {v['count']}" for s, v in manifest["splits"].items()),
-              f"entries and a {manifest['vocab_size']}-token tokenizer in", args.out)
+              f"entries and a {manifest['vocab_size']}-token tokenizer in", out)
         return
     if d.source == "fashion-mnist":
         train, test = sources.fashion_mnist_refs(d.root, d.download)
     elif d.source == "imagefolder":
         train, test = sources.image_folder_refs(d.root, d.test_fraction, params.seed)
+        sources.limit_pixels((train, test), d.max_image_pixels)
     else:
         train, test = sources.torchvision_refs(d.torchvision_name, d.root, d.download)
     splits = make_splits(train, test, d, params.seed)
     fmt = SampleFormat(d.image_size, d.channels, d.store_size, d.image_format, d.jpeg_quality)
     with StagedOutputs() as staged:  # the shard folder appears whole (manifest included) or not at all
-        manifest = write_shards(splits, staged.dir(args.out), d.shard_size, source=manifest_source(d),
+        manifest = write_shards(splits, staged.dir(out), d.shard_size, source=manifest_source(d),
                                 fmt=fmt, workers=dist.default_workers(d.workers))
-    print("shards:", ", ".join(f"{s} {v['count']}" for s, v in manifest["splits"].items()), "images in", args.out)
+    print("shards:", ", ".join(f"{s} {v['count']}" for s, v in manifest["splits"].items()), "images in", out)
 
 
 if __name__ == "__main__":

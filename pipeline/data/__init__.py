@@ -1,0 +1,1 @@
+"""Data: sources, splits, WebDataset shards (written and read), loaders and augmentations."""

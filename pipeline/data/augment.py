@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -179,50 +180,56 @@ def apply_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) ->
 
 
 def _apply_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    # Without host syncs: at each position every op is computed for every image and each image
+    # keeps its own op's result (torch.where), instead of gathering the images of one op by
+    # `nonzero` (a sync on CUDA each). The ops act per image, so an image's values are those of
+    # the gathered version, bit for bit; the price is the compute of the ops it did not draw.
     y = x.clone()
     rgb = x.shape[1] == 3
     for pos in range(4):
+        op_here = order[:, pos].view(-1, 1, 1, 1)
         for op in range(4):
             if op in (SATURATION, HUE) and not rgb:
                 continue
-            idx = (order[:, pos] == op).nonzero().squeeze(1)
-            if idx.numel() == 0:
-                continue
-            z, f = y[idx], factors[idx, op].view(-1, 1, 1, 1)
+            f = factors[:, op].view(-1, 1, 1, 1)
             if op == BRIGHTNESS:
-                z = (z * f).clamp_(0.0, 1.0)
+                z = (y * f).clamp_(0.0, 1.0)
             elif op == CONTRAST:
-                mean = (_gray(z) if rgb else z).mean(dim=(1, 2, 3), keepdim=True)
-                z = _blend(z, mean, f)
+                mean = (_gray(y) if rgb else y).mean(dim=(1, 2, 3), keepdim=True)
+                z = _blend(y, mean, f)
             elif op == SATURATION:
-                z = _blend(z, _gray(z), f)
+                z = _blend(y, _gray(y), f)
             else:
-                z = adjust_hue(z, f.view(-1))
-            y[idx] = z
+                z = adjust_hue(y, f.view(-1))
+            y = torch.where(op_here == op, z, y)
     return y
 
 
 def sample_jitter(n: int, cfg: AugmentParams, gen: torch.Generator, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image ColorJitter parameters: factors ``[n, 4]`` uniform in [max(0, 1 - s), 1 + s]
     (hue in [-hue, hue]) and a random op order ``[n, 4]`` (a permutation per image)."""
-    lows = torch.tensor([max(0.0, 1 - cfg.brightness), max(0.0, 1 - cfg.contrast),
-                         max(0.0, 1 - cfg.saturation), -cfg.hue], device=device)
-    highs = torch.tensor([1 + cfg.brightness, 1 + cfg.contrast, 1 + cfg.saturation, cfg.hue], device=device)
-    factors = torch.rand(n, 4, generator=gen, device=device) * (highs - lows) + lows
+    lows = [max(0.0, 1 - cfg.brightness), max(0.0, 1 - cfg.contrast), max(0.0, 1 - cfg.saturation), -cfg.hue]
+    highs = [1 + cfg.brightness, 1 + cfg.contrast, 1 + cfg.saturation, cfg.hue]
+    # bounds as Python floats holding float32 values (no host-to-device copy of a bounds tensor):
+    # the same float32 arithmetic as `rand * (highs - lows) + lows` on float32 tensors
+    lows32 = [float(np.float32(v)) for v in lows]
+    spans32 = [float(np.float32(hi) - np.float32(lo)) for lo, hi in zip(lows, highs)]
+    r = torch.rand(n, 4, generator=gen, device=device)
+    factors = torch.stack([r[:, k] * spans32[k] + lows32[k] for k in range(4)], dim=1)
     order = torch.rand(n, 4, generator=gen, device=device).argsort(dim=1)
     return factors, order
 
 
 def color_jitter(x: torch.Tensor, cfg: AugmentParams, gen: torch.Generator) -> torch.Tensor:
     """RandomApply(ColorJitter, p=jitter_p) then RandomGrayscale(grayscale_p, RGB only),
-    each image its own draws. x: float ``[N, C, H, W]`` in [0, 1]."""
+    each image its own draws. x: float ``[N, C, H, W]`` in [0, 1]. No host syncs: every
+    image is jittered and those that did not draw it keep their input (torch.where)."""
     n, dev = x.shape[0], x.device
     apply = torch.rand(n, generator=gen, device=dev) < cfg.jitter_p
     factors, order = sample_jitter(n, cfg, gen, dev)
-    idx = apply.nonzero().squeeze(1)
     y = x.clamp(0.0, 1.0)
-    if idx.numel():
-        y[idx] = apply_jitter(y[idx], factors[idx], order[idx])
+    if cfg.jitter_p > 0:
+        y = torch.where(apply.view(n, 1, 1, 1), apply_jitter(y, factors, order), y)
     to_gray = torch.rand(n, generator=gen, device=dev) < cfg.grayscale_p
     if x.shape[1] == 3 and cfg.grayscale_p > 0:
         y = torch.where(to_gray.view(n, 1, 1, 1), _gray(y).expand_as(y), y)
@@ -278,7 +285,15 @@ class ViewMaker:
     def __call__(self, images: torch.Tensor, out_size: int | None = None,
                  scale: tuple[float, float] | None = None, view: int = 0) -> torch.Tensor:
         """uint8 or float ``[N, C, H, W]`` -> one random view, float ``[N, C, out, out]`` in
-        [0, 1]. ``view`` picks the entry of ``blur_p`` / ``solarize_p`` (the last one beyond)."""
+        [0, 1]. ``view`` picks the entry of ``blur_p`` / ``solarize_p`` (the last one beyond).
+
+        Always float32, also inside the training step's autocast region: views are data, not
+        compute to downcast (a bf16 blur would not fit back into the float32 batch), and the
+        encoder's first layer casts them itself. No host syncs (tests/sync_counter.py)."""
+        with torch.autocast(images.device.type, enabled=False):
+            return self._view(images, out_size, scale, view)
+
+    def _view(self, images: torch.Tensor, out_size: int | None, scale: tuple[float, float] | None, view: int) -> torch.Tensor:
         cfg, gen = self.cfg, self.gen
         x = to_float(images) if images.dtype == torch.uint8 else images
         x = random_resized_crop(x, tuple(scale or cfg.crop_scale), tuple(cfg.crop_ratio), cfg.hflip, gen, out_size)
@@ -288,9 +303,8 @@ class ViewMaker:
         if blur_p > 0:
             blur = torch.rand(n, generator=gen, device=dev) < blur_p
             sigma = _uniform(n, *BLUR_SIGMA, gen, dev)
-            idx = blur.nonzero().squeeze(1)
-            if idx.numel():
-                x[idx] = gaussian_blur(x[idx], sigma[idx], blur_kernel_size(x.shape[-1]))
+            # every image blurred, those that did not draw it keep theirs: no host sync
+            x = torch.where(blur.view(n, 1, 1, 1), gaussian_blur(x, sigma, blur_kernel_size(x.shape[-1])), x)
         if sol_p > 0:
             sol = torch.rand(n, generator=gen, device=dev) < sol_p
             x = torch.where(sol.view(n, 1, 1, 1), solarize(x), x)

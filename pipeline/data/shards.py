@@ -43,7 +43,7 @@ import webdataset as wds
 from PIL import Image
 
 from pipeline.data.sources import ArrayReader, ImageSet, SampleRefs, load_image
-from pipeline.errors import UserError
+from pipeline.errors import UserError, ignore_interrupts, interrupts_ignored
 
 MANIFEST = "manifest.json"
 _RECREATE = "re-create the shards with 'dvc repro -f shard'"
@@ -125,6 +125,7 @@ _WORKER: dict = {}  # a worker process's readers and format (set by _init_worker
 
 
 def _init_worker(readers: list, fmt: SampleFormat) -> None:
+    ignore_interrupts()  # Ctrl-C: the main process terminates the pool (a worker killed mid-task can hang it)
     _WORKER.update(readers=readers, fmt=fmt)
 
 
@@ -163,7 +164,8 @@ def _worker_pool(readers: list, fmt: SampleFormat, workers: int):
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
     try:
-        pool = ctx.Pool(workers, _init_worker, (readers, fmt))
+        with interrupts_ignored():  # the workers start with Ctrl-C ignored: the main process handles it
+            pool = ctx.Pool(workers, _init_worker, (readers, fmt))
     except OSError as err:  # e.g. no /dev/shm for the pool's locks: same bytes, one process
         print(f"warning: cannot start {workers} worker processes ({err}); encoding in this process", file=sys.stderr)
         pool = None
@@ -302,9 +304,26 @@ def read_manifest(shard_dir: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path} not found: the shards are missing or incomplete; run 'dvc repro shard'")
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except ValueError as err:
         raise UserError(f"{path} is not valid JSON ({err}); {_RECREATE}") from None
+    _check_stats(path, manifest)
+    return manifest
+
+
+def _check_stats(path: Path, manifest: dict) -> None:
+    """An image manifest's normalisation statistics: one finite number per channel, std >= 0
+    (NaN here would surface much later as a non-finite loss, blamed on the learning rate)."""
+    if manifest.get("modality") == "text":
+        return
+    channels = manifest.get("channels")
+    for key in ("mean", "std"):
+        values = manifest.get(key)
+        ok = isinstance(values, list) and len(values) == (channels or len(values)) and all(
+            isinstance(v, (int, float)) and math.isfinite(v) and (key == "mean" or v >= 0) for v in values)
+        if not ok:
+            raise UserError(f"{path}: '{key}' is {values!r}, not {channels or 'one per channel'} finite "
+                            f"{'non-negative ' if key == 'std' else ''}number(s) (the pretrain images' statistics); {_RECREATE}")
 
 
 def _recreate(manifest: dict) -> str:

@@ -26,6 +26,8 @@ from PIL import Image
 
 from pipeline.errors import UserError
 
+PIL_MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # PIL's decompression-bomb limit: data.max_image_pixels' default
+
 
 @dataclass(frozen=True)
 class ImageSet:
@@ -98,19 +100,54 @@ class IdxReader:
 
 
 class FolderReader:
-    """Image files by path."""
+    """Image files by path. An image over ``max_pixels`` (``data.max_image_pixels``; None: no
+    limit) is refused from its header, before its pixels are decoded (a decompression bomb)."""
 
-    def __init__(self, paths: tuple[str, ...]) -> None:
+    def __init__(self, paths: tuple[str, ...], max_pixels: int | None = PIL_MAX_PIXELS) -> None:
         self.paths = paths
+        self.max_pixels = max_pixels
 
     def load(self, i: int) -> Image.Image:
         path = self.paths[i]
         try:
-            img = Image.open(path)
+            img = _open_within(path, self.max_pixels)
             img.load()
         except OSError as err:
             raise UserError(f"cannot read image {path}: {err}; remove or replace the file") from None
         return img
+
+
+def _open_within(path: str, max_pixels: int | None) -> Image.Image:
+    """``Image.open(path)`` (the header only), refused when it holds more than ``max_pixels``.
+    PIL's own guard (a warning above its limit, an error above twice it) is replaced by this
+    one, so the limit is the param's and the message names the file and the param."""
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        img = Image.open(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    w, h = img.size
+    if max_pixels is not None and w * h > max_pixels:
+        img.close()
+        raise UserError(f"image {path} has {w}x{h} = {w * h:,} pixels, over data.max_image_pixels ({max_pixels:,}; a guard "
+                        "against decompression bombs): remove the file, or raise data.max_image_pixels if you trust it")
+    return img
+
+
+def limit_pixels(sets, max_pixels: int | None) -> None:
+    """Apply ``data.max_image_pixels`` to the file readers of ``sets`` (``SampleRefs``)."""
+    for refs in sets:
+        if isinstance(refs.reader, FolderReader):
+            refs.reader.max_pixels = max_pixels
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit greyscale (PNG's "I;16" modes, or "I" holding 16-bit values) -> 8-bit "L", scaled
+    (``round(v * 255 / 65535)``): PIL's ``convert("L")`` clips every value above 255 to white."""
+    if img.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        return img
+    values = np.asarray(img).astype(np.int64).clip(0, 65535)
+    return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), "L")
 
 
 class TorchvisionReader:
@@ -155,6 +192,7 @@ def load_image(reader, i: int, size: int, channels: int, store_size: int | None 
 def _pil_store(img: Image.Image, side: int, channels: int) -> Image.Image:
     """Short side resized to ``side`` (bicubic), then the centre ``side`` x ``side`` crop:
     torchvision's ``Resize(side)`` then ``CenterCrop(side)`` on a PIL image, to the pixel."""
+    img = _to_8bit(img)
     img = img.convert("RGB") if img.mode not in ("L", "RGB") else img
     img = img.convert("L" if channels == 1 else "RGB")
     w, h = img.size
@@ -198,6 +236,7 @@ def to_format(images: np.ndarray, size: int, channels: int) -> np.ndarray:
 
 def _pil_format(img: Image.Image, size: int, channels: int) -> Image.Image:
     # P (palette) and RGBA images convert through RGB so transparency and palettes become plain colour.
+    img = _to_8bit(img)
     img = img.convert("RGB") if img.mode not in ("L", "RGB") else img
     img = img.convert("L" if channels == 1 else "RGB")
     if img.size != (size, size):
@@ -265,12 +304,10 @@ def fashion_mnist(root: str, size: int, channels: int, download: bool) -> tuple[
 def _folder_refs(root: Path, classes: list[str] | None = None, base: Path | None = None) -> SampleRefs:
     """One ImageFolder by file path (no image is opened); non-image files are skipped with
     a warning and recorded in ``skipped`` relative to ``base`` (default ``root``)."""
-    from torchvision.datasets import ImageFolder
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     try:
-        # allow_empty: an empty class folder gets the clearer error below, naming the folder
-        folder = ImageFolder(str(root), loader=lambda p: Image.open(p), allow_empty=True)
+        folder = _link_safe_image_folder(str(root))
     except (FileNotFoundError, RuntimeError) as err:
         raise UserError(f"ImageFolder {root}: {err}. Expected one sub-folder of images per class.") from None
     if classes is not None and folder.classes != classes:
@@ -292,7 +329,7 @@ def _folder_refs(root: Path, classes: list[str] | None = None, base: Path | None
     skipped = [
         os.path.relpath(os.path.join(d, f), base or root)
         for c in folder.classes
-        for d, _, files in sorted(os.walk(os.path.join(str(root), c), followlinks=True))  # as torchvision walks
+        for d, files in _walk(os.path.join(str(root), c), warn=False)  # as the samples were found
         for f in sorted(files)
         if os.path.join(d, f) not in used
     ]
@@ -303,6 +340,68 @@ def _folder_refs(root: Path, classes: list[str] | None = None, base: Path | None
     labels = np.array([label for _, label in folder.samples], dtype=np.int64)
     reader = FolderReader(tuple(path for path, _ in folder.samples))
     return SampleRefs(reader, np.arange(len(labels)), labels, folder.classes, tuple(skipped))
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _walk(top: str, warn: bool = True, tree: str | None = None, seen: set | None = None) -> list[tuple[str, list[str]]]:
+    """(folder, file names) under ``top``, sorted by folder, as ``os.walk(followlinks=True)``
+    gives them for a tree without directory links. A directory link is followed only when it
+    leads outside ``tree`` (default: the ImageFolder root, ``top``'s parent) and to a folder not
+    walked yet: a link back into the tree (``ln -s .. cls/loop``) would count the same images
+    again through every level of the loop, so it is skipped with a warning. File links are
+    read as files (a duplicate is refused later: ``refuse_duplicates``)."""
+    tree = tree or os.path.realpath(os.path.dirname(os.path.abspath(top)))
+    seen = set() if seen is None else seen
+    out = []
+    for folder, dirs, files in os.walk(top):  # followlinks=False: directory links are handled below
+        out.append((folder, files))
+        for d in dirs:
+            link = os.path.join(folder, d)
+            if not os.path.islink(link):
+                continue
+            real = os.path.realpath(link)
+            if _inside(real, tree) or real in seen:
+                if warn:
+                    print(f"warning: not following the directory link {link} -> {os.readlink(link)}: it leads back into "
+                          f"the ImageFolder {tree} (its images would be counted twice)", file=sys.stderr)
+                continue
+            seen.add(real)
+            out += _walk(link, warn, tree, seen)
+    return sorted(out)
+
+
+def _link_safe_image_folder(root: str):
+    """torchvision's ImageFolder of ``root``, finding files with ``_walk`` (directory links back
+    into the tree are not followed) instead of ``os.walk(followlinks=True)``; the same samples
+    in the same order otherwise. (torchvision is imported here, when a folder is read.)"""
+    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import has_file_allowed_extension
+
+    class LinkSafeImageFolder(ImageFolder):
+        @staticmethod
+        def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+            valid = is_valid_file or (lambda p: has_file_allowed_extension(p, extensions))
+            return [(os.path.join(d, f), class_to_idx[c]) for c in sorted(class_to_idx)
+                    for d, files in _walk(os.path.join(directory, c)) for f in sorted(files) if valid(os.path.join(d, f))]
+
+    # allow_empty: an empty class folder gets the clearer error of _folder_refs, naming the folder
+    return LinkSafeImageFolder(root, loader=lambda p: Image.open(p), allow_empty=True)
+
+
+def refuse_duplicates(paths: tuple[str, ...], root: str) -> None:
+    """Refuse an ImageFolder where one file is found twice through symbolic links (a file link,
+    a class folder linked into another): it would be counted twice, and could land in both the
+    train and the test split. Hard links and copies are not detected (they are separate files
+    to the file system; benchmarks/shard.py builds large folders from hard links)."""
+    first: dict[str, str] = {}
+    for path in paths:
+        other = first.setdefault(os.path.realpath(path), path)
+        if other != path:
+            raise UserError(f"ImageFolder {root}: {path} and {other} are the same file (a symbolic link); an image found "
+                            "twice would be counted twice and could land in both train and test: remove one of them")
 
 
 def image_folder_refs(root: str, test_fraction: float, seed: int) -> tuple[SampleRefs, SampleRefs]:
@@ -316,8 +415,12 @@ def image_folder_refs(root: str, test_fraction: float, seed: int) -> tuple[Sampl
         raise UserError(f"data.root {root} is not a directory; point it at an ImageFolder (one sub-folder per class)")
     if (path / "train").is_dir() and (path / "test").is_dir():
         train = _folder_refs(path / "train", base=path)
-        return train, _folder_refs(path / "test", train.classes, base=path)
-    return split_stratified(_folder_refs(path), test_fraction, seed)
+        test = _folder_refs(path / "test", train.classes, base=path)
+        refuse_duplicates(train.reader.paths + test.reader.paths, root)
+        return train, test
+    refs = _folder_refs(path)
+    refuse_duplicates(refs.reader.paths, root)
+    return split_stratified(refs, test_fraction, seed)
 
 
 def image_folder(root: str, size: int, channels: int, test_fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:

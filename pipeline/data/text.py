@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+
+from pipeline.errors import UserError
 
 FORTUNE_DIR = "/usr/share/games/fortunes"
 LANG_PACKAGES = {"en": "fortunes", "de": "fortunes-de", "es": "fortunes-es", "it": "fortunes-it"}
@@ -20,10 +23,18 @@ LANG_PACKAGES = {"en": "fortunes", "de": "fortunes-de", "es": "fortunes-es", "it
 
 def package_files(package: str) -> list[Path]:
     """Sorted fortune data files of a package: regular files under the fortunes tree, without
-    the ``.dat`` index / ``.u8`` copies; the English package only its top-level folder."""
-    out = subprocess.run(["dpkg", "-L", package], check=True, capture_output=True, text=True).stdout
+    the ``.dat`` index / ``.u8`` copies; the English package only its top-level folder. A
+    package that is not installed (or no ``dpkg``) is a ``UserError`` naming the apt package."""
+    try:
+        listed = subprocess.run(["dpkg", "-L", package], capture_output=True, text=True)
+    except FileNotFoundError:  # not a Debian system
+        raise UserError(f"cannot list the files of the Debian package '{package}' (no dpkg on this system): the text "
+                        "corpus comes from Debian's fortunes packages; run on Debian/Ubuntu (or in the container)") from None
+    if listed.returncode != 0:
+        raise UserError(f"the Debian package '{package}' is not installed (the text corpus reads its files); install it with "
+                        f"'sudo apt-get install {package}'")
     files = []
-    for line in out.splitlines():
+    for line in listed.stdout.splitlines():
         p = Path(line)
         if not line.startswith(FORTUNE_DIR + "/") or p.suffix in (".dat", ".u8") or not p.is_file() or p.is_symlink():
             continue
@@ -35,10 +46,22 @@ def package_files(package: str) -> list[Path]:
 
 def read_entries(path: Path) -> list[str]:
     """Entries of one file in file order: split on lines holding only ``%``, whitespace
-    collapsed to single spaces, empty entries dropped. Bytes that are not UTF-8 are replaced."""
-    text = path.read_bytes().decode("utf-8", errors="replace")
+    collapsed to single spaces, empty entries dropped. An entry whose bytes are not UTF-8 is
+    not text (e.g. a binary file put in the corpus): it is skipped, with a warning naming the
+    file and the count (every file of the Debian packages is UTF-8)."""
+    # surrogateescape: valid UTF-8 decodes as strict decoding would; each invalid byte becomes
+    # one lone surrogate, which marks its entry
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape")
     chunks = re.split(r"^%\s*$", text, flags=re.MULTILINE)
-    return [e for e in (" ".join(c.split()) for c in chunks) if e]
+    entries = [e for e in (" ".join(c.split()) for c in chunks) if e]
+    kept = [e for e in entries if not _NOT_UTF8.search(e)]
+    if len(kept) < len(entries):
+        print(f"warning: skipped {len(entries) - len(kept)} of {len(entries)} entries of {path}: not UTF-8 text "
+              "(a binary or differently encoded file?)", file=sys.stderr)
+    return kept
+
+
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # the lone surrogates of surrogateescape: bytes that were not UTF-8
 
 
 def fortunes_by_category(min_count: int = 50, merge_into: str | None = "other") -> tuple[list[str], list[str]]:

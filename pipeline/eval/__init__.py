@@ -1,0 +1,1 @@
+"""Evaluation: the registered protocols, features, kNN, linear probes, few-shot, transfer, baselines."""

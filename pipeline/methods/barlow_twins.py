@@ -21,6 +21,14 @@ def _standardize(z: torch.Tensor) -> torch.Tensor:
     return (z - z.mean(dim=0)) / torch.sqrt(z.var(dim=0, unbiased=False) + BN_EPS)
 
 
+def off_diagonal(c: torch.Tensor) -> torch.Tensor:
+    """``[D, D]`` -> ``[D * (D - 1)]``: the off-diagonal entries in row order, as ``c[~eye]``
+    but by a strided view (boolean indexing syncs the host on CUDA); contiguous, so sums
+    over it add in the same order as over ``c[~eye]``."""
+    d = c.shape[0]
+    return c.flatten()[:-1].view(d - 1, d + 1)[:, 1:].flatten()
+
+
 def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float, scale: float) -> torch.Tensor:
     """``scale * (sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2)``.
 
@@ -33,9 +41,8 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float, scale: f
     # float32 matmul even under autocast: C_ii near 1 needs more digits than bfloat16 has
     with torch.autocast(z1.device.type, enabled=False):
         c = _standardize(z1).T @ _standardize(z2) / z1.shape[0]  # [D, D]
-    diag = torch.eye(c.shape[0], dtype=torch.bool, device=c.device)
-    on_diag = (c[diag] - 1).pow(2).sum()
-    off_diag = c[~diag].pow(2).sum()
+    on_diag = (c.diagonal() - 1).pow(2).sum()
+    off_diag = off_diagonal(c).pow(2).sum()
     return scale * (on_diag + lambd * off_diag)
 
 

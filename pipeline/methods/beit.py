@@ -39,7 +39,10 @@ def beit_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -
     logits: ``[N, L, V]``; targets: ``[N, L]`` token ids in ``[0, V)``; mask: ``[N, L]`` bool,
     True where the patch was masked. Mean over all masked positions of the batch.
     """
-    return F.cross_entropy(logits[mask].float(), targets[mask])
+    # a masked mean over every position, not logits[mask]: boolean indexing syncs the host on CUDA
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")  # [N * L]
+    weight = mask.flatten().to(ce.dtype)
+    return (ce * weight).sum() / weight.sum()
 
 
 def block_mask(grid: int, num_masked: int, min_patches: int, min_aspect: float, rng: np.random.Generator) -> np.ndarray:
@@ -84,6 +87,7 @@ class KMeansTokenizer(nn.Module):
         self.vocab_size = vocab_size
         self.register_buffer("codebook", torch.zeros(vocab_size, patch_dim))
         self.register_buffer("fitted", torch.tensor(False))
+        self._seen_fitted = False  # `fitted` read once on the host (a sync), not every step
 
     @torch.no_grad()
     def fit(self, patches: torch.Tensor, seed: int) -> None:
@@ -105,8 +109,10 @@ class KMeansTokenizer(nn.Module):
     @torch.no_grad()
     def tokenize(self, patches: torch.Tensor) -> torch.Tensor:
         """``[N, L, P]`` -> ids ``[N, L]`` (long) in ``[0, vocab_size)``."""
-        if not self.fitted:
-            raise RuntimeError("the k-means tokenizer is not fitted: call method.prepare(sample) before training")
+        if not self._seen_fitted:
+            if not self.fitted:
+                raise RuntimeError("the k-means tokenizer is not fitted: call method.prepare(sample) before training")
+            self._seen_fitted = True
         with torch.autocast(patches.device.type, enabled=False):  # nearest codeword needs full precision
             flat = patches.flatten(0, 1).float()
             ids = torch.cdist(flat, self.codebook.float()).argmin(dim=1)
@@ -180,7 +186,11 @@ class BEiT(Method):
         else:
             min_patches = min(num, max(1, round(self.params.min_block_fraction * length)))  # a block that fits
             rows = [block_mask(grid, num, min_patches, self.params.min_aspect, self.mask_rng).ravel() for _ in range(n)]
-        return torch.from_numpy(np.stack(rows)).to(device)
+        mask = torch.from_numpy(np.stack(rows))  # drawn on the host (numpy): no device values read
+        if device.type == "cpu":
+            return mask
+        # pinned and asynchronous: a copy from pageable memory would block the host
+        return mask.pin_memory().to(device, non_blocking=True)
 
     def predict(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Normalised images ``[N, C, H, W]``, mask ``[N, L]`` bool -> token logits ``[N, L, V]``.
@@ -197,7 +207,8 @@ class BEiT(Method):
         mask = self.masks(x.shape[0], x.device)  # [N, L]
         logits = self.predict(x, mask)
         loss = beit_loss(logits, targets, mask)
-        acc = (logits.detach()[mask].argmax(-1) == targets[mask]).float().mean()
+        hits = (logits.detach().argmax(-1) == targets) & mask  # at masked positions (no boolean indexing)
+        acc = hits.sum() / mask.sum()
         return {"loss": loss, "token_acc": acc}
 
     def extra_state(self) -> dict:

@@ -43,7 +43,7 @@ class DinoHead(nn.Module):
 
 
 def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor,
-              student_temp: float, teacher_temp: float) -> torch.Tensor:
+              student_temp: float, teacher_temp: float | torch.Tensor) -> torch.Tensor:
     """Cross-entropy between teacher and student distributions over all pairs of different crops.
 
     student: ``[V, B, K]`` student logits of V crops of B images, the G global crops first.
@@ -57,8 +57,9 @@ def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor
     log_p = F.log_softmax(student.float() / student_temp, dim=-1)  # [V, B, K]
     # elementwise products in float32: autocast would run an einsum/matmul in bfloat16
     ce = torch.stack([-(targets[i] * log_p).sum(-1).mean(-1) for i in range(g)])  # [G, V]
-    different = ~torch.eye(g, v, dtype=torch.bool, device=student.device)
-    return ce[different].sum() / (g * (v - 1))
+    # the pairs v != g in row order, by slicing (a boolean mask would be a host sync on CUDA)
+    different = torch.cat([torch.cat([ce[i, :i], ce[i, i + 1:]]) for i in range(g)])
+    return different.sum() / (g * (v - 1))
 
 
 @register
@@ -113,11 +114,16 @@ class DINO(MomentumMethod):
         if self.params.whole_image_bn:
             self.reestimate_batchnorm(sample)
 
-    def teacher_temperature(self) -> float:
-        """Linear warmup from ``warmup_teacher_temp`` over the first fraction of training."""
+    def teacher_temperature(self) -> float | torch.Tensor:
+        """Linear warmup from ``warmup_teacher_temp`` over the first fraction of training.
+        With a warmup, a 0-dim tensor computed from the ``progress`` buffer on the device
+        (reading it on the host would sync every step); without, the constant."""
         start, end = self.params.warmup_teacher_temp, self.params.teacher_temp
-        p, frac = float(self.progress), self.params.warmup_teacher_temp_fraction
-        return start + (end - start) * p / frac if frac > 0 and p < frac else end
+        frac = self.params.warmup_teacher_temp_fraction
+        if frac == 0:
+            return end
+        p = self.progress
+        return torch.where(p < frac, start + (end - start) * p / frac, torch.full_like(p, end))
 
     def training_step(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         p, b = self.params, images.shape[0]

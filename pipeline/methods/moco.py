@@ -75,6 +75,10 @@ class MoCo(MomentumMethod):
         # random unit keys to start with, as in the paper; buffers so checkpoints carry them
         self.register_buffer("queue", F.normalize(torch.randn(params.queue_size, params.projection_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        # Every rank enqueues every rank's keys, so the queues agree without DDP broadcasting
+        # them from rank 0 before each forward (32 MB a step at the paper's 65536 x 128):
+        # DDP skips these buffers; they stay buffers, so checkpoints carry them.
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, ["queue", "queue_ptr"])
 
     @torch.no_grad()
     def prepare(self, sample: torch.Tensor) -> None:
@@ -93,6 +97,8 @@ class MoCo(MomentumMethod):
         keys = torch.cat(keys)
         self.queue.copy_(keys.repeat(-(-size // keys.shape[0]), 1)[:size])
         self.queue_ptr.zero_()
+        if dist.world_size() > 1:  # each rank drew its own views: start every rank from rank 0's queue
+            torch.distributed.broadcast(self.queue, src=0)
 
     def _grouped(self, encoder: nn.Module, projector: nn.Module, x: torch.Tensor, perm: torch.Tensor | None = None) -> torch.Tensor:
         """projector(encoder(x)) with BatchNorm statistics per group of images (one 'GPU' each).
@@ -127,12 +133,11 @@ class MoCo(MomentumMethod):
         newest K keys are kept.
         """
         size, m = self.queue.shape[0], keys.shape[0]
-        ptr = int(self.queue_ptr)
-        if m > size:
-            ptr, keys = (ptr + m - size) % size, keys[-size:]
-        rows = (ptr + torch.arange(keys.shape[0], device=keys.device)) % size
-        self.queue[rows] = keys.to(self.queue.dtype)
-        self.queue_ptr.fill_((ptr + keys.shape[0]) % size)
+        skip = max(0, m - size)  # keys that would be overwritten within this same write
+        # rows from the pointer on the device (reading it on the host would sync every step)
+        rows = (self.queue_ptr + skip + torch.arange(m - skip, device=keys.device)) % size
+        self.queue.index_copy_(0, rows, keys[skip:].to(self.queue.dtype))
+        self.queue_ptr.copy_((self.queue_ptr + m) % size)
 
     def momentum(self, progress: float) -> float:
         p = self.params

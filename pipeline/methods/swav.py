@@ -70,8 +70,9 @@ def swav_loss(scores: torch.Tensor, codes: torch.Tensor, temperature: float) -> 
     # float32 and elementwise products: autocast would run an einsum/matmul in bfloat16
     log_p = F.log_softmax(scores.float() / temperature, dim=-1)  # [V, B, K]
     ce = torch.stack([-(codes[i].float() * log_p).sum(-1).mean(-1) for i in range(a)])  # [A, V]
-    not_self = ~torch.eye(a, v, dtype=torch.bool, device=scores.device)
-    return ce[not_self].sum() / (a * (v - 1))
+    # the pairs v != a in row order, by slicing (a boolean mask would be a host sync on CUDA)
+    not_self = torch.cat([torch.cat([ce[i, :i], ce[i, i + 1:]]) for i in range(a)])
+    return not_self.sum() / (a * (v - 1))
 
 
 @register
@@ -109,9 +110,13 @@ class SwAV(Method):
         self.queue_filled = 0
 
     def _freeze_hook(self, grad: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(grad) if self.frozen() else grad
+        # decided on the device: reading the step count on the host would sync every backward
+        if self.params.freeze_prototypes_iters == 0:
+            return grad
+        return torch.where(self.iteration < self.params.freeze_prototypes_iters, torch.zeros_like(grad), grad)
 
     def frozen(self) -> bool:
+        """(For tests and logs: a host read of the step count.)"""
         return int(self.iteration) < self.params.freeze_prototypes_iters
 
     def _crops(self, images: torch.Tensor) -> list[torch.Tensor]:

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from pipeline import dist
 from pipeline.config import Strict
+from pipeline.methods.barlow_twins import off_diagonal
 from pipeline.methods.base import Method
 from pipeline.methods.registry import register
 from pipeline.models.heads import mlp
@@ -29,8 +30,7 @@ def _covariance(z: torch.Tensor) -> torch.Tensor:
     z = z - z.mean(dim=0)
     with torch.autocast(z.device.type, enabled=False):  # float32 even under autocast
         cov = z.T @ z / (n - 1)  # [D, D]
-    off_diag = ~torch.eye(d, dtype=torch.bool, device=z.device)
-    return cov[off_diag].pow(2).sum() / d
+    return off_diagonal(cov).pow(2).sum() / d
 
 
 def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_coeff: float, std_coeff: float, cov_coeff: float,

@@ -1,0 +1,1 @@
+"""Encoders: small ResNets, ViTs and the text transformer, with their input normalisation."""

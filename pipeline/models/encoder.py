@@ -159,7 +159,10 @@ def save_encoder(encoder: Encoder | TextEncoder, path: Path) -> None:
     )
 
 
-def load_encoder(path: str | Path) -> Encoder | TextEncoder:
+def load_encoder(path: str | Path, manifest: dict | None = None, shards: str | Path = "the shards") -> Encoder | TextEncoder:
+    """The encoder saved at ``path``; with ``manifest``, refused unless it fits those shards
+    (``check_fits``). A file that is not an encoder ``save_encoder`` wrote (a pickled list, a
+    checkpoint, keys missing, weights of another shape) is a ``UserError``, never a traceback."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"encoder {path} not found; run the pretrain stage first (dvc repro)")
@@ -167,11 +170,71 @@ def load_encoder(path: str | Path) -> Encoder | TextEncoder:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated or foreign file
         raise UserError(f"encoder {path} cannot be read ({err}); re-run pretraining") from None
-    if blob.get("modality") == "text":
-        enc = TextEncoder(EncoderParams.model_validate(blob["params"]), blob["vocab_size"], blob["max_length"])
+    _check_blob(blob, path)
+    if manifest is not None:
+        check_fits(blob, manifest, path, shards)
+    try:
+        if blob.get("modality") == "text":
+            enc = TextEncoder(EncoderParams.model_validate(blob["params"]), blob["vocab_size"], blob["max_length"])
+        else:
+            # Encoders saved before the ViT arch existed have no image_size (a ResNet needs none).
+            enc = Encoder(EncoderParams.model_validate(blob["params"]), blob["channels"], blob["mean"], blob["std"],
+                          blob.get("image_size"))
         enc.load_state_dict(blob["state_dict"])
-        return enc.eval()
-    # Encoders saved before the ViT arch existed have no image_size (a ResNet needs none).
-    enc = Encoder(EncoderParams.model_validate(blob["params"]), blob["channels"], blob["mean"], blob["std"], blob.get("image_size"))
-    enc.load_state_dict(blob["state_dict"])
+    except (ValueError, TypeError, RuntimeError) as err:  # pydantic's ValidationError is a ValueError
+        first = str(err).strip().splitlines()[0]
+        raise UserError(f"encoder {path} does not match the architecture it names ({first}); {_REPRETRAIN}") from None
     return enc.eval()
+
+
+_REPRETRAIN = "re-run pretraining ('dvc repro -f pretrain@<method>') or point --encoder at an encoder.pt the pretrain stage wrote"
+_KEYS = {"image": ("params", "channels", "mean", "std", "state_dict"), "text": ("params", "vocab_size", "max_length", "state_dict")}
+
+
+def _check_blob(blob, path: Path) -> None:
+    """``blob`` has the keys ``save_encoder`` writes, of the right kinds."""
+    if not isinstance(blob, dict):
+        raise UserError(f"encoder {path} holds a {type(blob).__name__}, not an encoder the pretrain stage saved; {_REPRETRAIN}")
+    modality = "text" if blob.get("modality") == "text" else "image"
+    missing = [k for k in _KEYS[modality] if k not in blob]
+    if missing:
+        hint = " (it looks like a training checkpoint: use encoder.pt)" if "fingerprint" in blob else ""
+        raise UserError(f"encoder {path} has no {', '.join(repr(k) for k in missing)}{hint}; {_REPRETRAIN}")
+    if not isinstance(blob["params"], dict) or not isinstance(blob["state_dict"], dict):
+        raise UserError(f"encoder {path}: 'params' and 'state_dict' must be mappings; {_REPRETRAIN}")
+
+
+# The largest difference in a normalisation statistic between an encoder and the shards it is
+# evaluated on: subsets of one dataset differ by < 0.005 (Fashion-MNIST's mean over 20k or 55k
+# images), other datasets by far more (MNIST's mean is 0.13, Fashion-MNIST's 0.29).
+STATS_TOLERANCE = 0.02
+
+
+def check_fits(blob: dict, manifest: dict, path: Path, shards: str | Path) -> None:
+    """Refuse an encoder (``blob``, as saved) that cannot encode the shards of ``manifest``:
+    another modality, channel count, image size, normalisation, vocabulary or text length."""
+    data = "text" if manifest.get("modality") == "text" else "image"
+    modality = "text" if blob.get("modality") == "text" else "image"
+    fix = f"evaluate it on the shards it was pretrained on, or pretrain on {shards} first ('dvc repro')"
+    if modality != data:
+        raise UserError(f"encoder {path} encodes {modality} but {shards} holds {data}; {fix}")
+    if data == "text":
+        if blob["vocab_size"] != manifest["vocab_size"]:
+            raise UserError(f"encoder {path} has a {blob['vocab_size']}-token vocabulary but the tokenizer of {shards} has "
+                            f"{manifest['vocab_size']}; {fix}")
+        if blob["max_length"] < manifest["max_length"]:
+            raise UserError(f"encoder {path} reads at most {blob['max_length']} tokens but {shards} holds entries of up to "
+                            f"{manifest['max_length']}; {fix}")
+        return
+    if blob["channels"] != manifest["channels"]:
+        raise UserError(f"encoder {path} takes {blob['channels']}-channel images but {shards} holds {manifest['channels']}-channel "
+                        f"images; {fix}")
+    size = blob.get("image_size")
+    if size is not None and size != manifest.get("image_size"):
+        raise UserError(f"encoder {path} was trained on {size}x{size} images but {shards} holds {manifest.get('image_size')}x"
+                        f"{manifest.get('image_size')}; {fix}")
+    for key in ("mean", "std"):
+        ours, theirs = blob[key], manifest.get(key) or []
+        if len(ours) != len(theirs) or any(not abs(a - b) <= STATS_TOLERANCE for a, b in zip(ours, theirs)):
+            raise UserError(f"encoder {path} normalises with {key} {[round(v, 4) for v in ours]} but the images of {shards} have "
+                            f"{key} {theirs} (another dataset); {fix}")

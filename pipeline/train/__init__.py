@@ -1,0 +1,1 @@
+"""Training: the one loop (device, DDP, autocast), checkpoints, optimizers and schedules."""

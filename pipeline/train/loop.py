@@ -21,14 +21,9 @@ from pipeline import dist
 from pipeline.config import OptimParams
 from pipeline.errors import UserError
 from pipeline.train import checkpoint as ckpt
+from pipeline.train.device import AUTOCAST_DTYPES, pick_device, resolve_precision  # noqa: F401 (pick_device: the stages')
 from pipeline.train.optim import build_optimizer
 from pipeline.train.schedule import warmup_cosine
-
-
-def pick_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 CHECK_EVERY = 50  # steps between finiteness checks on the device (one host sync each)
@@ -56,7 +51,10 @@ class TrainJob:
     # an epoch without loading the skipped batches; without it the loop reads and drops them
     batches_from: Callable[[int, int], Iterable[tuple[torch.Tensor, ...]]] | None = None
     fingerprint: str = ""
-    amp: bool = True
+    amp: bool = True  # False: float32 whatever ``precision`` says (the finetune and probe sections' switch)
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32 (pipeline.train.device.resolve_precision)
+    precision_key: str = "precision"  # the params key to name when the precision is refused
+    compile: bool = False  # torch.compile the module's encoder (``module.encoder``, else the module) before training
     batch_size_key: str = "batch_size"  # the params key to name when no full batch fits
     lr_key: str = "lr"  # the params key to name when training diverges
     # SyncBatchNorm under DDP: None (auto) on CUDA only, since torch's SyncBatchNorm runs on
@@ -85,11 +83,14 @@ def _overflowing(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
     return [n for (n, _), good in zip(named, ok.tolist()) if not good]
 
 
-def check_finite(module: nn.Module, where: str, lr_key: str) -> None:
+def check_finite(module: nn.Module, where: str, lr_key: str, grads: bool = True) -> None:
     """Raise ``Diverged`` naming the first bad tensors when any parameter, gradient or
-    buffer (BatchNorm running statistics) of ``module`` is non-finite or overflowing."""
+    buffer (BatchNorm running statistics) of ``module`` is non-finite or overflowing.
+    ``grads=False`` skips the gradients (float16 training: the gradient scaler skips steps
+    whose scaled gradients overflowed, and lowers its scale; that is not divergence)."""
     bad = _overflowing(module.named_parameters()) + _overflowing(module.named_buffers())
-    bad += [f"{n}.grad" for n in _overflowing((n, p.grad) for n, p in module.named_parameters())]
+    if grads:
+        bad += [f"{n}.grad" for n in _overflowing((n, p.grad) for n, p in module.named_parameters())]
     if bad:
         shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
         raise Diverged(f"{where}: training diverged ({shown} non-finite or overflowing); lower the learning rate "
@@ -110,6 +111,12 @@ def fit(job: TrainJob, device: torch.device, desc: str = "train") -> list[dict]:
         raise UserError(f"[{desc}] {job.batch_size_key}={job.optim.batch_size} is larger than the images available "
                         f"per step and process, so an epoch has no full batch; lower {job.batch_size_key}")
     model = job.module.to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN time and pick its kernels once
+    if job.compile:
+        # the encoder only, in place (same state_dict keys): the method's own Python (views,
+        # queues, losses) stays eager
+        getattr(job.module, "encoder", job.module).compile()
     if dist.world_size() > 1:
         if _sync_batchnorm(job, device):
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -117,13 +124,17 @@ def fit(job: TrainJob, device: torch.device, desc: str = "train") -> list[dict]:
     optimizer = build_optimizer(job.param_groups, job.optim, dist.world_size())
     total = job.optim.epochs * job.steps_per_epoch
     lr_mult = warmup_cosine(total, round(job.optim.warmup_epochs * job.steps_per_epoch))
-    use_amp = job.amp and device.type == "cuda"
+    precision = resolve_precision(job.precision if job.amp else "fp32", device, job.precision_key)
+    # float16 needs loss scaling (its small gradients underflow); bfloat16 and float32 do not
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     start_epoch, history, partial = 0, [], None
     state = _load_checkpoint(job)
     if state is not None:
         job.module.load_state_dict(state["module"])
         optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         mine = state["ranks"][dist.rank()]
         _load_rank_state(job, mine, device)
         start_epoch, history = state["epoch"] + 1, state["history"]
@@ -142,12 +153,14 @@ def fit(job: TrainJob, device: torch.device, desc: str = "train") -> list[dict]:
     bar = tqdm(total=total, initial=done, desc=f"[{desc}]", unit="step", disable=None if dist.is_main() else True,
                leave=False, mininterval=1)
     try:
-        return _epochs(job, model, optimizer, lr_mult, total, use_amp, start_epoch, history, partial, bar, device, desc)
+        return _epochs(job, model, optimizer, scaler, lr_mult, total, AUTOCAST_DTYPES[precision], start_epoch, history, partial,
+                       bar, device, desc)
     finally:
         bar.close()
 
 
-def _epochs(job, model, optimizer, lr_mult, total, use_amp, start_epoch, history, partial, bar, device, desc) -> list[dict]:
+def _epochs(job, model, optimizer, scaler, lr_mult, total, autocast_dtype, start_epoch, history, partial, bar, device,
+            desc) -> list[dict]:
     def save(epoch: int, steps_in_epoch: int, sums: dict, n: int, finished: bool) -> None:
         # every rank's RNGs and method state (view generator, SwAV's queue): each rank
         # draws its own views, so a resume restores each rank's own, not rank 0's. Inside
@@ -161,7 +174,7 @@ def _epochs(job, model, optimizer, lr_mult, total, use_amp, start_epoch, history
                 "module": job.module.state_dict(), "optimizer": optimizer.state_dict(), "ranks": ranks,
                 "world_size": dist.world_size(), "epoch": epoch - 1 if steps_in_epoch else epoch,
                 "steps_in_epoch": steps_in_epoch, "history": history, "fingerprint": job.fingerprint, "finished": finished,
-            })
+            } | ({"scaler": scaler.state_dict()} if scaler.is_enabled() else {}))
 
     for epoch in range(start_epoch, job.optim.epochs):
         model.train()
@@ -186,15 +199,20 @@ def _epochs(job, model, optimizer, lr_mult, total, use_amp, start_epoch, history
             for g in optimizer.param_groups:
                 g["lr"] = g["base_lr"] * lr_mult[step]
             batch = tuple(t.to(device, non_blocking=True) for t in batch)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            # the methods make their views inside, in float32 (ViewMaker leaves autocast itself)
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
                 out = model(*batch)
             loss = out["loss"]
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()  # (without a scaler: loss.backward())
             if job.optim.grad_clip > 0:
+                scaler.unscale_(optimizer)  # clip the true gradients
                 out["grad_norm"] = torch.nn.utils.clip_grad_norm_(job.module.parameters(), job.optim.grad_clip)
-            optimizer.step()
+            # float16: skips the step when the scaled gradients overflowed (one host sync per
+            # step, the scaler's own); otherwise optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             job.after_optimizer_step((step + 1) / total)
             for k, v in out.items():
                 v = v.detach().double()  # float64 sums: the epoch means match a host-side sum
@@ -202,12 +220,12 @@ def _epochs(job, model, optimizer, lr_mult, total, use_amp, start_epoch, history
             n += 1
             bar.update()
             if (step + 1) % CHECK_EVERY == 0:
-                _check(job, first_bad, f"[{desc}] epoch {epoch + 1} step {i + 1}")
+                _check(job, first_bad, f"[{desc}] epoch {epoch + 1} step {i + 1}", grads=not scaler.is_enabled())
             every = job.checkpoint_every_steps
             if job.checkpoint_path is not None and every and (step + 1) % every == 0 and i + 1 < job.steps_per_epoch:
-                _check(job, first_bad, f"[{desc}] epoch {epoch + 1} step {i + 1}")  # a diverged state is never saved
+                _check(job, first_bad, f"[{desc}] epoch {epoch + 1} step {i + 1}", grads=not scaler.is_enabled())  # never saved
                 save(epoch, i + 1, sums, n, finished=False)
-        _check(job, first_bad, f"[{desc}] epoch {epoch + 1}")
+        _check(job, first_bad, f"[{desc}] epoch {epoch + 1}", grads=not scaler.is_enabled())
         stats = {k: float(v) / max(n, 1) for k, v in sums.items()}
         stats.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"], seconds=time.time() - t0,
                      images_per_s=(n - n_before) * job.optim.batch_size / max(time.time() - t0, 1e-9))
@@ -289,9 +307,9 @@ def _load_checkpoint(job: TrainJob) -> dict | None:
     return value
 
 
-def _check(job: TrainJob, first_bad: torch.Tensor, where: str) -> None:
+def _check(job: TrainJob, first_bad: torch.Tensor, where: str, grads: bool = True) -> None:
     bad_step = int(first_bad)  # the one host sync of the check
     if bad_step >= 0:
         raise Diverged(f"{where}: the loss became non-finite at step {bad_step + 1}; lower the learning rate ({job.lr_key}) "
                        "or set a gradient clip (grad_clip)")
-    check_finite(job.module, where, job.lr_key)
+    check_finite(job.module, where, job.lr_key, grads)
