@@ -23,7 +23,7 @@ def require_vit(encoder, method: str) -> None:
     """These methods mask or drop patch tokens: they need the ViT encoder."""
     if not getattr(encoder, "has_patch_tokens", False):  # ours or timm's ViT (pipeline/models/standard.py)
         raise UserError(f"{method} needs a ViT encoder, got encoder.arch {encoder.params.arch!r}: "
-                        f"set `encoder: {{arch: vit}}` (or vit_small_patch16_224) under `{method}:` in params.yaml")
+                        f"set `encoder: {{arch: vit}}` under `{method}:` in params.yaml (or arch vit_small_patch16_224)")
 
 
 def random_patch_mask(n: int, length: int, ratio: torch.Tensor | float, gen: torch.Generator,
