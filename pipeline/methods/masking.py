@@ -21,9 +21,9 @@ def upcast(x: torch.Tensor) -> torch.Tensor:
 
 def require_vit(encoder, method: str) -> None:
     """These methods mask or drop patch tokens: they need the ViT encoder."""
-    if encoder.params.arch != "vit":
+    if not getattr(encoder, "has_patch_tokens", False):  # ours or timm's ViT (pipeline/models/standard.py)
         raise UserError(f"{method} needs a ViT encoder, got encoder.arch {encoder.params.arch!r}: "
-                        f"set `encoder: {{arch: vit}}` under `{method}:` in params.yaml")
+                        f"set `encoder: {{arch: vit}}` under `{method}:` in params.yaml (or arch vit_small_patch16_224)")
 
 
 def random_patch_mask(n: int, length: int, ratio: torch.Tensor | float, gen: torch.Generator,
@@ -100,9 +100,4 @@ def encode_with_padding(vit: nn.Module, tokens: torch.Tensor, pad: torch.Tensor)
     for I-JEPA's variable-length context (its length would have to be read on the host).
     The class token is never padded, so every row attends to something.
     """
-    cls = (vit.class_token + vit.pos_embedding[:, :1]).expand(tokens.shape[0], -1, -1)
-    h = torch.cat([cls, tokens], dim=1)
-    key_pad = torch.cat([torch.zeros_like(pad[:, :1]), pad], dim=1)
-    for layer in vit.blocks:
-        h = layer(h, src_key_padding_mask=key_pad)
-    return vit.transformer.ln(h)
+    return vit.encode(tokens, pad)  # each ViT (ours, timm's) masks its own attention (pipeline/models)

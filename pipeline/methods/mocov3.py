@@ -59,7 +59,7 @@ class MoCoV3(MomentumMethod):
     def __init__(self, encoder, params, augment, seed, device):
         super().__init__(encoder, params, augment, seed, device)
         if params.freeze_patch_embed:
-            if encoder.params.arch != "vit":
+            if not encoder.has_patch_tokens:  # ours or timm's ViT
                 raise UserError(f"mocov3.freeze_patch_embed: the frozen random patch projection needs a ViT encoder, got "
                                 f"encoder.arch {encoder.params.arch!r}: set `encoder: {{arch: vit}}` under `mocov3:` in "
                                 "params.yaml, or mocov3.freeze_patch_embed: false")

@@ -89,9 +89,8 @@ class MSN(MomentumMethod):
         length = (x.shape[-1] // vit.patch_size) ** 2
         n_keep = length - round(self.params.patch_drop * length)
         keep = torch.rand(x.shape[0], length, generator=self.views.gen, device=x.device).argsort(dim=1)[:, :n_keep]
-        # one crop size for now: once the ViT interpolates positions, focal crops need the
-        # position table of their own grid here instead of patch_pos (the 28 px grid's)
-        tokens = vit.embed(x) + vit.patch_pos
+        grid = x.shape[-1] // vit.patch_size  # focal crops: the position table resampled to their own grid
+        tokens = vit.embed(x) + vit.pos_for(grid, grid)[:, 1:]
         return vit.encode(torch.gather(tokens, 1, keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])))[:, 0]
 
     def training_step(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

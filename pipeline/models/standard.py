@@ -26,14 +26,13 @@ IN_CHANNELS = 3  # what the library models take (and what an exported state_dict
 
 def torchvision_resnet(arch: str) -> nn.Module:
     """``torchvision.models.<arch>(weights=None)`` with ``fc = Identity``:
-    float ``[N, 3, H, W]`` (normalised) -> ``[N, feature_dim]``. Any H, W >= 1 px after the
-    32x downsampling' rounding (12 px crops run: 6 -> 3 -> 2 -> 1 -> 1)."""
+    float ``[N, 3, H, W]`` (normalised) -> ``[N, feature_dim]``, any H, W (the stride-32 network
+    rounds up: a 12 px crop reaches the pooling as 1 x 1)."""
     import torchvision  # late: 1.5 s import that the text stages never need
 
     model = getattr(torchvision.models, arch)(weights=None)
     model.fc = nn.Identity()
     model.feature_dim = RESNETS[arch]
-    model.patch_size = 1  # any input size goes through (see Encoder.check_input_size)
     return model
 
 
@@ -87,12 +86,19 @@ class TimmViT(nn.Module):
         """``[N, 3, H, W]`` -> ``[N, L, dim]`` patch embeddings, row-major, no positions."""
         return self.model.patch_embed(x).flatten(1, 2)  # dynamic_img_size: NHWC out
 
-    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+    def encode(self, tokens: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
         """Patch tokens with their positions ``[N, K, dim]`` -> ``[N, 1 + K, dim]`` (class token
-        prepended, blocks, final norm), as ``ViT.encode``."""
+        prepended, blocks, final norm), as ``ViT.encode``; ``pad`` (bool ``[N, K]``, True = ignore)
+        keeps those tokens out of every attention (timm's ``attn_mask``: True = attend)."""
         m = self.model
         cls = (m.cls_token + self.pos_embedding[:, :1]).expand(tokens.shape[0], -1, -1)
-        return m.norm(m.blocks(m.norm_pre(torch.cat([cls, tokens], dim=1))))
+        h = m.norm_pre(torch.cat([cls, tokens], dim=1))
+        if pad is None:
+            return m.norm(m.blocks(h))
+        attend = torch.cat([torch.ones_like(pad[:, :1]), ~pad], dim=1)[:, None, None, :]  # [N, 1, 1, 1 + K]
+        for blk in m.blocks:
+            h = blk(h, attn_mask=attend)
+        return m.norm(h)
 
     def encode_subset(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """Only the patches ``keep`` (``[N, K]`` long) of ``x`` -> ``[N, 1 + K, dim]`` (MAE)."""

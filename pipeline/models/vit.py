@@ -10,7 +10,8 @@ are exposed so that masked image modeling can work on tokens rather than images:
     h = vit.encode(tokens[some subset])    # [N, 1 + K, D]: class token + the K tokens given
 
 ``encode_subset(x, keep)`` does the three steps for the patch indices ``keep`` (MAE's
-visible patches). Patches are numbered row-major over the ``grid x grid`` patch grid, the
+visible patches). ``forward``/``tokens`` also take images of another size the patch size
+divides (multi-crop's small crops): the position table is resampled bicubically (``pos_for``). Patches are numbered row-major over the ``grid x grid`` patch grid, the
 order of ``patch_embed``'s output and of ``patchify``.
 
 Initialisation follows MAE's reference code: xavier-uniform linear layers (attention
@@ -140,11 +141,19 @@ class ViT(nn.Module):
         """Patch embedding: ``[N, C, H, W]`` -> ``[N, L, dim]``, without positions."""
         return self.patch_embed(x).flatten(2).transpose(1, 2)
 
-    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+    def encode(self, tokens: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
         """Patch tokens that already carry their positions, ``[N, K, dim]`` (any K, any subset
-        of patches) -> ``[N, 1 + K, dim]``: class token prepended, blocks, final LayerNorm."""
+        of patches) -> ``[N, 1 + K, dim]``: class token prepended, blocks, final LayerNorm.
+        ``pad`` (bool ``[N, K]``, True = ignore): attention skips those tokens (I-JEPA's
+        variable-length context at a static K); the class token is never padded."""
         cls = (self.class_token + self.pos_embedding[:, :1]).expand(tokens.shape[0], -1, -1)
-        return self.transformer.ln(self.blocks(torch.cat([cls, tokens], dim=1)))
+        h = torch.cat([cls, tokens], dim=1)
+        if pad is None:
+            return self.transformer.ln(self.blocks(h))
+        key_pad = torch.cat([torch.zeros_like(pad[:, :1]), pad], dim=1)
+        for layer in self.blocks:
+            h = layer(h, src_key_padding_mask=key_pad)
+        return self.transformer.ln(h)
 
     def encode_subset(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """Encode only the patches ``keep`` (``[N, K]`` long patch indices) of each image

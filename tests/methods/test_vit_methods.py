@@ -78,8 +78,15 @@ def test_a_resnet_encoder_is_a_user_error(name):
         cls(encoder, cls.Params(**TINY[name]), AugmentParams(), 0, torch.device("cpu"))
 
 
-@pytest.mark.parametrize("name,key", [("ibot", "num_local_crops"), ("dinov2", "num_local_crops"), ("msn", "num_focal_views")])
-def test_small_crops_wait_for_interpolated_positions(name, key):
-    # 12 px crops on a ViT built for 28 px: refused early, naming the key, until positions interpolate
-    with pytest.raises(UserError, match=rf"cannot go through a ViT encoder.*{name}.{key}: 0"):
+@pytest.mark.parametrize("name,key,size_key", [("ibot", "num_local_crops", "local_crop_size"),
+                                               ("dinov2", "num_local_crops", "local_crop_size"),
+                                               ("msn", "num_focal_views", "focal_crop_size")])
+def test_small_crops_run_on_interpolated_positions(name, key, size_key, one_thread):
+    # 14 px crops of 28 px images on 7 px patches: a 2x2 grid, its positions resampled from the 4x4 table
+    method = tiny_method(name, **{key: 2, size_key: 14})
+    out = method(_images(5))
+    out["loss"].backward()
+    assert math.isfinite(out["loss"].item())
+    # a size the patch size does not divide is refused early, naming the key
+    with pytest.raises(UserError, match=rf"^{name}.{size_key}: 12 px does not split into the ViT's 7 px patches"):
         tiny_method(name, **{key: 2})
