@@ -2,6 +2,7 @@
 # scripts/run.sh installs and the tests run (torch 2.14.1 included). The mounted checkout's code runs.
 #   docker build -t ssl-pipeline .
 #   docker run --gpus all --ipc=host --user "$(id -u):$(id -g)" -v "$PWD":/app ssl-pipeline dvc repro
+#   docker run --gpus all --ipc=host ssl-pipeline dvc repro        (no volume: the image's own copy, uid 1000)
 #
 # BASE: a CUDA-capable base. PyPI's torch wheel carries its CUDA libraries (the nvidia-* wheels pinned in
 # constraints.txt) and the GPU driver comes from the host (--gpus all), so no nvidia/cuda image is needed:
@@ -20,9 +21,18 @@ RUN apt-get update \
 # An ARG is not an ENV: nothing of the build host's pip setup stays in the image.
 ARG PIP_OPTS=""
 
+# TORCH_CUDA: which CUDA build of the pinned torch. cu13 (default): PyPI's wheel, CUDA 13, needs an NVIDIA
+# driver >= 580 on the host. A host with an older driver (>= 525) takes the previous CUDA major from
+# PyTorch's index, e.g. --build-arg TORCH_CUDA=cu126 (or cu128, cu129: whichever that index has for the pin).
+ARG TORCH_CUDA=cu13
+
 # A venv works the same on a python:* image and on Debian's python3 (whose system pip is externally managed).
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
+# The user exists before /app does, so /app is its own: a run without a volume can write data/ and models/.
+RUN useradd --create-home --uid 1000 ssl \
+    && chmod 1777 /home/ssl \
+    && git config --system --add safe.directory /app
 WORKDIR /app
 COPY constraints.txt pyproject.toml README.md ./
 COPY pipeline/__init__.py pipeline/__init__.py
@@ -30,16 +40,16 @@ COPY pipeline/__init__.py pipeline/__init__.py
 # uninstalled again: the mounted checkout is what runs (PYTHONPATH=/app).
 # hadolint ignore=DL3013,SC2086
 RUN python3 -m venv "$VIRTUAL_ENV" \
-    && pip install --no-cache-dir $PIP_OPTS -c constraints.txt torch torchvision \
+    && if [ "$TORCH_CUDA" = cu13 ]; then TORCH_OPTS=""; \
+       else TORCH_OPTS="--index-url https://download.pytorch.org/whl/$TORCH_CUDA"; fi \
+    && pip install --no-cache-dir $PIP_OPTS $TORCH_OPTS -c constraints.txt torch torchvision \
     && pip install --no-cache-dir $PIP_OPTS -c constraints.txt . \
     && pip uninstall -y ssl-pipeline \
-    && rm -rf pipeline
+    && rm -rf pipeline \
+    && chown ssl:ssl /app
 
 # Non-root. Under `docker run --user "$(id -u):$(id -g)"` the uid may have no passwd entry: HOME and every
 # cache (pip, torch hub, matplotlib, DVC's site cache, git) then point at world-writable places.
-RUN useradd --create-home --uid 1000 ssl \
-    && chmod 1777 /home/ssl \
-    && git config --system --add safe.directory /app
 ENV HOME=/home/ssl \
     XDG_CACHE_HOME=/tmp/.cache \
     XDG_CONFIG_HOME=/tmp/.config \
@@ -51,4 +61,7 @@ ENV HOME=/home/ssl \
 
 COPY --chown=ssl:ssl . .
 USER 1000:1000
+# .git is not copied (.dockerignore): DVC needs a repository, so the image's copy gets its own (as
+# scripts/run.sh does for a tarball). A mounted checkout brings its own .git and hides this one.
+RUN git init -q && git add -A && git -c user.name=ssl -c user.email=ssl@localhost commit -qm "image copy"
 CMD ["dvc", "repro"]

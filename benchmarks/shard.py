@@ -54,18 +54,18 @@ REPO = Path(__file__).resolve().parents[1]
 CLASSES = 10
 
 
-def generate(root: Path, n: int, unique: int, seed: int = 0) -> None:
-    """``n`` JPEGs in ``CLASSES`` class folders; ``min(n, unique)`` distinct images."""
+def generate(root: Path, n: int, unique: int, seed: int = 0, classes: int = CLASSES) -> None:
+    """``n`` JPEGs in ``classes`` class folders; ``min(n, unique)`` distinct images."""
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
     photos = [Image.fromarray(im) for im in load_sample_images().images]  # 2 x 427x640 RGB
     rng = np.random.default_rng(seed)
-    for c in range(CLASSES):
+    for c in range(classes):
         (root / f"class{c:02d}").mkdir(parents=True, exist_ok=True)
     made: list[Path] = []
     for i in range(n):
-        path = root / f"class{i % CLASSES:02d}" / f"img{i:07d}.jpg"
+        path = root / f"class{i % classes:02d}" / f"img{i:07d}.jpg"
         if i < unique:
             photo = photos[int(rng.integers(len(photos)))]
             cw, ch = int(rng.integers(160, 428)), int(rng.integers(160, 428))

@@ -43,11 +43,21 @@ class DataParams(Strict):
     # as before); set, the short side is resized to store_size and the centre cropped to
     # store_size x store_size (no distortion): the shards' and the encoder's image size.
     store_size: Optional[int] = Field(None, ge=8, le=1024)
+    # With store_size: store the short side at store_size with the aspect ratio kept (no crop;
+    # ImageNet's photos keep their edges); readers decode the centre square. False: as above.
+    store_aspect: bool = False
     image_format: Literal["png", "jpeg"] = "png"  # sample encoding in the shards
     jpeg_quality: int = Field(90, ge=1, le=100)  # with image_format jpeg
     # Processes decoding/resizing/encoding (None: os.cpu_count(), at most 8); the output
     # bytes are the same for any count, so it is left out of the manifest.
     workers: Optional[int] = Field(None, ge=1, le=64)
+    # Virtual streams (pipeline/data/streams.py): 1 (every rank reads the one seeded stream);
+    # S > 1: each split in a multiple of S shards, and each rank x loader worker reads only
+    # its streams' shards (S a multiple of the process count; e.g. 64 or 256 at ImageNet scale).
+    streams: int = Field(1, ge=1, le=4096)
+    # Unlabelled images (any tree of files) that make the pretrain split instead of the labelled
+    # source's pool; the labelled source (data.root) still gives train/val/test. None: off.
+    pretrain_root: Optional[str] = None
     # An image file with more pixels is refused from its header (a decompression bomb); PIL's
     # own limit by default. None: no limit. Left out of the manifest (no accepted image changes).
     max_image_pixels: Optional[int] = Field(89478485, ge=1)
@@ -190,6 +200,10 @@ class LinearParams(Strict):
 
     c_grid: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0], min_length=1)
     max_iter: int = Field(200, ge=10)
+    # (a)'s solver: scikit-learn (float64, CPU) or torch L-BFGS on the device; auto: torch on CUDA, on the CPU
+    # scikit-learn up to pipeline.eval.linear.SKLEARN_MAX_ELEMENTS train feature values, torch above
+    backend: Literal["auto", "sklearn", "torch"] = "auto"
+    sweep_size: int = Field(50000, ge=100)  # (a): the C sweep fits a seeded subsample of at most this many train samples
     # protocol (b), ImageNet-style: SGD on features of augmented images; 0 epochs switches it off
     sgd_epochs: int = Field(10, ge=0)
     sgd_batch_size: int = Field(256, ge=2)
@@ -217,6 +231,7 @@ class FewShotParams(Strict):
     shots: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
     queries: int = Field(15, ge=1)
     episodes: int = Field(600, ge=1)
+    max_ways: int = Field(100, ge=2)  # "all"-way episodes draw at most this many classes (1000-way: 100 sampled per episode)
     classifiers: list[Literal["prototype", "logreg"]] = Field(default_factory=lambda: ["prototype", "logreg"], min_length=1)
 
 

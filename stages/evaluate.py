@@ -3,7 +3,8 @@ registered evaluation protocol (``pipeline/eval/protocols/``) on a pretrained en
 a baseline (raw pixels, a random init).
 
     python stages/evaluate.py linear_eval --encoder models/simclr/encoder.pt --shards data/shards \\
-        --metrics metrics/linear_eval/simclr.json --details metrics/linear_eval/simclr.details.json
+        --metrics metrics/linear_eval/simclr.json --details metrics/linear_eval/simclr.details.json \\
+        --predictions metrics/linear_eval/simclr.predictions.json
     python stages/evaluate.py linear_eval --baseline random_init --shards data/shards ...
 """
 
@@ -21,9 +22,12 @@ from pipeline.eval import registry
 from pipeline.eval.baselines import baseline_encoder, baseline_featurizer
 from pipeline.eval.checks import check_classes
 from pipeline.eval.protocol import EvalContext
+from pipeline.eval.features import pixel_dim, pixel_features
 from pipeline.eval.run import run_protocol
+from pipeline.eval.scale import check_scale
 from pipeline.models.encoder import load_encoder
-from pipeline.outputs import StagedOutputs, write_json
+from pipeline.eval import predictions
+from pipeline.outputs import StagedOutputs, write_bytes, write_json
 from pipeline.train.loop import pick_device
 
 
@@ -39,6 +43,10 @@ def main() -> None:
     ap.add_argument("--shards", required=True)
     ap.add_argument("--metrics", required=True, help="headline numbers (a DVC metrics file)")
     ap.add_argument("--details", required=True, help="every number and setting (a plain output DVC does not diff)")
+    ap.add_argument("--feature-cache", help="folder of the split features shared by the stages (pipeline/eval/feature_cache.py); "
+                    "default: 'features' beside the shards folder; 'none': keep them in memory")
+    ap.add_argument("--predictions", help="per-example test predictions for the review's significance tests "
+                                          "(pipeline/eval/predictions.py); not written when omitted")
     args = ap.parse_args()
     protocol = registry.get(args.protocol)
     params = load_params(args.params, args.preset)
@@ -72,10 +80,14 @@ def _evaluate(args, protocol, params, manifest, encoder) -> None:
         featurizer = baseline_featurizer(params, args.baseline, args.shards)  # None: the encoder's features
     else:
         name, featurizer = Path(args.encoder).parent.name, None
-    ctx = EvalContext(name, encoder, args.baseline is None, args.shards, manifest, params, pick_device(), featurizer=featurizer)
+    cache = args.feature_cache or str(Path(args.shards).resolve().parent / "features")
+    ctx = EvalContext(name, encoder, args.baseline is None, args.shards, manifest, params, pick_device(), featurizer=featurizer,
+                      feature_cache=None if cache == "none" else cache)
+    check_scale(protocol.name, params, manifest, feature_dim(ctx, params, manifest), ctx.device, ctx.feature_cache)
     with StagedOutputs() as staged:  # metrics and details appear together, or not at all
         # under DDP every rank runs the protocol (training is split between them); rank 0 writes
         paths = (staged.file(args.metrics), staged.file(args.details)) if dist.is_main() else None
+        pred_path = staged.file(args.predictions) if dist.is_main() and args.predictions else None
         reason = protocol.not_applicable(ctx)
         if reason:
             headline, result = {}, {"not_applicable": reason}
@@ -84,8 +96,19 @@ def _evaluate(args, protocol, params, manifest, encoder) -> None:
         if paths:
             write_json(paths[0], headline)
             write_json(paths[1], result)
+        if pred_path:
+            write_bytes(pred_path, predictions.to_bytes(ctx.predictions))
     if dist.is_main():
         print(f"{protocol.name}@{name}: {reason or protocol.summary_line(headline)}")
+
+
+def feature_dim(ctx: EvalContext, params, manifest: dict) -> int:
+    """The width of the context's frozen features, known before any featurizing."""
+    if ctx.featurizer is None:
+        return ctx.encoder.feature_dim
+    if ctx.featurizer is pixel_features:
+        return pixel_dim(manifest["channels"], manifest["image_size"])
+    return params.text.tfidf_max_features  # TF-IDF: at most this many terms
 
 
 if __name__ == "__main__":

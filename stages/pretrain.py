@@ -13,8 +13,8 @@ import torch
 
 from pipeline import dist
 from pipeline.config import load_params
-from pipeline.data.loader import epoch_batches, loader_workers
-from pipeline.data.shards import first_samples, read_manifest, split_batches, stream_batches
+from pipeline.data.loader import EpochLoader, loader_workers
+from pipeline.data.shards import epoch_steps, first_samples, read_manifest, split_batches, stream_batches
 from pipeline.errors import UserError, exit_on_user_error, output_lock
 from pipeline.eval.features import BATCH, encoder_features
 from pipeline.eval.knn import knn_accuracy
@@ -110,8 +110,10 @@ def _train(args, params, method_cls, manifest, device, precision: str, out: Path
     _check_world(p, args, manifest, dist.world_size())
     method.to(device)
     # the same sample on every rank (rank 0's view of the stream): what one process prepares on
+    # (virtual streams: the first images in shard order, already a seeded random draw; a stream
+    # may hold fewer than prepare_images)
     sample = next(stream_batches(args.shards, "pretrain", min(n_images, p.prepare_images), 1, params.seed,
-                                 rank=0, world_size=1))[0].to(device)
+                                 rank=0, world_size=1, ordered=manifest.get("streams", 1) > 1))[0].to(device)
     method.prepare(sample)
     bank_x, bank_y = _first_images(args.shards, "train", p.knn_bank_size)
     query_x, query_y = _first_images(args.shards, "val", p.knn_query_size)
@@ -128,11 +130,11 @@ def _train(args, params, method_cls, manifest, device, precision: str, out: Path
     # the code is part of the run: a checkpoint made by other code is never resumed
     run_fingerprint = fingerprint(args.method, resolved, manifest["splits"]["pretrain"]["shards"], code_fingerprint(__file__))
     workers = loader_workers(p.loader_workers, device)
+    loader = EpochLoader(args.shards, "pretrain", p.batch_size, p.shuffle_buffer, workers, device)  # workers kept across epochs
     job = TrainJob(
         module=method, param_groups=param_groups(method, params=method.optimized_parameters()), optim=p,
-        batches=lambda epoch: epoch_batches(args.shards, "pretrain", p.batch_size, p.shuffle_buffer, params.seed * 1000 + epoch,
-                                            workers, device),
-        steps_per_epoch=n_images // (p.batch_size * dist.world_size()),
+        batches=lambda epoch: loader.epoch(params.seed * 1000 + epoch),
+        steps_per_epoch=epoch_steps(args.shards, "pretrain", p.batch_size, dist.world_size()),
         after_optimizer_step=method.after_optimizer_step, extra_state=method.extra_state,
         load_extra_state=method.load_extra_state, on_epoch_end=monitor,
         checkpoint_path=out / "checkpoint.pt", checkpoint_every=p.checkpoint_every, checkpoint_every_steps=p.checkpoint_every_steps,
@@ -140,8 +142,7 @@ def _train(args, params, method_cls, manifest, device, precision: str, out: Path
         batch_size_key="pretrain.batch_size", lr_key=f"pretrain.lr, or a `pretrain: {{lr: ...}}` override under '{args.method}:'",
         sync_batchnorm=_sync_setting(p), sync_batchnorm_key="pretrain.sync_batchnorm",
     )
-    job.batches_from = lambda epoch, skip: epoch_batches(args.shards, "pretrain", p.batch_size, p.shuffle_buffer,
-                                                         params.seed * 1000 + epoch, workers, device, skip_batches=skip)
+    job.batches_from = lambda epoch, skip: loader.epoch(params.seed * 1000 + epoch, skip)
     curves = LiveCurves(Path(args.live), job.steps_per_epoch)
     job.on_epoch_logged = curves.log
     out.mkdir(parents=True, exist_ok=True)

@@ -4,12 +4,17 @@
 Streaming: the source gives sample references (file paths, indices) and labels, the splits
 are computed from the labels, and worker processes (``data.workers``) load, resize and
 encode the images a chunk at a time, so memory does not grow with the dataset. The output
-is byte-identical for any number of workers.
+is byte-identical for any number of workers, and resumes: a killed run leaves ``<out>.tmp``
+with the shards it finished, which the next run keeps (``write_resumable``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
 
 from pipeline import dist
 from pipeline.config import load_params
@@ -17,15 +22,17 @@ from pipeline.data import sources, text
 from pipeline.data.shards import SampleFormat, write_shards
 from pipeline.data.splits import make_splits
 from pipeline.data.text_shards import write_text_shards
+from pipeline.data.fidelity import information_loss
 from pipeline.errors import exit_on_user_error, naming, output_lock
-from pipeline.outputs import StagedOutputs
+from pipeline.outputs import TMP_SUFFIX, StagedOutputs
 
 # data.* keys that do not change the output (left out of the manifest), and new keys left out
 # at their defaults, so a manifest is byte-identical to one written before they existed.
 _NOT_IN_MANIFEST = {"workers", "max_image_pixels"}
-_OMITTED_AT_DEFAULT = {"store_size": None, "image_format": "png"}
+_OMITTED_AT_DEFAULT = {"store_size": None, "image_format": "png", "streams": 1, "pretrain_root": None, "store_aspect": False}
 # data.* keys that only concern images, left out of a text manifest.
-_IMAGE_ONLY = {"torchvision_name", "download", "image_size", "channels", "store_size", "image_format", "jpeg_quality"}
+_IMAGE_ONLY = {"torchvision_name", "download", "image_size", "channels", "store_size", "image_format", "jpeg_quality",
+               "streams", "pretrain_root", "store_aspect"}
 
 
 def manifest_source(d) -> dict:
@@ -59,6 +66,28 @@ def write_text(params, out: str) -> dict:
                                  vocab_size=params.text.vocab_size, max_length=params.text.max_length)
 
 
+def write_resumable(out: str, write) -> dict:
+    """``write(folder)`` into ``<out>.tmp``, then renamed to ``out``: the shard folder appears
+    whole (manifest included) or not at all. Unlike ``StagedOutputs`` the staging folder
+    outlives a killed run (SIGKILL, out of memory, a pre-empted host, a power cut): the next
+    run keeps the shards it finished (``shards.Journal``: same inputs, same bytes) and writes
+    the rest. An error or Ctrl-C removes it, as ``StagedOutputs`` does."""
+    final = Path(out)
+    tmp = final.with_name(final.name + TMP_SUFFIX)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        manifest = write(tmp)
+    except BaseException:  # an error or Ctrl-C: nothing half-written (only a killed process leaves shards to resume)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.is_dir():
+        shutil.rmtree(final)
+    elif final.exists():
+        final.unlink()
+    os.replace(tmp, final)
+    return manifest
+
+
 @exit_on_user_error
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
@@ -86,11 +115,16 @@ def _shard(params, out: str) -> None:
         sources.limit_pixels((train, test), d.max_image_pixels)
     else:
         train, test = sources.torchvision_refs(d.torchvision_name, d.root, d.download)
-    splits = make_splits(train, test, d, params.seed)
-    fmt = SampleFormat(d.image_size, d.channels, d.store_size, d.image_format, d.jpeg_quality)
-    with StagedOutputs() as staged:  # the shard folder appears whole (manifest included) or not at all
-        manifest = write_shards(splits, staged.dir(out), d.shard_size, source=manifest_source(d),
-                                fmt=fmt, workers=dist.default_workers(d.workers))
+    for warning in information_loss(train, d.image_size, d.channels, d.store_size):
+        print(f"warning: {warning}", file=sys.stderr)
+    pretrain = sources.image_tree_refs(d.pretrain_root, train.classes) if d.pretrain_root else None
+    if pretrain is not None:
+        sources.limit_pixels((pretrain,), d.max_image_pixels)
+    splits = make_splits(train, test, d, params.seed, pretrain)
+    fmt = SampleFormat(d.image_size, d.channels, d.store_size, d.image_format, d.jpeg_quality, d.store_aspect)
+    manifest = write_resumable(out, lambda tmp: write_shards(
+        splits, tmp, d.shard_size, source=manifest_source(d), fmt=fmt, workers=dist.default_workers(d.workers),
+        n_streams=d.streams, resume=True))
     print("shards:", ", ".join(f"{s} {v['count']}" for s, v in manifest["splits"].items()), "images in", out)
 
 

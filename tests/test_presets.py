@@ -90,7 +90,7 @@ def test_an_unknown_preset_is_refused_naming_the_valid_ones():
     from pipeline.config import load_params
     from pipeline.errors import UserError
 
-    with pytest.raises(UserError, match=r"--preset 'txt'.*valid presets are \['gpu', 'imagenet', 'text'\]"):
+    with pytest.raises(UserError, match=r"--preset 'txt'.*valid presets are \['gpu', 'imagenet', 'photos', 'text'\]"):
         load_params(ROOT / "params.yaml", "txt")
 
 

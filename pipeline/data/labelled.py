@@ -22,7 +22,7 @@ import torch
 
 from pipeline import dist
 from pipeline.data.length_groups import length_grouped
-from pipeline.data.loader import epoch_batches
+from pipeline.data.loader import EpochLoader
 from pipeline.data.shards import read_manifest, write_subset
 from pipeline.models.encoder import text_lengths
 
@@ -48,7 +48,7 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 def streamed(shard_dir, splits: tuple[str, ...], shuffle_buffer: int, workers: int, device: torch.device,
              keep: dict[str, np.ndarray] | None = None) -> LabelledSet:
     """The labelled samples of ``splits``, read from the shards every epoch and decoded by
-    ``workers`` loader processes (``epoch_batches``). With ``keep`` (``{split: indices}``, e.g. a
+    ``workers`` persistent loader processes (``EpochLoader``). With ``keep`` (``{split: indices}``, e.g. a
     label-efficiency fraction) only those: copied once, still encoded, to a scratch shard
     folder (``shards.write_subset``, under the temporary directory, removed with the set), so
     each epoch reads the subset alone, not the whole split around it."""
@@ -60,8 +60,8 @@ def streamed(shard_dir, splits: tuple[str, ...], shuffle_buffer: int, workers: i
     count = sum(read_manifest(shard_dir)["splits"][s]["count"] for s in splits)
 
     def batches_for(batch_size: int, seed: int) -> Batches:
-        return lambda epoch: epoch_batches(shard_dir, splits, batch_size, shuffle_buffer, seed * 100_003 + epoch, workers,
-                                           device)
+        loader = EpochLoader(shard_dir, splits, batch_size, shuffle_buffer, workers, device)  # workers kept across epochs
+        return lambda epoch: loader.epoch(seed * 100_003 + epoch)
 
     return LabelledSet(count, batches_for, scratch)
 

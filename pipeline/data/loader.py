@@ -1,17 +1,21 @@
 """Training batches decoded by ``DataLoader`` worker processes, in the order one process
 reads them.
 
-Every worker reads the rank's seeded stream (``stream_batches``: tar bytes and the shuffle
-buffer are cheap next to decoding) and decodes only every ``workers``-th batch: worker ``i``
-batches ``i``, ``i + workers``, ... The DataLoader takes one batch from each worker in turn,
-so the batches arrive in exactly the order, and with exactly the samples, of the
+A shard folder of virtual streams (``data.streams`` > 1, ``pipeline/data/streams.py``): each
+worker opens only its streams of the rank's streams, so it parses about
+1 / (ranks x workers) of the data. A folder of one stream (the default): every worker reads
+the rank's seeded stream and decodes only every ``workers``-th batch. Either way a worker
+yields each batch with its number in the rank's epoch and this process puts them back in
+that order, so the batches arrive in exactly the order, and with exactly the samples, of the
 one-process path (``workers: 0``): the number of workers changes the speed, never the
 weights. Every worker and rank yields its share of the same batch count, so no rank waits.
-Text shard folders work the same way (batches of packed int64 ``[B, 2, L]``).
+Workers are persistent (``EpochLoader``: started once, told each epoch's seed through shared
+memory). Text shard folders work the same way (batches of packed int64 ``[B, 2, L]``).
 """
 
 from __future__ import annotations
 
+import multiprocessing as mp
 from typing import Iterator
 
 import torch
@@ -31,30 +35,65 @@ class _Failure:
 
 
 class EpochBatches(IterableDataset):
-    """One epoch of a rank's uint8 batches ``([B, C, H, W], [B])``, or text ``([B, 2, L], [B])``
-    (``stream_batches``' arguments)."""
+    """A rank's uint8 batches ``([B, C, H, W], [B])``, or text ``([B, 2, L], [B])``, of the epoch
+    ``set_epoch`` names (``stream_batches``' arguments). The epoch's seed and resume position
+    live in shared memory, so persistent workers read the new ones at each epoch."""
 
-    def __init__(self, shard_dir, split: str | tuple[str, ...], batch_size: int, shuffle_buffer: int, seed: int,
-                 skip_batches: int = 0):
-        # The rank is this process's (a worker has no process group); the shards' sha256 are
-        # checked here once, and the workers trust what this process checked.
-        self.args = dict(shard_dir=shard_dir, split=split, batch_size=batch_size, shuffle_buffer=shuffle_buffer, seed=seed,
-                         rank=dist.rank(), world_size=dist.world_size(), skip_batches=skip_batches)
+    def __init__(self, shard_dir, split: str | tuple[str, ...], batch_size: int, shuffle_buffer: int):
+        # The rank is this process's (a worker has no process group). Nothing is hashed here:
+        # the readers verify each shard as they stream it.
+        self.args = dict(shard_dir=shard_dir, split=split, batch_size=batch_size, shuffle_buffer=shuffle_buffer,
+                         rank=dist.rank(), world_size=dist.world_size())
         for name in (split,) if isinstance(split, str) else split:
-            shards.shard_paths(shard_dir, name)
+            shards.shard_paths(shard_dir, name, verify=False)
         shards.sample_codec(shard_dir, shards.read_manifest(shard_dir))  # a text folder's tokenizer checked here too
-        self.verified = frozenset(shards._VERIFIED)
+        # seed, skip_batches; no lock (a semaphore needs /dev/shm): written only between epochs
+        self.epoch = mp.RawArray("q", 2)
+
+    def set_epoch(self, seed: int, skip_batches: int = 0) -> None:
+        self.epoch[0], self.epoch[1] = seed, skip_batches
 
     def __iter__(self) -> Iterator:
+        seed, skip = self.epoch[:]
         info = get_worker_info()
         if info is None:
-            yield from shards.stream_batches(**self.args)
+            yield from shards.stream_batches(**self.args, seed=seed, skip_batches=skip)
             return
-        shards._VERIFIED.update(self.verified)
         try:
-            yield from shards.stream_batches(**self.args, batch_slice=(info.id, info.num_workers))
+            yield from shards.stream_batches(**self.args, seed=seed, skip_batches=skip,
+                                             batch_slice=(info.id, info.num_workers), indexed=True)
         except UserError as err:
             yield _Failure(str(err))
+
+
+class EpochLoader:
+    """Epochs of a rank's batches decoded by ``workers`` persistent processes (0: in this one),
+    in pinned memory when the batches go to a GPU (``non_blocking`` copies). ``split``: one
+    split or several, as ``shards.stream_batches`` takes it."""
+
+    def __init__(self, shard_dir, split: str | tuple[str, ...], batch_size: int, shuffle_buffer: int, workers: int,
+                 device: torch.device):
+        self.dataset = EpochBatches(shard_dir, split, batch_size, shuffle_buffer)
+        self.loader = None if workers == 0 else DataLoader(
+            self.dataset, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda", prefetch_factor=2,
+            persistent_workers=True)
+
+    def epoch(self, seed: int, skip_batches: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch of ``seed`` (base seed + epoch), from batch ``skip_batches`` on."""
+        self.dataset.set_epoch(seed, skip_batches)
+        if self.loader is None:
+            yield from self.dataset
+            return
+        pending, want = {}, skip_batches  # workers' batches that came early, by number
+        for item in self.loader:
+            if isinstance(item, _Failure):
+                raise UserError(item.message)
+            pending[item[0]] = item[1]
+            while want in pending:
+                yield pending.pop(want)
+                want += 1
+        if pending:  # a gap means a worker stopped early: never silently skip batches
+            raise RuntimeError(f"loader workers gave batches {sorted(pending)} but not batch {want}")
 
 
 def loader_workers(requested: int | None, device: torch.device) -> int:
@@ -69,16 +108,5 @@ def loader_workers(requested: int | None, device: torch.device) -> int:
 
 def epoch_batches(shard_dir, split: str | tuple[str, ...], batch_size: int, shuffle_buffer: int, seed: int, workers: int,
                   device: torch.device, skip_batches: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The epoch's batches (from batch ``skip_batches`` on), decoded by ``workers`` processes
-    (0: in this one), in pinned memory when the batches go to a GPU (``non_blocking`` copies).
-    ``split``: one split or several, as ``shards.stream_batches`` takes it."""
-    dataset = EpochBatches(shard_dir, split, batch_size, shuffle_buffer, seed, skip_batches)
-    if workers == 0:
-        yield from dataset
-        return
-    loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
-                        prefetch_factor=2)
-    for item in loader:
-        if isinstance(item, _Failure):
-            raise UserError(item.message)
-        yield item
+    """One epoch's batches (from batch ``skip_batches`` on) of a one-epoch ``EpochLoader``."""
+    yield from EpochLoader(shard_dir, split, batch_size, shuffle_buffer, workers, device).epoch(seed, skip_batches)

@@ -11,8 +11,13 @@ are loaded, resized and encoded a chunk at a time by a pool of worker processes,
 with a bounded number of chunks in flight; the normalisation stats are exact integer sums.
 Shards and manifest are byte-identical for any number of workers.
 
-Every reader verifies a shard's sha256 (once per process) before trusting it, and checks
-that it read as many samples as the manifest says.
+Verification is paid once: ``stream_batches`` (training, features) hashes each shard's bytes
+as it reads them and fails at the shard's end, naming it, if the sha256 differs from the
+manifest (a sample that does not decode first has its shard hashed, so a corrupt shard is
+named as such), so nothing is read before the first batch but the samples it needs. The
+other readers (``load_split``, ``write_subset``) check a shard's sha256 once per process
+before trusting it. Every reader checks that a shard gave as many samples as the manifest
+says. ``IO`` counts the bytes read and the tar members parsed (the scale tests' counters).
 
 Text shards (``pipeline/data/text_shards.py``: ``{__key__, txt, cls}``, a manifest with
 ``"modality": "text"``) are read by the same readers: the manifest picks the codec that
@@ -27,10 +32,12 @@ import contextlib
 import functools
 import hashlib
 import io
+import itertools
 import json
 import math
 import multiprocessing
 import os
+import pickle
 import sys
 from collections import Counter, deque
 from fractions import Fraction
@@ -41,8 +48,11 @@ import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
+from tqdm import tqdm
 
-from pipeline.data.sources import ArrayReader, ImageSet, SampleRefs, load_image
+from pipeline.data import streams
+from pipeline.data.streams import shard_sizes as streams_sizes
+from pipeline.data.sources import ArrayReader, ImageSet, SampleRefs, centre_square, load_image, load_image_short_side
 from pipeline.errors import UserError, ignore_interrupts, interrupts_ignored
 
 MANIFEST = "manifest.json"
@@ -52,6 +62,8 @@ _RECREATE_TEXT = "re-create the shards with 'dvc repro -f text-shard'"
 # mtime): an epoch loop re-reads the same shards, and hashing them again each epoch costs a
 # full extra read. Size and mtime make a shard rewritten in place get hashed again.
 _VERIFIED: set[tuple[str, str, int, int]] = set()
+# Bytes of shard files read (hashing included) and samples parsed from tars, in this process.
+IO: Counter[str] = Counter()
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -65,19 +77,22 @@ def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
+            IO["bytes"] += len(block)
             h.update(block)
     return h.hexdigest()
 
 
 class SampleFormat(NamedTuple):
     """How samples are stored: ``size`` x ``size`` (any aspect squashed), or with
-    ``store_size`` the short side resized to it and the centre cropped square; PNG or JPEG."""
+    ``store_size`` the short side resized to it and the centre cropped square (``store_aspect``:
+    not cropped, the aspect kept; readers crop the centre square); PNG or JPEG."""
 
     size: int
     channels: int
     store_size: int | None = None
     image_format: str = "png"  # png | jpeg
     jpeg_quality: int = 90
+    store_aspect: bool = False  # with store_size: short side to store_size, aspect kept, no crop
 
     @property
     def side(self) -> int:
@@ -115,9 +130,13 @@ def encode_chunk(reader, index: np.ndarray, fmt: SampleFormat, stats: bool) -> l
     """Samples ``index`` of ``reader``: (encoded bytes, pixel sums if ``stats``) each."""
     out = []
     for i in index:
-        image = load_image(reader, i, fmt.size, fmt.channels, fmt.store_size)
+        if fmt.store_aspect and fmt.store_size:
+            image = load_image_short_side(reader, i, fmt.store_size, fmt.channels)
+        else:
+            image = load_image(reader, i, fmt.size, fmt.channels, fmt.store_size)
         data = _png(image) if fmt.image_format == "png" else _jpeg(image, fmt.jpeg_quality)
-        out.append((data, _pixel_sums(image) if stats else None))
+        # stats over the centre square: what the readers decode (side x side pixels each)
+        out.append((data, _pixel_sums(centre_square(image, fmt.side)) if stats else None))
     return out
 
 
@@ -178,30 +197,103 @@ def _worker_pool(readers: list, fmt: SampleFormat, workers: int):
 
 def write_split(data: ImageSet | SampleRefs, out_dir: Path, split: str, shard_size: int, with_labels: bool,
                 samples: Iterator[tuple[bytes, np.ndarray | None]] | None = None, ext: str = "png",
-                totals: np.ndarray | None = None) -> dict[str, int]:
+                totals: np.ndarray | None = None, sizes: list[int] | None = None,
+                journal: "Journal | None" = None) -> dict[str, int]:
     """Write ``{split}-NNNNNN.tar`` shards in dataset order; returns {file name: sample count}.
 
     ``samples``: the split's encoded samples in order (default: ``data``, an ``ImageSet``,
-    encoded as PNG here). ``totals``: int64 ``[2, C]`` that the samples' pixel sums are
-    added to."""
+    encoded as PNG here), less those of shards the ``journal`` already holds (a resumed
+    stage keeps them). ``totals``: int64 ``[2, C]`` that the samples' pixel sums are added
+    to. ``sizes``: the shards' sample counts (default: ``shard_size`` each, the last smaller)."""
     if samples is None:
         fmt = SampleFormat(int(data.images.shape[1]), int(data.images.shape[3]))
         samples = iter(encode_chunk(ArrayReader(data.images), np.arange(len(data)), fmt, totals is not None))
+    sizes = streams.shard_sizes(len(data), shard_size, 1) if sizes is None else sizes
     names = {}
-    for start in range(0, len(data), shard_size):
-        name = f"{split}-{start // shard_size:06d}.tar"
-        # mtime=0 and fixed user/group make the tar bytes depend only on the samples.
-        with wds.TarWriter(str(out_dir / name), mtime=0, user="ssl", group="ssl") as sink:
-            for i in range(start, min(start + shard_size, len(data))):
-                encoded, sums = next(samples)
-                sample = {"__key__": f"{split}_{i:08d}", ext: encoded}
-                if with_labels:
-                    sample["cls"] = str(int(data.labels[i])).encode()
-                if totals is not None:
-                    totals += sums
-                sink.write(sample)
-        names[name] = min(start + shard_size, len(data)) - start
+    start = 0
+    for number, size in enumerate(sizes):
+        name = f"{split}-{number:06d}.tar"
+        kept = journal.kept.get(name) if journal is not None else None
+        if kept is not None:  # written and verified by an earlier, interrupted run
+            if totals is not None:
+                totals += np.array(kept["sums"], np.int64)
+        else:
+            shard_sums = np.zeros_like(totals) if totals is not None else None
+            # mtime=0 and fixed user/group make the tar bytes depend only on the samples.
+            with wds.TarWriter(str(out_dir / name), mtime=0, user="ssl", group="ssl") as sink:
+                for i in range(start, start + size):
+                    encoded, sums = next(samples)
+                    sample = {"__key__": f"{split}_{i:08d}", ext: encoded}
+                    if with_labels:
+                        sample["cls"] = str(int(data.labels[i])).encode()
+                    if totals is not None:
+                        shard_sums += sums
+                    sink.write(sample)
+            if totals is not None:
+                totals += shard_sums
+            if journal is not None:
+                journal.add(name, size, shard_sums)
+        names[name] = size
+        start += size
     return names
+
+
+class Journal:
+    """The shards a shard stage has finished, in ``out_dir/_written.jsonl`` (one line each:
+    name, count, sha256, pixel sums), so a killed stage restarted on the same inputs keeps
+    them. The first line is the run's fingerprint (inputs, format, shard plan): another
+    run's leftovers are removed, not kept. Shards are byte-deterministic, so a kept shard is
+    the shard this run would write; it is kept only if its sha256 still matches."""
+
+    NAME = "_written.jsonl"
+
+    def __init__(self, out_dir: Path, fingerprint: str, resume: bool):
+        self.path, self.kept = out_dir / self.NAME, {}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lines = self.path.read_text().splitlines() if resume and self.path.is_file() else []
+        if lines and lines[0] == fingerprint:
+            for line in lines[1:]:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    break  # the line a kill cut short: that shard is rewritten
+                shard = out_dir / entry["name"]
+                if shard.is_file() and sha256(shard) == entry["sha256"]:
+                    self.kept[entry["name"]] = entry
+        for old in out_dir.glob("*"):  # everything else is an unfinished or stale file
+            if old.name not in self.kept:
+                old.unlink()
+        with open(self.path, "w") as f:
+            f.write(fingerprint + "\n" + "".join(json.dumps(e) + "\n" for e in self.kept.values()))
+        self.digests = {name: e["sha256"] for name, e in self.kept.items()}
+
+    def add(self, name: str, count: int, sums: np.ndarray | None) -> None:
+        """Record a shard once its bytes are on disk (hashed here: the manifest's sha256)."""
+        shard = self.path.parent / name
+        with open(shard, "rb+") as f:
+            os.fsync(f.fileno())
+        self.digests[name] = sha256(shard)
+        entry = {"name": name, "count": count, "sha256": self.digests[name],
+                 "sums": sums.tolist() if sums is not None else None}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def remove(self) -> None:
+        self.path.unlink()
+
+
+def _fingerprint(refs: dict, plan: dict, fmt: SampleFormat, source: dict) -> str:
+    """What a split's shards are made from: readers, sample indices and labels, the shard
+    sizes, the format and the data params (a resume keeps shards only of the same)."""
+    h = hashlib.sha256(json.dumps([source, list(fmt), plan], sort_keys=True).encode())
+    for name, data in refs.items():
+        h.update(name.encode())
+        h.update(pickle.dumps(data.reader))
+        h.update(np.ascontiguousarray(data.index, np.int64).tobytes())
+        h.update(np.ascontiguousarray(data.labels, np.int64).tobytes())
+    return "fingerprint " + h.hexdigest()
 
 
 def _mean_std(totals: np.ndarray, n_pixels: int) -> tuple[list[float], list[float]]:
@@ -215,14 +307,26 @@ def _mean_std(totals: np.ndarray, n_pixels: int) -> tuple[list[float], list[floa
     return mean, std
 
 
+def _counted(samples: Iterator, bar) -> Iterator:
+    """``samples`` unchanged, ticking the progress ``bar`` once per sample."""
+    for sample in samples:
+        bar.update()
+        yield sample
+
+
 def write_shards(splits: dict, out_dir: Path, shard_size: int, source: dict,
-                 fmt: SampleFormat | None = None, workers: int = 1) -> dict:
-    """Write every split and the manifest into ``out_dir`` (replaced atomically-ish:
-    the manifest is written last, so a crash leaves no manifest and readers refuse the dir).
+                 fmt: SampleFormat | None = None, workers: int = 1, n_streams: int = 1, resume: bool = False) -> dict:
+    """Write every split and the manifest into ``out_dir`` (the manifest is written last, so
+    a crash leaves no manifest and readers refuse the dir).
 
     ``splits``: ``ImageSet``s (arrays, stored as they are) or ``SampleRefs`` (loaded and
     stored as ``fmt`` says, by ``workers`` processes, streaming: no split is held in
-    memory). The bytes written do not depend on ``workers``."""
+    memory). The bytes written do not depend on ``workers``.
+
+    ``n_streams`` > 1 (``data.streams``): each split in a multiple of ``n_streams`` shards, every
+    virtual stream the same number of samples (``streams.shard_sizes``), recorded in the
+    manifest. ``resume``: keep the finished shards of an interrupted run on the same inputs
+    (``Journal``) and write only the rest; the result is byte-identical either way."""
     any_set = splits["pretrain"]
     if fmt is None:
         if not isinstance(any_set, ImageSet):
@@ -230,6 +334,12 @@ def write_shards(splits: dict, out_dir: Path, shard_size: int, source: dict,
         fmt = SampleFormat(int(any_set.images.shape[1]), int(any_set.images.shape[3]))
     refs = {name: SampleRefs(ArrayReader(d.images), np.arange(len(d)), d.labels, d.classes, d.skipped)
             if isinstance(d, ImageSet) else d for name, d in splits.items()}
+    small = {name: len(d) for name, d in refs.items() if len(d) < n_streams}
+    if small:
+        raise UserError(f"data.streams={n_streams} exceeds the samples of split(s) {small}: every stream needs "
+                        "samples of every split; lower data.streams (1: no virtual streams)")
+    plan = {name: streams_sizes(len(d), shard_size, n_streams) for name, d in refs.items()}
+    journal = Journal(out_dir, _fingerprint(refs, plan, fmt, source), resume)
     readers: list = []  # the distinct readers, by identity; tasks name them by position
     reader_id: dict[int, int] = {}
     tasks = []
@@ -237,15 +347,20 @@ def write_shards(splits: dict, out_dir: Path, shard_size: int, source: dict,
         if id(data.reader) not in reader_id:
             reader_id[id(data.reader)] = len(readers)
             readers.append(data.reader)
-        tasks += [(reader_id[id(data.reader)], data.index[i : i + CHUNK], name == "pretrain")
-                  for i in range(0, len(data), CHUNK)]
+        start = 0
+        for number, size in enumerate(plan[name]):  # the samples of the shards still to write
+            if f"{name}-{number:06d}.tar" not in journal.kept:
+                tasks += [(reader_id[id(data.reader)], data.index[i : min(i + CHUNK, start + size)], name == "pretrain")
+                          for i in range(start, start + size, CHUNK)]
+            start += size
 
-    empty_dir(out_dir)
     manifest = {
         "source": source,
         "image_size": fmt.side,
         "channels": fmt.channels,
         **({"image_format": fmt.image_format} if fmt.image_format != "png" else {}),
+        **({"store_aspect": True} if fmt.store_aspect and fmt.store_size else {}),
+        **({"streams": n_streams} if n_streams > 1 else {}),
         "classes": list(any_set.classes),
         # per-channel stats of the pretrain split, used by the encoder's input normalisation
         "mean": None,
@@ -255,14 +370,18 @@ def write_shards(splits: dict, out_dir: Path, shard_size: int, source: dict,
     manifest["skipped_files"] = skipped_files(splits)
     totals = np.zeros((2, fmt.channels), np.int64)
     with _worker_pool(readers, fmt, workers) as pool, contextlib.closing(
-            _encoded(tasks, readers, fmt, pool, workers * TASKS_PER_WORKER)) as samples:
+            _encoded(tasks, readers, fmt, pool, workers * TASKS_PER_WORKER)) as encoded, \
+            tqdm(total=sum(len(d) for d in refs.values()), desc="shard", unit="img", disable=None) as bar:
+        samples = _counted(encoded, bar)  # a bar on a terminal only (tqdm disables itself when stderr is not a TTY)
         for split, data in refs.items():
             names = write_split(data, out_dir, split, shard_size, with_labels=split != "pretrain", samples=samples,
-                                ext=fmt.ext, totals=totals if split == "pretrain" else None)
-            manifest["splits"][split] = split_entry(data, split, names, out_dir)
+                                ext=fmt.ext, totals=totals if split == "pretrain" else None, sizes=plan[split],
+                                journal=journal)
+            manifest["splits"][split] = split_entry(data, split, names, out_dir, journal.digests)
     mean, std = _mean_std(totals, len(refs["pretrain"]) * fmt.side * fmt.side)
     manifest["mean"] = [round(m, 6) for m in mean]
     manifest["std"] = [round(s, 6) for s in std]
+    journal.remove()
     write_manifest(out_dir, manifest)
     return manifest
 
@@ -280,14 +399,16 @@ def skipped_files(splits: dict) -> dict:
     return {"count": len(skipped), "examples": skipped[:10]}
 
 
-def split_entry(data, split: str, names: dict[str, int], out_dir: Path) -> dict:
+def split_entry(data, split: str, names: dict[str, int], out_dir: Path, digests: dict[str, str] | None = None) -> dict:
     """A split's manifest entry: its count, per-class counts (None for pretrain: no labels),
-    and each shard's sha256 and sample count (``names``: ``write_split``'s result)."""
+    and each shard's sha256 (``digests``, hashed when written; else hashed now) and sample
+    count (``names``: ``write_split``'s result)."""
     counts = np.bincount(data.labels, minlength=len(data.classes))
+    digests = digests or {}
     return {
         "count": len(data),
         "per_class": {c: int(n) for c, n in zip(data.classes, counts)} if split != "pretrain" else None,
-        "shards": {n: sha256(out_dir / n) for n in names},
+        "shards": {n: digests[n] if n in digests else sha256(out_dir / n) for n in names},
         "shard_counts": names,
     }
 
@@ -342,8 +463,9 @@ def _verify(path: Path, digest: str, recreate: str = _RECREATE) -> None:
     _VERIFIED.add(key)
 
 
-def shard_paths(shard_dir: str | Path, split: str) -> list[str]:
-    """Paths of a split's shards, each checked against the manifest's sha256."""
+def shard_paths(shard_dir: str | Path, split: str, verify: bool = True) -> list[str]:
+    """Paths of a split's shards in file order, each checked against the manifest's sha256
+    (``verify=False``: only that it exists; the reader verifies while streaming)."""
     manifest = read_manifest(shard_dir)
     if split not in manifest["splits"]:
         raise UserError(f"split {split!r} not in {shard_dir}/{MANIFEST}; valid: {list(manifest['splits'])}")
@@ -353,9 +475,93 @@ def shard_paths(shard_dir: str | Path, split: str) -> list[str]:
         if not path.is_file():
             stage = "text-shard" if manifest.get("modality") == "text" else "shard"
             raise UserError(f"shard {path} is missing; run 'dvc checkout' or 'dvc repro {stage}'")
-        _verify(path, digest, _recreate(manifest))
+        if verify:
+            _verify(path, digest, _recreate(manifest))
         paths.append(str(path))
     return paths
+
+
+def _digests(shard_dir: str | Path, manifest: dict) -> dict[str, str]:
+    """{shard path (as ``shard_paths`` gives it): its sha256 in the manifest}."""
+    return {str(Path(shard_dir) / name): digest for info in manifest["splits"].values()
+            for name, digest in info["shards"].items()}
+
+
+def _corrupt(path: str | Path, recreate: str) -> UserError:
+    return UserError(f"shard {path} is corrupt (sha256 differs from {MANIFEST}); {recreate}")
+
+
+class _HashingFile:
+    """A shard file read front to back, its bytes hashed (sha256) and counted as they go."""
+
+    def __init__(self, path: str):
+        self.path, self.file, self.hash = path, open(path, "rb"), hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        block = self.file.read(n)
+        self.hash.update(block)
+        IO["bytes"] += len(block)
+        return block
+
+    def check(self, digest: str, recreate: str) -> None:
+        """Read what the tar reader left (end-of-archive padding), close, and fail naming the
+        shard if its sha256 is not ``digest``; a match counts as verified in this process."""
+        while self.read(1 << 20):
+            pass
+        self.file.close()
+        if self.hash.hexdigest() != digest:
+            raise _corrupt(self.path, recreate)
+        st = Path(self.path).stat()
+        _VERIFIED.add((str(Path(self.path).resolve()), digest, st.st_size, st.st_mtime_ns))
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _open_verifying(sources: Iterator[dict], digests: dict[str, str], recreate: str) -> Iterator[dict]:
+    """WebDataset's opener stage, hashing: each shard is checked when the tar reader asks for
+    the next one (or the stream ends), i.e. once all its members were parsed."""
+    for source in sources:
+        stream = _HashingFile(source["url"])
+        try:
+            yield dict(source, stream=stream)
+            stream.check(digests[source["url"]], recreate)
+        finally:
+            stream.close()
+
+
+def _count_parsed(samples: Iterator[dict]) -> Iterator[dict]:
+    for sample in samples:
+        IO["samples"] += 1
+        yield sample
+
+
+def _blame(url: str | None, digests: dict[str, str], recreate: str) -> None:
+    """Raise the corrupt-shard error if the shard ``url`` that failed to parse or decode does
+    not match its sha256 (a damaged shard is named as such, not as a bad sample)."""
+    if url in digests and sha256(Path(url)) != digests[url]:
+        raise _corrupt(url, recreate)
+
+
+def _reader(paths: list[str], digests: dict[str, str], recreate: str, seed: int, shuffle_shards: bool,
+            shuffle_buffer: int | None):
+    """The samples of ``paths``: shard order shuffled (seeded) unless not ``shuffle_shards``, then
+    a seeded sample shuffle buffer if ``shuffle_buffer``; every shard verified while read.
+    The same WebDataset pipeline (and so the same order) as before streaming verification,
+    with the opener stage replaced by ``_open_verifying``."""
+
+    def handler(exn: Exception) -> bool:
+        _blame(next((a for a in exn.args if isinstance(a, str) and a in digests), None), digests, recreate)
+        return _reraise_corrupt(exn, recreate)
+
+    ds = wds.WebDataset(paths, shardshuffle=len(paths) if len(paths) > 1 and shuffle_shards else False, seed=seed,
+                        nodesplitter=None, workersplitter=None, handler=handler, empty_check=False)
+    (opener,) = [i for i, stage in enumerate(ds.pipeline) if isinstance(stage, wds.cache.StreamingOpen)]
+    ds.pipeline[opener] = functools.partial(_open_verifying, digests=digests, recreate=recreate)
+    ds.append(_count_parsed)  # before the shuffle buffer: every sample parsed from a tar
+    if shuffle_buffer:
+        ds = ds.shuffle(shuffle_buffer, initial=shuffle_buffer, seed=seed)
+    return ds
 
 
 def _check_counts(shard_dir: str | Path, manifest: dict, split: str, read: dict[str, int], all_paths: list[str]) -> None:
@@ -381,11 +587,14 @@ class ImageCodec(NamedTuple):
 
     size: int | None  # None: unchecked
     channels: int
+    crop: bool = False  # stored with the aspect kept (``store_aspect``): decode the centre square
     recreate = _RECREATE  # the fix named when a sample does not decode
 
     def decode(self, sample: dict) -> np.ndarray:
         with Image.open(io.BytesIO(sample["png"] if "png" in sample else sample["jpg"])) as img:
             arr = np.asarray(img.convert("L" if self.channels == 1 else "RGB"))
+        if self.crop and min(arr.shape[:2]) == self.size:
+            arr = centre_square(arr, self.size)
         if self.size is not None and arr.shape[:2] != (self.size, self.size):
             raise ValueError(f"image is {arr.shape[1]}x{arr.shape[0]}, {MANIFEST} says {self.size}x{self.size}")
         return arr.reshape(arr.shape[0], arr.shape[1], self.channels)
@@ -401,15 +610,18 @@ def sample_codec(shard_dir: str | Path, manifest: dict):
         from pipeline.data.text_shards import TextCodec
 
         return TextCodec.of(shard_dir, manifest)
-    return ImageCodec(manifest.get("image_size"), manifest["channels"])
+    return ImageCodec(manifest.get("image_size"), manifest["channels"], manifest.get("store_aspect", False))
 
 
-def _decode(sample: dict, codec) -> tuple[object, int]:
-    """One sample -> its ``codec``-decoded item (an image, a text) and its label (-1 if none)."""
+def _decode(sample: dict, codec, digests: dict[str, str] | None = None) -> tuple[object, int]:
+    """One sample -> its ``codec``-decoded item (an image, a text) and its label (-1 if none).
+    ``digests`` (a reader that verifies while streaming): a failure first checks the shard."""
     try:
         item = codec.decode(sample)
         label = int(sample["cls"]) if "cls" in sample else -1
     except Exception as err:  # noqa: BLE001 - only decoding stored bytes happens here: any failure is the data's
+        if digests is not None:
+            _blame(sample.get("__url__"), digests, codec.recreate)
         raise UserError(
             f"cannot decode sample {sample.get('__key__')!r} in shard {sample.get('__url__')} "
             f"({type(err).__name__}: {err}); {codec.recreate}"
@@ -468,7 +680,7 @@ def read_texts(shard_dir: str | Path, split: str) -> tuple[list[str], torch.Tens
 def stream_batches(
     shard_dir: str | Path, split: str | tuple[str, ...], batch_size: int, shuffle_buffer: int, seed: int,
     rank: int | None = None, world_size: int | None = None, ordered: bool = False, skip_batches: int = 0,
-    batch_slice: tuple[int, int] = (0, 1), drop_last: bool = True,
+    batch_slice: tuple[int, int] = (0, 1), drop_last: bool = True, indexed: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of shuffled uint8 batches ``([B, C, H, W], [B])`` streamed from the shards
     (a text shard folder: packed int64 ``[B, 2, L]``, see ``sample_codec``).
@@ -503,6 +715,13 @@ def stream_batches(
 
     ``split`` may name several splits (``("train", "val")``): their shards make one stream
     (a subset of them: ``write_subset``).
+
+    A shard folder written with ``data.streams`` S > 1 (its manifest's ``"streams"``) is read
+    by virtual streams instead (``_stream_epoch``): a rank reads only its streams' shards and
+    a worker (``batch_slice``) only its streams of those; ``epoch_steps`` gives the batch count.
+
+    ``indexed``: yield ``(batch number in the rank's epoch, batch)`` (the loader puts the
+    workers' batches back in order with it).
     """
     from pipeline import dist
 
@@ -510,19 +729,21 @@ def stream_batches(
     world_size = dist.world_size() if world_size is None else world_size
     manifest = read_manifest(shard_dir)
     splits = (split,) if isinstance(split, str) else tuple(split)
-    paths_of = {s: shard_paths(shard_dir, s) for s in splits}
+    paths_of = {s: shard_paths(shard_dir, s, verify=False) for s in splits}  # verified while read
+    if manifest.get("streams", 1) > 1 and not ordered:
+        yield from _stream_epoch(shard_dir, manifest, splits, paths_of, batch_size, shuffle_buffer, seed, rank,
+                                 world_size, skip_batches, batch_slice, indexed)
+        return
     paths = [p for s in splits for p in paths_of[s]]
     samples_codec = sample_codec(shard_dir, manifest)
+    digests = _digests(shard_dir, manifest)
     total = sum(manifest["splits"][s]["count"] for s in splits)
     n_batches = total // (batch_size * world_size) if drop_last else -(-total // batch_size)
     read: Counter[str] = Counter({p: 0 for p in paths})  # a shard that yields nothing counts as 0
-    # nodesplitter/workersplitter=None: shards are split neither by node nor by DataLoader
-    # worker; samples are split by rank below, and batches by worker (``batch_slice``).
-    ds = wds.WebDataset(paths, shardshuffle=len(paths) if len(paths) > 1 and not ordered else False, seed=seed,
-                        nodesplitter=None, workersplitter=None,
-                        handler=functools.partial(_reraise_corrupt, recreate=_recreate(manifest)), empty_check=False)
-    if not ordered:
-        ds = ds.shuffle(shuffle_buffer, initial=shuffle_buffer, seed=seed)
+    # Shards are split neither by node nor by DataLoader worker; samples are split by rank
+    # below, and batches by worker (``batch_slice``).
+    ds = _reader(paths, digests, _recreate(manifest), seed, shuffle_shards=not ordered,
+                 shuffle_buffer=None if ordered else shuffle_buffer)
     offset, stride = batch_slice
     items, labels, mine = [], [], 0
     for sample in split_by_rank(ds, rank, world_size):
@@ -532,17 +753,83 @@ def stream_batches(
         batch, mine = mine // batch_size, mine + 1  # the batch of this rank's epoch the sample is in
         if batch < skip_batches or (batch - skip_batches) % stride != offset:
             continue  # before the resume position, or another worker's batch: counted, not decoded
-        item, label = _decode(sample, samples_codec)
+        item, label = _decode(sample, samples_codec, digests)
         items.append(item)
         labels.append(label)
         if len(items) == batch_size:
             if batch < n_batches:  # a rank with a sample more than others drops its extra batch
-                yield _to_batch(items, labels, samples_codec)
+                out = _to_batch(items, labels, samples_codec)
+                yield (batch, out) if indexed else out
             items, labels = [], []
     for s in splits:
         _check_counts(shard_dir, manifest, s, {p: read[p] for p in paths_of[s]}, paths_of[s])
     if items and not drop_last:
         yield _to_batch(items, labels, samples_codec)
+
+
+def _stream_layout(manifest: dict, splits: tuple[str, ...], paths_of: dict[str, list[str]]) -> tuple[list, list]:
+    """Each virtual stream's shard paths and sample count (``streams``: shard ``i`` of a split,
+    in file order, is stream ``i % S``'s)."""
+    n = manifest["streams"]
+    stream_paths: list[list[str]] = [[] for _ in range(n)]
+    counts = [0] * n
+    for s in splits:
+        for i, (path, count) in enumerate(zip(paths_of[s], manifest["splits"][s]["shard_counts"].values())):
+            stream_paths[streams.stream_of(i, n)].append(path)
+            counts[streams.stream_of(i, n)] += count
+    return stream_paths, counts
+
+
+def epoch_steps(shard_dir: str | Path, split: str | tuple[str, ...], batch_size: int, world_size: int) -> int:
+    """Batches each rank gets in an epoch of ``stream_batches`` (drop_last): the same on every rank."""
+    manifest = read_manifest(shard_dir)
+    splits = (split,) if isinstance(split, str) else tuple(split)
+    if manifest.get("streams", 1) == 1:
+        return sum(manifest["splits"][s]["count"] for s in splits) // (batch_size * world_size)
+    _, counts = _stream_layout(manifest, splits, {s: list(manifest["splits"][s]["shards"]) for s in splits})
+    return min(sum(counts[s] // batch_size for s in streams.rank_streams(len(counts), r, world_size))
+               for r in range(world_size))
+
+
+def _stream_epoch(shard_dir, manifest: dict, splits: tuple[str, ...], paths_of: dict[str, list[str]], batch_size: int,
+                  shuffle_buffer: int, seed: int, rank: int, world_size: int, skip_batches: int,
+                  batch_slice: tuple[int, int], indexed: bool) -> Iterator:
+    """``stream_batches`` on a shard folder of ``S > 1`` virtual streams (``pipeline/data/streams.py``):
+    this rank's loader worker ``batch_slice[0]`` of ``batch_slice[1]`` opens only its streams'
+    shards, each stream through its own seeded shuffle buffer (``shuffle_buffer * world_size / S``
+    samples: ``shuffle_buffer`` per rank), and yields its batches of the rank's epoch."""
+    n_streams = manifest["streams"]
+    mine = streams.rank_streams(n_streams, rank, world_size)
+    stream_paths, counts = _stream_layout(manifest, splits, paths_of)
+    n_steps = epoch_steps(shard_dir, splits, batch_size, world_size)
+    order = streams.batch_order([counts[s] // batch_size for s in mine])[:n_steps]
+    worker, n_workers = batch_slice
+    positions = streams.worker_streams(len(mine), worker, n_workers)
+    codec = sample_codec(shard_dir, manifest)
+    digests, recreate = _digests(shard_dir, manifest), _recreate(manifest)
+    buffer = max(1, shuffle_buffer * world_size // n_streams)
+    readers = {j: iter(_reader(stream_paths[mine[j]], digests, recreate, streams.stream_seed(seed, mine[j], n_streams),
+                               shuffle_shards=True, shuffle_buffer=buffer)) for j in positions}
+    read: Counter[str] = Counter({p: 0 for j in positions for p in stream_paths[mine[j]]})
+    for k, (j, _) in enumerate(order):
+        if j not in readers:
+            continue  # another worker's stream
+        items, labels = [], []
+        for sample in itertools.islice(readers[j], batch_size):
+            read[sample["__url__"]] += 1
+            if k >= skip_batches:  # before a resume position: read, not decoded
+                item, label = _decode(sample, codec, digests)
+                items.append(item)
+                labels.append(label)
+        if k >= skip_batches:
+            out = _to_batch(items, labels, codec)
+            yield (k, out) if indexed else out
+    for reader in readers.values():  # the rest: every shard verified and counted to its end
+        for sample in reader:
+            read[sample["__url__"]] += 1
+    for s in splits:
+        own = [p for p in paths_of[s] if p in read]
+        _check_counts(shard_dir, manifest, s, {p: read[p] for p in own}, paths_of[s])
 
 
 def split_batches(shard_dir: str | Path, split: str, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -587,7 +874,8 @@ def write_subset(shard_dir: str | Path, splits: tuple[str, ...], keep: dict[str,
         if sink is not None:
             sink.close()
     entry = {"count": n, "shards": {name: sha256(out_dir / name) for name in names}, "shard_counts": names}
-    write_manifest(out_dir, manifest | {"splits": {"subset": entry}})
+    # one split of its own shard layout: read as one stream, whatever the source folder's streams
+    write_manifest(out_dir, {k: v for k, v in manifest.items() if k != "streams"} | {"splits": {"subset": entry}})
     return n
 
 

@@ -206,6 +206,32 @@ def _pil_store(img: Image.Image, side: int, channels: int) -> Image.Image:
     return img.crop((left, top, left + side, top + side))
 
 
+def load_image_short_side(reader, i: int, side: int, channels: int) -> np.ndarray:
+    """Sample ``i`` of ``reader`` as uint8 ``[H, W, channels]`` with its short side resized to
+    ``side`` (bicubic) and its aspect ratio kept, no crop (``data.store_aspect``): a reader
+    crops what it needs, e.g. a random crop over the whole photo."""
+    img = reader.load(int(i))
+    if isinstance(img, np.ndarray):
+        img = Image.fromarray(img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img)
+    try:
+        img = _to_8bit(img)  # as _pil_store
+        img = img.convert("RGB") if img.mode not in ("L", "RGB") else img
+        img = img.convert("L" if channels == 1 else "RGB")
+        w, h = img.size
+        nw, nh = (side, int(side * h / w)) if w <= h else (int(side * w / h), side)  # as _pil_store
+        out = img.resize((nw, nh), Image.BICUBIC) if (nw, nh) != (w, h) else img
+        arr = np.asarray(out)
+    except OSError as err:  # truncated files fail when the pixels are decoded
+        raise UserError(f"cannot read image {getattr(img, 'filename', '') or i}: {err}; remove or replace the file") from None
+    return arr.reshape(arr.shape[0], arr.shape[1], channels)
+
+
+def centre_square(image: np.ndarray, side: int) -> np.ndarray:
+    """The centre ``side`` x ``side`` of uint8 ``[H, W, C]`` (H, W >= side), as ``_pil_store`` crops."""
+    top, left = int(round((image.shape[0] - side) / 2.0)), int(round((image.shape[1] - side) / 2.0))
+    return image[top : top + side, left : left + side]
+
+
 def materialize(refs: SampleRefs, size: int, channels: int) -> ImageSet:
     """Every sample of ``refs`` loaded into one array (small sets only)."""
     n = len(refs)
@@ -404,23 +430,73 @@ def refuse_duplicates(paths: tuple[str, ...], root: str) -> None:
                             "twice would be counted twice and could land in both train and test: remove one of them")
 
 
-def image_folder_refs(root: str, test_fraction: float, seed: int) -> tuple[SampleRefs, SampleRefs]:
-    """An ImageFolder directory: ``root/<class>/*.png|jpg``, or ``root/train`` + ``root/test``.
+SPLIT_FOLDERS = ("train", "val", "test")
 
-    Without a ``test`` sub-folder, a stratified ``test_fraction`` is held out with ``seed``.
+
+def folder_layout(path: Path) -> tuple[Path, Path | None]:
+    """Where an ImageFolder's classes are: ``(train folder, test folder or None)``.
+
+    - ``root/train`` + ``root/test``, or ``root/train`` + ``root/val`` (ImageNet's layout: its
+      ``val`` is the test split; the pipeline carves its own val from train); with all three,
+      ``test`` is the test split and ``val/`` is not used (a warning says so);
+    - ``root/train`` alone, or ``root`` itself: one folder per class (test held out).
+
+    Split folders beside other folders are ambiguous (are ``train``/``val`` classes?): an
+    error naming both."""
+    folders = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    split_dirs = [d for d in folders if d in SPLIT_FOLDERS]
+    if not split_dirs:
+        return path, None
+    others = [d for d in folders if d not in SPLIT_FOLDERS]
+    if others or "train" not in split_dirs:
+        raise UserError(
+            f"ImageFolder {path} is ambiguous: split folder(s) {split_dirs} beside "
+            f"{'class folder(s) ' + str(others) if others else 'no train/ folder'}. Use either one folder per class "
+            "(none named train, val or test) or train/ with val/ or test/ holding the class folders"
+        )
+    held = "test" if "test" in split_dirs else "val" if "val" in split_dirs else None
+    if held == "test" and "val" in split_dirs:
+        print(f"warning: {path / 'val'} is not used: {path / 'test'} is the test split and val is carved from train",
+              file=sys.stderr)
+    return path / "train", (path / held if held else None)
+
+
+def image_folder_refs(root: str, test_fraction: float, seed: int) -> tuple[SampleRefs, SampleRefs]:
+    """An ImageFolder directory: ``root/<class>/*.png|jpg``, or ``root/train`` + ``root/test``
+    or ``root/val`` (``folder_layout``).
+
+    Without a test folder, a stratified ``test_fraction`` is held out with ``seed``.
     Both sets need at least two classes and at least one image per class folder.
     """
     path = Path(root)
     if not path.is_dir():
         raise UserError(f"data.root {root} is not a directory; point it at an ImageFolder (one sub-folder per class)")
-    if (path / "train").is_dir() and (path / "test").is_dir():
-        train = _folder_refs(path / "train", base=path)
-        test = _folder_refs(path / "test", train.classes, base=path)
+    train_dir, test_dir = folder_layout(path)
+    if test_dir is not None:
+        train = _folder_refs(train_dir, base=path)
+        test = _folder_refs(test_dir, train.classes, base=path)
         refuse_duplicates(train.reader.paths + test.reader.paths, root)
         return train, test
-    refs = _folder_refs(path)
+    refs = _folder_refs(train_dir, base=path if train_dir != path else None)
     refuse_duplicates(refs.reader.paths, root)
     return split_stratified(refs, test_fraction, seed)
+
+
+def image_tree_refs(root: str, classes: list[str]) -> SampleRefs:
+    """Every image file under ``root`` (any depth, sorted paths), unlabelled: the pretrain split
+    of ``data.pretrain_root``. ``classes``: the labelled set's, which the manifest records."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    path = Path(root)
+    if not path.is_dir():
+        raise UserError(f"data.pretrain_root {root} is not a directory; point it at a folder of images (any tree)")
+    # links back into the tree are not followed (_walk); a file found twice is refused
+    files = sorted(os.path.join(d, f) for d, names in _walk(str(path), tree=os.path.realpath(path)) for f in names
+                   if f.lower().endswith(IMG_EXTENSIONS))
+    if not files:
+        raise UserError(f"data.pretrain_root {root} holds no images ({' '.join(IMG_EXTENSIONS)}); add images or set it to null")
+    refuse_duplicates(tuple(files), root)
+    return SampleRefs(FolderReader(tuple(files)), np.arange(len(files)), np.zeros(len(files), np.int64), list(classes))
 
 
 def image_folder(root: str, size: int, channels: int, test_fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:

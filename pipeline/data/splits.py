@@ -24,10 +24,14 @@ _SIZE_KEY = {"pretrain": "data.pretrain_size", "train": "data.train_size", "val"
              "test": "data.test_size (or data.test_fraction for an ImageFolder without a test folder)"}
 
 
-def make_splits(train: ImageSet | SampleRefs, test: ImageSet | SampleRefs, data: DataParams, seed: int) -> dict:
+def make_splits(train: ImageSet | SampleRefs, test: ImageSet | SampleRefs, data: DataParams, seed: int,
+                pretrain: ImageSet | SampleRefs | None = None) -> dict:
     """Deterministic for a seed: one permutation of the source's train set. Works on
     labels and sizes only, so image arrays (``ImageSet``) and sample references
     (``SampleRefs``) of the same source give the same splits.
+
+    ``pretrain`` (``data.pretrain_root``): unlabelled images that make the pretrain split
+    instead of the labelled pool (a seeded ``data.pretrain_size`` subset of them, in their order).
 
     Refuses a source with fewer than two classes, an empty split, and a labelled train split
     that misses a class (the evaluations need every class).
@@ -54,8 +58,13 @@ def make_splits(train: ImageSet | SampleRefs, test: ImageSet | SampleRefs, data:
     # its own stream (seed, 1): the other splits stay what they were before test subsets were random
     test_order = np.arange(len(test)) if data.test_size is None else np.random.default_rng([seed, 1]).permutation(len(test))
     test_idx = np.sort(take(test_order, "test", data.test_size, len(test)))
+    if pretrain is None:
+        pretrain_split = pick(train, take(pool, "pretrain", data.pretrain_size, len(pool)))
+    else:
+        drawn = np.random.default_rng([seed, 2]).permutation(len(pretrain))
+        pretrain_split = pick(pretrain, np.sort(take(drawn, "pretrain", data.pretrain_size, len(pretrain))))
     splits = {
-        "pretrain": pick(train, take(pool, "pretrain", data.pretrain_size, len(pool))),
+        "pretrain": pretrain_split,
         "train": pick(train, take(pool, "train", data.train_size, len(pool))),
         "val": pick(train, val_idx),
         "test": pick(test, test_idx),

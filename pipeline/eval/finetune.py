@@ -67,14 +67,22 @@ def train_classifier(
 
 
 @torch.no_grad()
-def top1(model: Classifier, test: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> float:
+def top1(model: Classifier, test: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
+         keep: list | None = None) -> float:
     """Top-1 accuracy of ``model`` (in eval mode) on batches ``(x, labels [B])`` of un-augmented
-    uint8 images or packed int64 text, read one batch at a time (a split is never held whole)."""
+    uint8 images or packed int64 text, read one batch at a time (a split is never held whole).
+    ``keep``: a list that receives ``(predicted classes [N], labels [N])``."""
     model.eval()
     featurize = encoder_features(model.encoder, device)  # text: in length-sorted batches
     correct = total = 0
+    preds, seen = [], []
     for x, labels in test:
         pred = model.head(torch.from_numpy(featurize(x)).to(device)).argmax(1).cpu()
         correct += int((pred == labels).sum())
         total += len(labels)
+        if keep is not None:
+            preds.append(pred)
+            seen.append(labels)
+    if keep is not None:
+        keep.append((torch.cat(preds), torch.cat(seen)))
     return correct / total

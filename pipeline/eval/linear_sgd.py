@@ -82,7 +82,7 @@ class FrozenLinear(nn.Module):
 def linear_sgd(
     encoder: nn.Module, train: LabelledSet, test: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int,
     epochs: int, batch_size: int, lr: float, seed: int, device: torch.device,
-    crop_scale: tuple[float, float] = (0.08, 1.0), amp: bool = True,
+    crop_scale: tuple[float, float] = (0.08, 1.0), amp: bool = True, keep_predictions: bool = False,
 ) -> dict:
     """Train a linear head on the frozen ``encoder`` and report test accuracy.
 
@@ -95,7 +95,8 @@ def linear_sgd(
     (its ``requires_grad`` flags and train/eval mode are restored; it ends on ``device``).
 
     Returns ``top1`` (and ``top5`` with more than 5 classes) on ``test``, the last epoch's
-    training loss/accuracy (on augmented images), and the settings used.
+    training loss/accuracy (on augmented images), and the settings used; with ``keep_predictions``
+    also ``test_predictions``: ``(predicted classes [N], labels [N])`` as tensors.
     """
     if train.count < 2:
         raise ValueError("linear_sgd needs at least 2 training images")
@@ -125,4 +126,6 @@ def linear_sgd(
     }
     if num_classes > 5:
         result["top5"] = _topk(logits, labels, 5)
+    if keep_predictions:
+        result["test_predictions"] = (logits.topk(1, dim=1).indices[:, 0], labels)  # as _topk(k=1) ranks them
     return result

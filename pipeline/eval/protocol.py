@@ -19,13 +19,16 @@ from typing import Any, ClassVar, Iterator
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from pipeline.config import Params
 from pipeline.data.labelled import LabelledSet, in_memory, streamed
 from pipeline.data.loader import loader_workers
 from pipeline.data.shards import first_samples, load_split, split_batches
 from pipeline.eval.baselines import FEATURE_BASELINES
+from pipeline.eval.feature_cache import cache_key, cached_features, encoder_id, feature_dtype
 from pipeline.eval.features import BATCH, Featurizer, encoder_features
+from pipeline.eval.predictions import record
 from pipeline.models.encoder import Encoder
 
 def seed_everything(seed: int) -> None:
@@ -49,8 +52,10 @@ class EvalContext:
     params: Params
     device: torch.device
     featurizer: Featurizer | None = field(default=None, repr=False)  # None: the encoder's features
+    feature_cache: str | None = None  # a folder: split features kept there as memmaps (feature_cache.py); None: in memory
     _splits: dict = field(default_factory=dict, repr=False)
     _features: dict = field(default_factory=dict, repr=False)
+    predictions: dict = field(default_factory=dict, repr=False)  # test predictions per headline key (predictions.record)
 
     @property
     def seed(self) -> int:
@@ -101,21 +106,46 @@ class EvalContext:
             if self.encoder is None:
                 raise ValueError(f"EvalContext {self.name!r} has neither an encoder nor a featurizer "
                                  "(a features-only baseline passes baselines.baseline_featurizer)")
-            self.featurizer = encoder_features(self.encoder, self.device)
+            # bf16 autocast on CUDA; fp32 on the CPU, where the default's features stay what they were
+            self.featurizer = encoder_features(self.encoder, self.device, autocast=self.device.type == "cuda")
         return self.featurizer(x)
+
+    def featurizer_id(self) -> str | None:
+        """What the feature cache keys this context's features by: the encoder's weights, or the
+        featurizer's ``cache_id`` (None: not cacheable, e.g. TF-IDF fitted in the stage)."""
+        if self.featurizer is None and self.encoder is not None:
+            return f"encoder:{encoder_id(self.encoder)}"
+        return getattr(self.featurizer, "cache_id", None)
 
     def features(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """``(features [N, D], labels [N])`` of a labelled split, computed once per stage,
         batch by batch as the shards stream in shard order: only the features are held,
-        never the split's samples (unless a protocol asked for them: ``split``)."""
+        never the split's samples (unless a protocol asked for them: ``split``). With a
+        ``feature_cache`` folder, computed once per encoder and split across stages and read
+        as a memory-mapped array (float16 from CUDA, float32 from the CPU)."""
         if name not in self._features:
-            if name in self._splits:
+            fid = self.featurizer_id() if self.feature_cache is not None and name not in self._splits else None
+            if fid is not None:
+                dtype = feature_dtype(self.device)
+                key = cache_key(fid, self.manifest, name, dtype)
+                count = int(self.manifest["splits"][name]["count"])
+                self._features[name] = cached_features(self.feature_cache, key, lambda: self.batches(name), self.featurize,
+                                                       count, dtype)
+            elif name in self._splits:
                 images, labels = self._splits[name]
                 self._features[name] = (self.featurize(images), labels.numpy())
             else:
-                feats, labels = zip(*((self.featurize(x), y.numpy()) for x, y in self.batches(name)))
+                count = int(self.manifest["splits"][name]["count"])  # a bar on a terminal only (tqdm: disable=None)
+                batches = tqdm(self.batches(name), total=-(-count // BATCH), desc=f"features {self.name} {name}",
+                               unit="batch", leave=False, disable=None)
+                feats, labels = zip(*((self.featurize(x), y.numpy()) for x, y in batches))
                 self._features[name] = (np.concatenate(feats), np.concatenate(labels))
         return self._features[name]
+
+    def record_predictions(self, metric: str, predicted, labels) -> None:
+        """Keep headline ``metric``'s predicted classes ``[N]`` on the test split (shard order)
+        with its labels ``[N]``: the evaluate stage writes them for the review's significance test."""
+        record(self.predictions, metric, predicted, labels)
 
     def trainable_encoder(self) -> Encoder:
         """A fresh copy of the encoder to fine-tune (the context's own stays unchanged)."""

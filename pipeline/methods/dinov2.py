@@ -87,6 +87,7 @@ class DINOv2(MaskedDistillation):
         dino_loss_weight: float = Field(1.0, ge=0)
         ibot_loss_weight: float = Field(1.0, ge=0)
         koleo_loss_weight: float = Field(0.1, ge=0)
+        local_crop_scale: list[float] = Field(default_factory=lambda: [0.05, 0.32], min_length=2, max_length=2)  # paper
 
     def training_step(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         p, o = self.params, self.outputs(images)

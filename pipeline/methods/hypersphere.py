@@ -38,11 +38,13 @@ def hypersphere_loss(z1: torch.Tensor, z2: torch.Tensor, alpha: float, t: float,
     over this rank's pairs; uniformity over the pairs of the global batch (gathered with
     gradient), so every rank computes the same uniformity term.
     """
-    # at least float32 under autocast: pdist has no bfloat16 kernel, and exp(-t d^2) wants the range
-    wide = torch.promote_types(z1.dtype, torch.float32)
-    x, y = F.normalize(z1.to(wide), dim=1), F.normalize(z2.to(wide), dim=1)
-    x_all, y_all = dist.gather_with_grad(x), dist.gather_with_grad(y)
-    return align_weight * align_loss(x, y, alpha) + uniform_weight * (uniform_loss(x_all, t) + uniform_loss(y_all, t)) / 2
+    # float32 at least, outside autocast: torch.pdist has no bfloat16 kernel, and exp(-t d^2)
+    # averaged over all pairs wants more than bfloat16's 8 bits
+    with torch.autocast(z1.device.type, enabled=False):
+        dtype = torch.promote_types(z1.dtype, torch.float32)
+        x, y = F.normalize(z1.to(dtype), dim=1), F.normalize(z2.to(dtype), dim=1)
+        x_all, y_all = dist.gather_with_grad(x), dist.gather_with_grad(y)
+        return align_weight * align_loss(x, y, alpha) + uniform_weight * (uniform_loss(x_all, t) + uniform_loss(y_all, t)) / 2
 
 
 @register

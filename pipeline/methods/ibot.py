@@ -107,7 +107,7 @@ class MaskedDistillation(MomentumMethod):
         student_temp: float = Field(0.1, gt=0)
         teacher_temp: float = Field(0.07, gt=0)
         warmup_teacher_temp: float = Field(0.04, gt=0)
-        warmup_teacher_temp_fraction: float = Field(0.0, ge=0, le=1)
+        warmup_teacher_temp_fraction: float = Field(0.1, ge=0, le=1)  # of training (paper: 30 of 300 epochs)
         momentum_teacher: float = Field(0.99, ge=0, le=1)
         momentum_teacher_final: float = Field(1.0, ge=0, le=1)
         mask_ratio: list[float] = Field(default_factory=lambda: [0.1, 0.5], min_length=2, max_length=2)

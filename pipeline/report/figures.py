@@ -22,7 +22,8 @@ def _save(fig, out: Path) -> None:
 
 
 def training_curves(live_dirs: dict[str, Path], out: Path) -> None:
-    """Loss, learning rate and kNN monitor per epoch for every method (from DVCLive TSVs)."""
+    """Loss, learning rate and kNN monitor for every method against the optimizer step (DVCLive TSVs:
+    one point per epoch, logged at the step that ended it)."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
     for method, live in live_dirs.items():
         for ax, key in zip(axes, ("loss", "lr", "knn_top1")):
@@ -32,7 +33,7 @@ def training_curves(live_dirs: dict[str, Path], out: Path) -> None:
                 ax.plot(df["step"], df[key], marker="o", ms=3, label=method)
     for ax, title in zip(axes, ("pretraining loss", "learning rate", "kNN-20 top-1 (val monitor)")):
         ax.set_title(title)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("optimizer step")  # DVCLive logs each epoch at the step that ended it
         ax.grid(alpha=0.3)
     axes[0].legend()
     _save(fig, out)

@@ -3,7 +3,8 @@
 # Builds the image from ./Dockerfile with buildah (no Docker daemon here) on a locally debootstrapped
 # Debian bookworm base (Python 3.11, as the wheels in constraints.txt), runs `shard` and a tiny
 # `pretrain@simclr` in it as uid 1000 on a mounted copy of the checkout, runs the same on the host,
-# and fails unless the metrics, the shard manifest and encoder.pt are identical.
+# and fails unless the metrics, the shard manifest and encoder.pt are identical. Then runs a tiny
+# `shard` as uid 1000 with no volume (the image's own /app must be writable by its user).
 #   bash tests/container/run.sh          (root, or sudo for apt; the host .venv from scripts/run.sh setup)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -98,6 +99,25 @@ for f in metrics/pretrain/simclr.json data/shards/manifest.json models/simclr/en
   if cmp -s "$WORK/in-container/$f" "$WORK/on-host/$f"; then echo "same: $f"
   else echo "DIFFERENT: $f" >&2; diff <(cat "$WORK/in-container/$f") <(cat "$WORK/on-host/$f") | head -10 >&2 || true; fail=1; fi
 done
+# 5. No volume: the image's own copy of the checkout, as uid 1000 (docker run without -v). Tiny params
+# are written inside the container, so the user must own /app; shard writes data/ and dvc.lock.
+t=$(date +%s)
+CTR2=$(buildah from -q "$IMG")
+if buildah run --isolation chroot --user 1000:1000 "$CTR2" -- sh -c '
+    set -e; test -w /app && test "$(stat -c %u /app)" = 1000
+    python - <<PY
+import yaml
+p = yaml.safe_load(open("params.yaml"))
+p["data"].update(pretrain_size=300, train_size=300, val_size=200, test_size=300, shard_size=200)
+yaml.safe_dump(p, open("params.yaml", "w"), sort_keys=False)
+PY
+    dvc repro shard && test -s data/shards/manifest.json' >"$WORK/novolume.log" 2>&1; then
+  echo "no-volume run as uid 1000 (tiny shard): $(( $(date +%s) - t )) s"
+else
+  tail -40 "$WORK/novolume.log" >&2; echo "the image's /app is not usable by uid 1000 without a volume" >&2; fail=1
+fi
+buildah rm "$CTR2" >/dev/null 2>&1 || true
+
 echo "total: $(( $(date +%s) - T0 )) s"
 [ "$fail" = 0 ] || { echo "container and host results differ" >&2; exit 1; }
 echo "container test passed"

@@ -84,7 +84,7 @@ def test_a_kept_subset_streams_from_its_own_copy(tiny_shards, monkeypatch):
     assert data.count == 6 and shards.read_manifest(scratch)["splits"]["subset"]["count"] == 6
     read = []
     real = shards.shard_paths
-    monkeypatch.setattr(shards, "shard_paths", lambda d, s: read.append(s) or real(d, s))
+    monkeypatch.setattr(shards, "shard_paths", lambda d, s, **kw: read.append(s) or real(d, s, **kw))
     (x, y), = data.batches_for(6, 0)(0)
     assert set(read) == {"subset"}  # the splits themselves are not read again
     (xtr, ytr), (xva, yva) = shards.load_split(tiny_shards, "train"), shards.load_split(tiny_shards, "val")

@@ -47,7 +47,8 @@ def test_finetune_stage_under_torchrun(tiny_shards, tmp_path):
     raw["finetune"].update(epochs=3, batch_size=32, lr=2.0, encoder_lr_mult=1.0, nproc_per_node=2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     res = subprocess.run([sys.executable, str(REPO / "stages" / "evaluate.py"), "finetune", "--params", "params.yaml",
-                          "--encoder", str(encoder), "--shards", str(tiny_shards), "--metrics", "m.json", "--details", "d.json"],
+                          "--encoder", str(encoder), "--shards", str(tiny_shards), "--metrics", "m.json", "--details", "d.json",
+                          "--predictions", "p.json"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     assert "torch.distributed.run --standalone --nproc-per-node=2" in res.stdout
@@ -57,3 +58,7 @@ def test_finetune_stage_under_torchrun(tiny_shards, tmp_path):
     # BatchNorm over each rank's 32 images and other views)
     assert details["n_labels"] == 600 and details["top1"] > 0.2
     assert set(json.loads((tmp_path / "m.json").read_text())) == {"top1"}
+    # rank 0 writes every test example's prediction (the test split is not split between ranks)
+    preds = json.loads((tmp_path / "p.json").read_text())
+    correct = [p == y for p, y in zip(preds["predictions"]["top1"], preds["labels"])]
+    assert len(correct) == read_manifest(tiny_shards)["splits"]["test"]["count"] and sum(correct) / len(correct) == details["top1"]

@@ -102,8 +102,11 @@ def test_repro_writes_every_metric_and_the_report(repo_copy):
     expected = {"pretrain/simclr.json", "pretrain/simclr.timing.json"}
     for p in PROTOCOLS:
         for name in ("simclr", *BASELINES):
-            expected |= {f"{p}/{name}.json", f"{p}/{name}.details.json"}
+            expected |= {f"{p}/{name}.json", f"{p}/{name}.details.json", f"{p}/{name}.predictions.json"}
     assert set(metrics) == expected
+    preds = metrics["linear_eval/simclr.predictions.json"]  # per-example test predictions for the review
+    assert set(preds["predictions"]) == {"linear_top1", "linear_sgd_top1"} and len(preds["labels"]) == 300
+    assert metrics["few_shot/simclr.predictions.json"] == {}  # no per-example classes
     lin, knn = metrics["linear_eval/simclr.json"], metrics["knn/simclr.json"]
     assert set(lin) == {"linear_top1", "linear_sgd_top1"} and set(knn) == {"knn20_top1", "knn200_top1"}
     assert 0.2 < lin["linear_top1"] <= 1 and 0.2 < knn["knn20_top1"] <= 1  # chance 0.1

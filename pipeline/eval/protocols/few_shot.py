@@ -3,6 +3,8 @@ regression on the support set; the same episodes for every classifier)."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from pipeline import config
 from pipeline.config import FewShotParams
 from pipeline.dist import default_workers
@@ -36,10 +38,13 @@ class FewShot(Protocol):
         feats, labels = ctx.features("test")
         fs = ctx.params.few_shot
         workers = default_workers(None)  # logistic regression: one process per core
+        n_classes = len(np.unique(labels))
         out = {}
         for clf in fs.classifiers:
             out[clf] = {}
             for ways in fs.ways:
+                if ways == "all" and n_classes > fs.max_ways:  # ImageNet-1k: 100 of the 1,000 classes drawn per episode
+                    ways = fs.max_ways
                 out[clf].update(few_shot(feats, labels, ways, fs.shots, fs.queries, fs.episodes, ctx.seed, classifier=clf,
                                          workers=workers))
         return out

@@ -45,7 +45,10 @@ class Finetune(Protocol):
         mult = encoder_lr_mult(ctx)
         model, history = train_classifier(ctx.trainable_encoder(), data, ctx.num_classes, cfg, mult, ctx.seed,
                                           ctx.device, f"finetune {ctx.name}")
-        return {"top1": top1(model, ctx.batches("test"), ctx.device), "n_labels": data.count, "epochs": cfg.epochs,
+        kept: list = []
+        acc = top1(model, ctx.batches("test"), ctx.device, keep=kept)
+        ctx.record_predictions("top1", *kept[0])
+        return {"top1": acc, "n_labels": data.count, "epochs": cfg.epochs,
                 "encoder_lr_mult": mult, "train_loss_last_epoch": history[-1]["loss"], "train_acc_last_epoch": history[-1]["acc"]}
 
     def headline(self, result: dict) -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pipeline import config
 from pipeline.config import KnnParams
 from pipeline.eval.checks import check_knn
-from pipeline.eval.knn import knn_accuracy
+from pipeline.eval.knn import knn_predictions
 from pipeline.eval.protocol import EvalContext, Protocol
 from pipeline.eval.registry import register
 
@@ -23,7 +23,12 @@ class Knn(Protocol):
     def run(self, ctx: EvalContext) -> dict:
         train, test = ctx.features("train"), ctx.features("test")
         knn = ctx.params.knn
-        return {f"knn{k}_top1": knn_accuracy(*train, *test, k, knn.temperature) for k in knn.ks}
+        predicted = knn_predictions(train[0], train[1], test[0], knn.ks, knn.temperature, ctx.device)  # one search, at the largest k
+        out = {}
+        for k, labels in predicted.items():
+            ctx.record_predictions(f"knn{k}_top1", labels, test[1])
+            out[f"knn{k}_top1"] = float((labels == test[1]).mean())
+        return out
 
     def headline(self, result: dict) -> dict:
         return dict(result)

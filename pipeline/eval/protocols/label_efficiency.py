@@ -41,7 +41,7 @@ class LabelEfficiency(Protocol):
             row = {"n_labels": int(len(tr_idx) + len(va_idx)),
                    "fraction_effective": (len(tr_idx) + len(va_idx)) / (len(y_tr) + len(y_va))}
             row["linear"] = linear_probe((f_tr[tr_idx], y_tr[tr_idx]), (f_va[va_idx], y_va[va_idx]), ctx.features("test"),
-                                         le.c_grid, le.max_iter)["top1"]
+                                         le.c_grid, le.max_iter, seed=ctx.seed, device=ctx.device)["top1"]
             if ctx.encoder is not None:
                 data = labelled_set(ctx, ft, keep={"train": tr_idx, "val": va_idx})  # streamed: only the subset decoded
                 n = data.count

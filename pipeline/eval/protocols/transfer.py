@@ -54,7 +54,7 @@ class Transfer(Protocol):
                 size, channels = ctx.manifest["image_size"], ctx.manifest["channels"]
                 sets = load_transfer(name, size, channels, tp.root, tp.test_fraction, tp.val_fraction, ctx.seed)
                 f = {s: (ctx.featurize(_images(d)), d.labels) for s, d in sets.items()}
-            res = linear_probe(f["train"], f["val"], f["test"], tp.c_grid, tp.max_iter)
+            res = linear_probe(f["train"], f["val"], f["test"], tp.c_grid, tp.max_iter, seed=ctx.seed, device=ctx.device)
             out[name] = {"top1": res["top1"], "best_c": res["best_c"], "val_top1_by_c": res["val_top1_by_c"],
                          "n_train": len(sets["train"]) + len(sets["val"]), "n_test": len(sets["test"])}
         return out

@@ -1,4 +1,5 @@
-"""The PR review comment shows metric and param changes from committed files alone."""
+"""The PR review comment shows metric and param changes from committed files alone, and tells
+signal from noise on the same test examples."""
 
 import json
 import os
@@ -6,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.report.review import review_comment
+from tools.review import review_comment
 
 
 def _git(cwd, *args):
@@ -29,21 +30,21 @@ def test_review_comment_shows_metric_and_param_changes(tmp_path, monkeypatch):
     (tmp_path / "m.json").write_text(json.dumps({"linear": {"top1": 0.85}}))
     _git(tmp_path, "commit", "-qam", "change")
     text = review_comment("main", tmp_path / "report.md")
-    assert "linear.top1" in text and "0.8" in text and "0.85" in text
+    assert "| m | linear.top1 | 80.0% | 85.0% | +5.00 pt | untested | no per-example predictions |" in text
     assert "pretrain.lr" in text and "0.3" in text
     assert "# the report" in text
 
 
-# --- twelve methods, size limit, stale metrics ----------------------------------------------
+# --- twenty methods, size limit, stale metrics ----------------------------------------------
 
 import re  # noqa: E402
 
 import pytest  # noqa: E402
 
-from pipeline.report import review  # noqa: E402
+from tools import review  # noqa: E402
 
-METHODS = [f"method{i:02d}" for i in range(12)]
-STAGES = ["linear-eval", "few-shot", "diagnostics"]
+METHODS = [f"method{i:02d}" for i in range(20)]
+STAGES = ["linear_eval", "few_shot", "diagnostics"]  # params.yaml protocol order: few_shot first
 
 GEN = '''import json, sys, yaml
 stage, method = sys.argv[1], sys.argv[2]
@@ -53,7 +54,7 @@ def blob(depth, k):
     if depth == 0:
         return round(s * (k + 1) % 1, 6)
     return {f"{name}_{k}": blob(depth - 1, j) for j, name in enumerate(["top1", "top5", "knn", "ci95", "val"])}
-json.dump(blob(3, 0), open(f"metrics/{stage}/{method}.json", "w"))
+json.dump(blob(2, 0), open(f"metrics/{stage}/{method}.json", "w"))
 '''
 
 
@@ -78,14 +79,17 @@ def _gen(stage, method):
         _sys.argv = argv
 
 
+PROTOCOLS = "protocols: [few_shot, linear_eval, diagnostics]\n"
+
+
 def _stale_repo(tmp_path, monkeypatch):
-    """main: 12 methods x 3 metric stages + a report stage, locked; `change`: new lr, re-run."""
+    """main: 20 methods x 3 metric stages + a report stage, locked; `change`: new lr, re-run."""
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     monkeypatch.chdir(tmp_path)
     _git(tmp_path, "init", "-q", "-b", "main")
     subprocess.run(["dvc", "init", "-q"], check=True)
     (tmp_path / "gen.py").write_text(GEN)
-    (tmp_path / "params.yaml").write_text(f"methods: {json.dumps(METHODS)}\ntrain:\n  lr: 0.6\n")
+    (tmp_path / "params.yaml").write_text(f"methods: {json.dumps(METHODS)}\n{PROTOCOLS}train:\n  lr: 0.6\n")
     stages = {
         stage: {
             "matrix": {"method": "${methods}"},
@@ -124,7 +128,7 @@ def _stale_repo(tmp_path, monkeypatch):
     _git(tmp_path, "add", "-A")
     _git(tmp_path, "commit", "-qm", "base")
     _git(tmp_path, "checkout", "-qb", "change")
-    (tmp_path / "params.yaml").write_text(f"methods: {json.dumps(METHODS)}\ntrain:\n  lr: 0.3\n")
+    (tmp_path / "params.yaml").write_text(f"methods: {json.dumps(METHODS)}\n{PROTOCOLS}train:\n  lr: 0.3\n")
     _run_stages(tmp_path)
     _git(tmp_path, "add", "-A")
     _git(tmp_path, "commit", "-qm", "new lr, re-run")
@@ -132,10 +136,10 @@ def _stale_repo(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def twelve(tmp_path_factory):
+def twenty(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     try:
-        yield _stale_repo(tmp_path_factory.mktemp("twelve"), mp)
+        yield _stale_repo(tmp_path_factory.mktemp("twenty"), mp)
     finally:
         mp.undo()
 
@@ -143,13 +147,13 @@ def twelve(tmp_path_factory):
 _RELATIVE_IMAGE = re.compile(r"!\[[^\]]*\]\((?!https?://)[^)]*\)|<img\b[^>]*src=[\"']?(?!https?://)", re.I)
 
 
-def test_twelve_methods_stay_under_the_limit_and_say_what_was_cut(twelve, monkeypatch):
-    monkeypatch.chdir(twelve)
-    report = twelve / "reports" / "report.md"
+def test_twenty_methods_stay_under_the_limit_and_say_what_was_cut(twenty, monkeypatch):
+    monkeypatch.chdir(twenty)
+    report = twenty / "reports" / "report.md"
     assert len(report.read_text()) > review.COMMENT_LIMIT  # the report alone would not fit
     r = review.build_review("main", report, artifact_url="https://example.com/artifact/1")
     text = r.text
-    assert len(text) <= review.COMMENT_LIMIT
+    assert len(text) <= review.COMMENT_LIMIT < 65_536
     assert text.startswith(review.MARKER)
     assert not r.stale and review.STALE_FLAG not in text
     assert "**truncated** to stay under 60,000 characters" in text.split("### Metrics")[0]
@@ -158,19 +162,20 @@ def test_twelve_methods_stay_under_the_limit_and_say_what_was_cut(twelve, monkey
     assert r.truncated
     assert not _RELATIVE_IMAGE.search(text), _RELATIVE_IMAGE.search(text).group(0)
     assert "](figures/" not in text  # relative plain links are gone too
-    # headline first: one grouped table per metric folder, a column per method, before params and report
     assert text.index("### Metrics") < text.index("### Params") < text.index("<details><summary>Report")
-    for stage in STAGES:
-        header = next(line for line in text.splitlines() if line.startswith("| metric |") and line.count("`method") == 12)
-        assert all(f"`{m}`" in header for m in METHODS)
-        assert f"**`metrics/{stage}/`**" in text
+    # one table per protocol in params.yaml's protocol order, methods as rows (7 columns, not 20)
+    at = [text.index(f"**`metrics/{stage}/`**") for stage in ("few_shot", "linear_eval", "diagnostics")]
+    assert at == sorted(at)
+    headers = [line for line in text.splitlines() if line.startswith("| method | metric |")]
+    assert headers and all(h.count("|") == 8 for h in headers)
+    assert "| method00 |" in text and "| method19 |" in text, text[:3000]
     assert "`train.lr` | 0.6 | 0.3 |" in text
-    print(f"12-method comment: {len(text)} characters (report {len(report.read_text())})")
+    print(f"20-method comment: {len(text)} characters (report {len(report.read_text())})")
 
 
-def test_small_limit_cuts_metric_rows_and_says_so(twelve, monkeypatch):
-    monkeypatch.chdir(twelve)
-    text = review.review_comment("main", twelve / "reports" / "report.md", limit=8000)
+def test_small_limit_cuts_metric_rows_and_says_so(twenty, monkeypatch):
+    monkeypatch.chdir(twenty)
+    text = review.review_comment("main", twenty / "reports" / "report.md", limit=8000)
     assert len(text) <= 8000
     assert "the report omitted" in text
     assert re.search(r"truncated: \d+ (more )?row\(s\)", text)
@@ -186,47 +191,104 @@ def test_report_links_are_rewritten_without_an_artifact_url():
     assert "](figures/" not in out
 
 
-def test_stale_params_raise_the_flag_first_and_fail_the_check(twelve, monkeypatch, capsys):
-    monkeypatch.chdir(twelve)
-    params = (twelve / "params.yaml").read_text()
-    (twelve / "params.yaml").write_text(params.replace("lr: 0.3", "lr: 0.1"))  # no dvc repro
+def test_stale_params_raise_the_flag_first_and_fail_the_check(twenty, monkeypatch, capsys):
+    monkeypatch.chdir(twenty)
+    params = (twenty / "params.yaml").read_text()
+    (twenty / "params.yaml").write_text(params.replace("lr: 0.3", "lr: 0.1"))  # no dvc repro
     try:
-        out = twelve / "out.md"
+        out = twenty / "out.md"
         assert review.main(["--base", "main", "--check", "--output", str(out)]) == 1
         assert review.STALE_FLAG in capsys.readouterr().err
         text = out.read_text()
         visible = [line for line in text.splitlines() if line.strip()]
         assert visible[0] == review.MARKER
         assert visible[1] == "> [!CAUTION]" and review.STALE_FLAG in visible[2]
-        assert "params `train` changed" in text and "`linear-eval@method00`" in text
+        assert "params `train` changed" in text and "`linear_eval@method00`" in text
         assert "downstream of those: `report`" in text  # stale through the DAG
         st = review.stale_stages()
-        assert "linear-eval@method11" in st.stages and "report" in st.stages
+        assert "linear_eval@method19" in st.stages and "report" in st.stages
     finally:
-        (twelve / "params.yaml").write_text(params)
-    assert review.main(["--base", "main", "--check", "--output", str(twelve / "out.md")]) == 0
-    assert review.STALE_FLAG not in (twelve / "out.md").read_text()
+        (twenty / "params.yaml").write_text(params)
+    assert review.main(["--base", "main", "--check", "--output", str(twenty / "out.md")]) == 0
+    assert review.STALE_FLAG not in (twenty / "out.md").read_text()
 
 
-def test_committed_metric_that_disagrees_with_the_lock_is_stale(twelve, monkeypatch):
-    monkeypatch.chdir(twelve)
-    f = twelve / "metrics" / "few-shot" / "method03.json"
+def test_committed_metric_that_disagrees_with_the_lock_is_stale(twenty, monkeypatch):
+    monkeypatch.chdir(twenty)
+    f = twenty / "metrics" / "few_shot" / "method03.json"
     orig = f.read_text()
     f.write_text(orig.replace("0.", "0.9", 1))  # hand-edited metric
     try:
-        r = review.build_review("main", twelve / "reports" / "report.md")
-        assert r.stale and "committed `metrics/few-shot/method03.json` differs from dvc.lock" in r.text
+        r = review.build_review("main", twenty / "reports" / "report.md")
+        assert r.stale and "committed `metrics/few_shot/method03.json` differs from dvc.lock" in r.text
     finally:
         f.write_text(orig)
 
 
-def test_clone_without_cache_is_not_stale(twelve, tmp_path, monkeypatch):
+def test_clone_without_cache_is_not_stale(twenty, tmp_path, monkeypatch):
     """A fresh clone has no DVC cache: missing outputs must not raise the flag."""
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "-q", str(twelve), str(clone)], check=True)
+    subprocess.run(["git", "clone", "-q", str(twenty), str(clone)], check=True)
     assert not (clone / "models" / "encoder.bin").exists()
     monkeypatch.chdir(clone)
     r = review.build_review("main", clone / "reports" / "report.md")
     assert not r.stale, r.staleness
     assert review.STALE_FLAG not in r.text
+
+
+# --- signal or noise, on the same test examples ----------------------------------------------
+
+
+def _predictions(labels, pred, key="linear_top1"):
+    return json.dumps({"labels": labels.tolist(), "predictions": {key: pred.tolist()}}, separators=(",", ":"))
+
+
+def test_review_marks_noise_and_a_planted_two_point_gain(tmp_path, monkeypatch):
+    """10k test examples, two methods re-run: `rerun` churns 310 predictions for +0.1 point (noise),
+    `better` gains 2 points. Figures inline by raw URL, before and after."""
+    import numpy as np
+
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 10_000)
+    base = np.where(rng.random(10_000) < 0.87, labels, (labels + 1) % 10)
+    wrong, right = np.flatnonzero(base != labels), np.flatnonzero(base == labels)
+
+    def flipped(fix, brk):
+        out = base.copy()
+        out[wrong[:fix]] = labels[wrong[:fix]]
+        out[right[:brk]] = (labels[right[:brk]] + 1) % 10
+        return out
+
+    d = tmp_path / "metrics" / "linear_eval"
+    d.mkdir(parents=True)
+    (tmp_path / "reports" / "figures").mkdir(parents=True)
+
+    def write(preds: dict, png: bytes):
+        for name, pred in preds.items():
+            (d / f"{name}.json").write_text(json.dumps({"linear_top1": float((pred == labels).mean())}))
+            (d / f"{name}.predictions.json").write_text(_predictions(labels, pred))
+        (tmp_path / "reports" / "figures" / "curves.png").write_bytes(png)
+        (tmp_path / "reports" / "report.md").write_text("# Report\n\n![curves](figures/curves.png)\n")
+
+    _git(tmp_path, "init", "-q", "-b", "main")
+    subprocess.run(["dvc", "init", "-q"], check=True)
+    (tmp_path / "params.yaml").write_text("protocols: [linear_eval]\n")
+    (tmp_path / "dvc.yaml").write_text("metrics:\n  - metrics/linear_eval/rerun.json\n  - metrics/linear_eval/better.json\n")
+    write({"rerun": base, "better": base}, b"png-a")
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "base")
+    _git(tmp_path, "checkout", "-qb", "change")
+    write({"rerun": flipped(160, 150), "better": flipped(500, 300)}, b"png-b")
+    _git(tmp_path, "commit", "-qam", "change")
+    text = review.review_comment("main", tmp_path / "reports" / "report.md", raw_head="https://raw.example/o/r/HEAD",
+                                 raw_base="https://raw.example/o/r/BASE")
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| rerun") or line.startswith("| better")}
+    assert "| +0.10 pt | within noise | McNemar mid-p = 0.571 (160 fixed, 150 broken of 10,000) |" in rows["rerun"], text
+    assert "+2.00 pt | **significant** | McNemar mid-p < 0.001 (500 fixed, 300 broken of 10,000)" in rows["better"]
+    assert "1 **significant**, 1 within noise" in text
+    assert '<img src="https://raw.example/o/r/BASE/reports/figures/curves.png"' in text
+    assert '<img src="https://raw.example/o/r/HEAD/reports/figures/curves.png"' in text
+    assert "![curves](https://raw.example/o/r/HEAD/reports/figures/curves.png)" in text  # the report's own image
