@@ -165,11 +165,13 @@ def main(args: argparse.Namespace) -> None:
         proj = {}
         for key in ("wall_s", "max_rss_mib"):
             slope = (b[key] - a[key]) / (n2 - n1)
-            proj[key] = a[key] + slope * (scale - n1)  # the line through both sizes, at 1.28M x 2048 / d
+            # the line through both sizes, at 1.28M x 2048 / d; a slope <= 0 is noise (a shared machine), not a trend
+            proj[key] = a[key] + slope * (scale - n1) if slope > 0 else float("nan")
         print(f"| {stage} | {a['wall_s']:.1f} | {b['wall_s']:.1f} | {a['max_rss_mib']:.0f} | {b['max_rss_mib']:.0f} | "
               f"{b['max_rss_mib'] / a['max_rss_mib']:.2f} | {a['anon_mib']:.0f} | {b['anon_mib']:.0f} | {a['read_mib']:.0f} | "
               f"{b['read_mib']:.0f} | {proj['wall_s'] / 3600:.1f} | {proj['max_rss_mib'] / 1024:.1f} |")
-    print(f"\nProjected: the line through the two sizes (train images {n1} and {n2}) at {IMAGENET_TRAIN:,} x "
+    print("\nnan: the larger size measured no more than the smaller one (flat, or the machine's load hid the slope).")
+    print(f"Projected: the line through the two sizes (train images {n1} and {n2}) at {IMAGENET_TRAIN:,} x "
           f"({IMAGENET_DIM} / {dim}) train images; CPU hours on this machine (shard and pretrain included for reference), "
           "not GPU times.")
 
