@@ -37,13 +37,15 @@ from pipeline.eval.protocol import EvalContext  # noqa: E402
 CPU = torch.device("cpu")
 
 
-def compare(shards: str, params, repeats: int, c_grid=None, max_iter=None) -> list[dict]:
-    """One row per baseline: both probes' top-1, chosen C and median seconds; kNN per k both ways."""
+def compare(shards: str, params, repeats: int, c_grid=None, max_iter=None, names=("random_init", "raw_pixels"),
+            report=None) -> list[dict]:
+    """One row per baseline: both probes' top-1, chosen C and median seconds; kNN per k both ways
+    (``report(row)`` is called as each row is done)."""
     manifest = read_manifest(shards)
     le = params.linear_eval
     c_grid, max_iter = c_grid or le.c_grid, max_iter or le.max_iter
     rows = []
-    for name in ("raw_pixels", "random_init"):
+    for name in names:
         enc = baseline_encoder(params, name, manifest)
         ctx = EvalContext(name, enc, False, shards, manifest, params, CPU, featurizer=pixel_features if enc is None else None)
         train, val, test = (ctx.features(s) for s in ("train", "val", "test"))
@@ -58,31 +60,37 @@ def compare(shards: str, params, repeats: int, c_grid=None, max_iter=None) -> li
         per_k = {k: knn_accuracy(*train, *test, k, params.knn.temperature) for k in ks}
         rows.append({"baseline": name, "dim": train[0].shape[1], "res": res,
                      "secs": {b: statistics.median(s) for b, s in secs.items()}, "knn_one": one, "knn_per_k": per_k})
+        if report:
+            report(rows[-1])
     return rows
 
 
 def main(args: argparse.Namespace) -> None:
     params = load_params(str(REPO / "params.yaml"))
     kw = {"c_grid": [1.0], "max_iter": 20} if args.smoke else {}
-    rows = compare(args.shards, params, args.repeats, **kw)
     counts = {s: read_manifest(args.shards)["splits"][s]["count"] for s in ("train", "val", "test")}
     print(f"linear probe backends on {args.shards} ({counts}); {os.cpu_count()} CPUs; median of {args.repeats}\n")
     print("| features | dim | sklearn top-1 | torch top-1 | diff (points) | sklearn C | torch C | sklearn s | torch s | "
           "kNN one search = per k |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    for r in rows:
-        sk, th = r["res"]["sklearn"], r["res"]["torch"]
-        same = all(r["knn_one"][k] == r["knn_per_k"][k] for k in r["knn_one"])
-        knn = ", ".join(f"k={k}: {100 * v:.2f}%" for k, v in r["knn_one"].items())
-        print(f"| {r['baseline']} | {r['dim']} | {100 * sk['top1']:.2f}% | {100 * th['top1']:.2f}% | "
-              f"{100 * (th['top1'] - sk['top1']):+.2f} | {sk['best_c']:g} | {th['best_c']:g} | {r['secs']['sklearn']:.1f} | "
-              f"{r['secs']['torch']:.1f} | {'identical' if same else 'DIFFERENT'} ({knn}) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|", flush=True)
+    compare(args.shards, params, args.repeats, names=args.features.split(","), report=_row, **kw)
+
+
+def _row(r: dict) -> None:
+    """Print one baseline's row of the table."""
+    sk, th = r["res"]["sklearn"], r["res"]["torch"]
+    same = all(r["knn_one"][k] == r["knn_per_k"][k] for k in r["knn_one"])
+    knn = ", ".join(f"k={k}: {100 * v:.2f}%" for k, v in r["knn_one"].items())
+    print(f"| {r['baseline']} | {r['dim']} | {100 * sk['top1']:.2f}% | {100 * th['top1']:.2f}% | "
+          f"{100 * (th['top1'] - sk['top1']):+.2f} | {sk['best_c']:g} | {th['best_c']:g} | {r['secs']['sklearn']:.1f} | "
+          f"{r['secs']['torch']:.1f} | {'identical' if same else 'DIFFERENT'} ({knn}) |", flush=True)
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shards", default="data/shards")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--features", default="random_init,raw_pixels", help="baselines, in this order")
     ap.add_argument("--smoke", action="store_true", help="one C, 20 iterations (for a test on tiny shards)")
     cli = ap.parse_args()
     if cli.smoke:
