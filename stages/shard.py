@@ -115,9 +115,10 @@ def _shard(params, out: str) -> None:
         sources.limit_pixels((train, test), d.max_image_pixels)
     else:
         train, test = sources.torchvision_refs(d.torchvision_name, d.root, d.download)
-    for warning in information_loss(train, d.image_size, d.channels, d.store_size):
-        print(f"warning: {warning}", file=sys.stderr)
     pretrain = sources.image_tree_refs(d.pretrain_root, train.classes) if d.pretrain_root else None
+    # a look at the images that make most of the shards: the unlabelled tree when there is one
+    for warning in information_loss(train if pretrain is None else pretrain, d.image_size, d.channels, d.store_size):
+        print(f"warning: {warning}", file=sys.stderr)
     if pretrain is not None:
         sources.limit_pixels((pretrain,), d.max_image_pixels)
     splits = make_splits(train, test, d, params.seed, pretrain)

@@ -49,17 +49,23 @@ def test_photos_preset_keeps_colour_and_detail():
 
 
 def test_shard_stage_warns_on_colour_photos_stored_small_and_grey(tmp_path):
-    root = tmp_path / "photos"
+    """The defaults (28 px, one channel) on an unlabelled tree of 128 px colour photos beside a
+    labelled folder of small grey images: the warning comes from the photos that make the pretrain split."""
+    labelled, photos = tmp_path / "labelled", tmp_path / "photos" / "2024" / "trip"
     for c, cls in enumerate(["cat", "dog"]):
-        (root / cls).mkdir(parents=True)
-        for i, img in enumerate(_photos(n=5, side=128, seed=c)):
-            Image.fromarray(img).save(root / cls / f"{i}.jpg")
+        (labelled / cls).mkdir(parents=True)
+        for i, img in enumerate(_photos(n=5, side=28, colour=False, seed=c)):
+            Image.fromarray(img[..., 0]).save(labelled / cls / f"{i}.png")
+    photos.mkdir(parents=True)
+    for i, img in enumerate(_photos(n=6, side=128, seed=2)):
+        Image.fromarray(img).save(photos / f"{i}.jpg")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())  # the defaults: 28 px, 1 channel
-    raw["data"].update(source="imagefolder", root=str(root), pretrain_size=None, train_size=None, val_size=2,
-                       test_fraction=0.3, shard_size=8)
+    raw["data"].update(source="imagefolder", root=str(labelled), pretrain_root=str(tmp_path / "photos"), pretrain_size=None,
+                       train_size=None, val_size=2, test_fraction=0.3, shard_size=8)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     res = subprocess.run([sys.executable, str(REPO / "stages" / "shard.py"), "--params", "params.yaml", "--out", "shards"],
                          cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    assert "are in colour but data.channels is 1" in res.stderr and "stored at 28x28 px" in res.stderr
+    assert "6 of 6 sampled images are in colour but data.channels is 1" in res.stderr
+    assert "median short side of 128 px but are stored at 28x28 px" in res.stderr
     assert (tmp_path / "shards" / "manifest.json").is_file()
