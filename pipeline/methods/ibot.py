@@ -17,6 +17,7 @@ from torch import nn
 
 from pipeline import dist
 from pipeline.config import Strict
+from pipeline.data.augment import to_float
 from pipeline.methods.ema import MomentumMethod, cosine_tau
 from pipeline.methods.masking import block_mask, masked_image_ratios, require_vit, upcast
 from pipeline.methods.registry import register
@@ -83,6 +84,9 @@ def ibot_loss(student_cls: torch.Tensor, student_patch: torch.Tensor, teacher_cl
     t_cls = F.softmax((upcast(teacher_cls) - center_cls) / teacher_temp, dim=-1).detach()
     t_patch = F.softmax((upcast(teacher_patch) - center_patch) / teacher_patch_temp, dim=-1).detach()
     return cross_view_ce(student_cls, t_cls, student_temp), masked_patch_ce(student_patch, t_patch, mask, student_temp)
+
+
+PREPARE_CHUNK = 256  # images per teacher forward when the centres are initialised
 
 
 def warmup_temperature(progress: torch.Tensor, start: float, end: float, fraction: float) -> torch.Tensor:
@@ -198,6 +202,18 @@ class IBOT(MaskedDistillation):
         self.register_buffer("center", torch.zeros(params.out_dim))
         self.register_buffer("center_patch", torch.zeros(params.out_dim))
         self._batch_centers: tuple[torch.Tensor, torch.Tensor] | None = None  # applied after the optimizer step
+
+    @torch.no_grad()
+    def prepare(self, sample: torch.Tensor) -> None:
+        """Start both centres at the teacher's mean outputs on ``sample`` (uint8 ``[N, C, H, W]``).
+
+        The paper starts them at zero; with momentum 0.9 they need ~20 steps to reach the outputs'
+        mean, and meanwhile the targets keep their common component (as this repo's DINO does)."""
+        outs = [self.teacher_head(self.teacher_encoder.backbone.tokens(self.teacher_encoder.normalise(to_float(chunk)))).float()
+                for chunk in sample.split(PREPARE_CHUNK)]  # [n, 1 + L, K] each
+        t = torch.cat(outs)
+        self.center.copy_(global_mean(t[:, 0]))
+        self.center_patch.copy_(global_mean(t[:, 1:]))
 
     def teacher_temperatures(self) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.params
