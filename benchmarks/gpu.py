@@ -70,7 +70,7 @@ def params_for(root: Path, args: argparse.Namespace) -> dict:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     merge(raw, yaml.safe_load((REPO / "presets" / "imagenet.yaml").read_text()))
     held = max(8, args.images // 10)
-    raw["data"].update(root=str(root), image_size=args.size, store_size=args.store, pretrain_size=None, train_size=None,
+    raw["data"].update(root=str(root), image_size=args.size, store_size=args.store, store_aspect=True, pretrain_size=None, train_size=None,
                        val_size=held, test_size=None, shard_size=args.shard_size, streams=args.streams, workers=None)
     if args.smoke:  # small enough for a 2-core CPU in seconds; the same code paths
         raw["dino"].update(out_dim=256, num_local_crops=2, local_crop_size=32)

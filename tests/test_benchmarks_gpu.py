@@ -33,5 +33,6 @@ def test_gpu_benchmark_smoke_measures_the_pipeline(tmp_path):
     # the data went through the real shard stage from an ImageFolder with train/ and val/, as JPEG
     manifest = json.loads((tmp_path / "work" / "shards" / "manifest.json").read_text())
     assert manifest["source"]["image_format"] == "jpeg" and manifest["source"]["store_size"] == 64
+    assert manifest["source"]["store_aspect"] is True  # stored by the short side, as ImageNet JPEGs are
     assert (tmp_path / "work" / "photos" / "val").is_dir()
     assert "| simclr | resnet18 |" in proc.stdout
