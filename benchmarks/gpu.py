@@ -3,15 +3,17 @@ pipeline's loader, views, methods and training loop, end to end.
 
     python benchmarks/gpu.py                      # one GPU (or the CPU where none is: slow, not a GPU number)
     python benchmarks/gpu.py --nproc all          # every GPU present, under torchrun (DDP, NCCL)
-    python benchmarks/gpu.py --smoke --json F     # tiny sizes on any device; what tests/test_benchmarks_gpu.py runs
+    python benchmarks/gpu.py --smoke --work DIR --json F   # tiny sizes on any device; what tests/test_benchmarks_gpu.py runs
 
 What runs, all of it the pipeline's own code:
 
 1. data: an ImageFolder in ImageNet's layout (``train/<class>/``, ``val/<class>/``) of JPEG
    photos 300-500 px a side (``benchmarks/shard.py``'s generator: crops of scikit-learn's two
-   sample photos; ``--unique`` distinct files, the rest hard links), sharded by the real
-   ``python stages/shard.py`` as JPEG stored by the short side at ``data.store_size`` (256),
-   ``data.streams`` virtual streams. Made once by the launching process, kept in ``--work``.
+   sample photos; ``--unique`` distinct files, the rest hard links), sharded by the shard
+   stage's own command line (``stages/shard.py``, run in this process) as JPEG stored by the
+   short side (``data.store_aspect``) at ``data.store_size`` (256), in ``data.streams`` virtual
+   streams. Made once by the launching process (before torchrun starts any rank), kept in
+   ``--work`` and reused by later runs.
 2. params: ``params.yaml`` with ``presets/imagenet.yaml`` merged over it (the published
    recipes: LARS for SimCLR, AdamW + 2x224 and 10x96 px crops for DINO, blur [1.0, 0.1] and
    solarize [0.0, 0.2] per view), data pointed at the generated folder, 224 px crops.
@@ -24,6 +26,10 @@ What runs, all of it the pipeline's own code:
      calls that block the host on CUDA); syncs per step are the calls between two optimizer
      steps (the loader's hand-over included), and the epoch's end (finiteness check, stats)
      is reported apart. Counted apart because the counter's Python hook slows every call.
+     The counter is a CPU proxy: it counts ``.item()`` on any tensor, so AdamW's per-parameter
+     ``step.item()`` (torch keeps those step counters on the CPU unless the optimizer is fused
+     or capturable: no GPU sync) shows as one call per parameter tensor in DINO's rows; the
+     row's ``sync_calls_last_step`` names the calls.
    - timed: ``--warmup`` steps, then ``--steps`` steps between two ``cuda.synchronize()``:
      images/s = steps x batch x processes / seconds (source images; each gives 2 or 12 views);
      data wait = the seconds the loop spent waiting for the loader's next batch, as a share of
@@ -34,11 +40,18 @@ Recorded per row (JSON at ``--json``; a markdown table on stdout, kept in
 processes, device name, precision, torch / CUDA / driver versions, images/s, data-wait share,
 peak GPU MiB, syncs per step (median and max) and at the epoch's end, loader workers, the loss
 (finite). Published anchor beside it: NVIDIA's ResNet-50 v1.5 training with AMP, about 2,500
-images/s on one A100 (DeepLearningExamples), a supervised step (one view, no views made); SimCLR
-runs two views per image, so its images/s compares at half that work.
+images/s on one A100 (DeepLearningExamples), a supervised step (one 224 px view, augmented on the
+host by DALI, no views made in the step); SimCLR runs two views per image, about twice that work,
+so at the same efficiency its images/s would be about half the anchor's.
 
-On the CPU (``--smoke``) the rows say device ``cpu`` and peak GPU memory ``null``: the
-numbers then describe this machine's CPU, never a GPU.
+``--smoke``: 40 photos stored and cropped at 64 px, batch 4, 2 counted + 2 timed steps, the
+pairs SimCLR on ResNet-18 and DINO (2 local 32 px crops, a 256-d head) on ViT-S/16; any device.
+On the CPU the rows say device ``cpu`` and peak GPU memory ``null``: the numbers then describe
+this machine's CPU, never a GPU.
+
+On a GPU host (nothing here has run there yet): ``python benchmarks/gpu.py`` (about 6,000
+photos, 30 timed steps per row; ``--nproc all`` for every GPU); the JSON lands in
+``benchmarks/results/gpu.json`` and the table in ``benchmarks/results/gpu.md``.
 """
 
 from __future__ import annotations
@@ -251,6 +264,19 @@ def train(args: argparse.Namespace, shards: Path) -> None:
         dist.shutdown()
 
 
+def _without_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` less ``option VALUE`` and ``option=VALUE``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == option:
+            skip = True
+        elif not a.startswith(option + "="):
+            out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (40 photos at 64 px, 2 steps, ResNet-18): any device")
@@ -297,6 +323,9 @@ def main(argv: list[str] | None = None) -> None:
         shards = prepare(args)  # once, before any rank starts
         nproc = torch.cuda.device_count() if args.nproc == "all" else int(args.nproc)
         if nproc > 1:
+            # the ranks do not need --nproc, and torchrun's own parser would take it for an
+            # abbreviation of its --nproc-per-node
+            sys.argv = _without_option(sys.argv, "--nproc")
             sys.exit(dist.relaunch_under_torchrun(nproc, __file__, "gpu bench"))
     shards = Path(args.work) / "shards"
     if args.smoke or dist.launched_by_torchrun():
