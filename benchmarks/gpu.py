@@ -34,6 +34,8 @@ What runs, all of it the pipeline's own code:
      images/s = steps x batch x processes / seconds (source images; each gives 2 or 12 views);
      data wait = the seconds the loop spent waiting for the loader's next batch, as a share of
      those seconds; peak memory = ``torch.cuda.max_memory_allocated`` over the timed run.
+     Under torchrun the row is rank 0's (its data wait and memory; images/s counts every rank's
+     batch: DDP keeps the ranks in step).
 
 Recorded per row (JSON at ``--json``; a markdown table on stdout, kept in
 ``benchmarks/results/gpu.md`` when not ``--smoke``): method, arch, crop size, batch per process,

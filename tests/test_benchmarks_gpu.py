@@ -36,3 +36,28 @@ def test_gpu_benchmark_smoke_measures_the_pipeline(tmp_path):
     assert manifest["source"]["store_aspect"] is True  # stored by the short side, as ImageNet JPEGs are
     assert (tmp_path / "work" / "photos" / "val").is_dir()
     assert "| simclr | resnet18 |" in proc.stdout
+
+
+def test_gpu_benchmark_data_wait_is_the_time_blocked_on_the_loader():
+    """The data-wait share's numerator: seconds spent inside the loader's ``next``, per batch."""
+    import time
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpu import _waited
+
+    def slow_loader():
+        for i in range(3):
+            time.sleep(0.02 if i == 1 else 0)
+            yield i
+
+    waits, asked = [], []
+    assert list(_waited(slow_loader(), waits, asked.append)) == [0, 1, 2]
+    assert len(waits) == 3 and waits[1] >= 0.02 > waits[0] and asked == [0, 1, 2, 3]
+
+
+def test_gpu_benchmark_ranks_do_not_get_nproc():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpu import _without_option
+
+    argv = ["gpu.py", "--smoke", "--nproc", "2", "--work", "w", "--nproc=all"]
+    assert _without_option(argv, "--nproc") == ["gpu.py", "--smoke", "--work", "w"]
