@@ -75,6 +75,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from pipeline.errors import exit_on_user_error  # noqa: E402
+
 ANCHOR = "NVIDIA ResNet-50 v1.5 AMP training, supervised: ~2,500 img/s on 1 A100"
 
 
@@ -279,6 +281,7 @@ def _without_option(argv: list[str], option: str) -> list[str]:
     return out
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (40 photos at 64 px, 2 steps, ResNet-18): any device")
@@ -320,7 +323,9 @@ def main(argv: list[str] | None = None) -> None:
     if small and args.batch is None:
         args.batch = 4
     from pipeline import dist
+    from pipeline.train.device import check_device
 
+    check_device(args.device, "--device")  # --device cuda without a usable GPU: one line, status 2, before the photos
     if not dist.launched_by_torchrun():
         shards = prepare(args)  # once, before any rank starts
         nproc = torch.cuda.device_count() if args.nproc == "all" else int(args.nproc)

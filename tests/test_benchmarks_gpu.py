@@ -61,3 +61,17 @@ def test_gpu_benchmark_ranks_do_not_get_nproc():
 
     argv = ["gpu.py", "--smoke", "--nproc", "2", "--work", "w", "--nproc=all"]
     assert _without_option(argv, "--nproc") == ["gpu.py", "--smoke", "--work", "w"]
+
+
+def test_gpu_benchmark_device_cuda_without_a_gpu_stops_before_any_work(tmp_path):
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--device", "cuda", "--work",
+                           str(tmp_path / "work")], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: --device: cuda, but CUDA is not usable")
+    assert not (tmp_path / "work").exists()  # no photos generated, no shards
