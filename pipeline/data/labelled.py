@@ -23,7 +23,7 @@ import torch
 from pipeline import dist
 from pipeline.data.length_groups import length_grouped
 from pipeline.data.loader import EpochLoader
-from pipeline.data.shards import read_manifest, write_subset
+from pipeline.data.shards import epoch_steps, read_manifest, write_subset
 from pipeline.models.encoder import text_lengths
 
 Batches = Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]  # epoch -> (x, labels int64 [B]) on the CPU
@@ -33,11 +33,20 @@ Batches = Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]  # epoch 
 class LabelledSet:
     """``count`` samples; ``batches_for(batch_size, seed)`` -> ``batches(epoch)``, full batches
     of ``batch_size`` per process, a fresh seeded order each epoch; under DDP each rank gets
-    ``steps_per_epoch(count, batch_size)`` batches of its own samples."""
+    ``steps(batch_size)`` batches of its own samples."""
 
     count: int
     batches_for: Callable[[int, int], Batches]
     scratch: tempfile.TemporaryDirectory | None = None  # a subset's copy (``streamed``), removed with the set
+    shards: tuple[str, tuple[str, ...]] | None = None  # (folder, splits) when ``streamed``
+
+    def steps(self, batch_size: int) -> int:
+        """Optimizer steps of an epoch: the batches each rank gets. From shards, the shards' own count
+        (``epoch_steps``: with ``data.streams`` > 1 each rank reads whole streams, fewer than
+        ``count // (batch_size x world)`` batches when the streams' counts do not divide by the batch)."""
+        if self.shards is None:
+            return steps_per_epoch(self.count, batch_size)
+        return epoch_steps(self.shards[0], self.shards[1], batch_size, dist.world_size())
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -63,7 +72,7 @@ def streamed(shard_dir, splits: tuple[str, ...], shuffle_buffer: int, workers: i
         loader = EpochLoader(shard_dir, splits, batch_size, shuffle_buffer, workers, device)  # workers kept across epochs
         return lambda epoch: loader.epoch(seed * 100_003 + epoch)
 
-    return LabelledSet(count, batches_for, scratch)
+    return LabelledSet(count, batches_for, scratch, (str(shard_dir), tuple(splits)))
 
 
 def in_memory(x: torch.Tensor, labels: torch.Tensor, window_batches: int = 1) -> LabelledSet:

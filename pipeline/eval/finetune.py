@@ -14,7 +14,7 @@ from torch import nn
 from pipeline import dist
 from pipeline.config import FinetuneParams
 from pipeline.data.augment import random_resized_crop, to_float
-from pipeline.data.labelled import LabelledSet, steps_per_epoch
+from pipeline.data.labelled import LabelledSet
 from pipeline.eval.features import encoder_features
 from pipeline.train.loop import TrainJob, fit
 from pipeline.train.optim import param_groups
@@ -59,7 +59,7 @@ def train_classifier(
     groups = param_groups(model.encoder, encoder_lr_mult) + param_groups(model.head)
     job = TrainJob(
         module=model, param_groups=groups, optim=cfg, amp=cfg.amp,
-        batches=data.batches_for(batch_size, seed), steps_per_epoch=steps_per_epoch(data.count, batch_size),
+        batches=data.batches_for(batch_size, seed), steps_per_epoch=data.steps(batch_size),
         batch_size_key="finetune.batch_size", lr_key="finetune.lr",
     )
     history = fit(job, device, desc)

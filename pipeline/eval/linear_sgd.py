@@ -19,7 +19,7 @@ from torch import nn
 from pipeline import dist
 from pipeline.config import OptimParams
 from pipeline.data.augment import random_resized_crop, to_float
-from pipeline.data.labelled import LabelledSet, steps_per_epoch
+from pipeline.data.labelled import LabelledSet
 from pipeline.train.loop import TrainJob, fit
 from pipeline.train.optim import param_groups
 
@@ -105,7 +105,7 @@ def linear_sgd(
     optim = OptimParams(epochs=epochs, batch_size=batch_size, optimizer="sgd", lr=lr, momentum=0.9, weight_decay=0.0)
     job = TrainJob(
         module=model, param_groups=param_groups(model.head), optim=optim, amp=amp,
-        batches=train.batches_for(batch_size, seed), steps_per_epoch=steps_per_epoch(train.count, batch_size),
+        batches=train.batches_for(batch_size, seed), steps_per_epoch=train.steps(batch_size),
     )
     was_training = encoder.training
     grad_flags = [p.requires_grad for p in encoder.parameters()]
