@@ -15,6 +15,7 @@ from pydantic import Field
 
 from pipeline import dist
 from pipeline.config import Strict
+from pipeline.data.augment import to_float
 from pipeline.methods.base import Method
 from pipeline.methods.registry import register
 from pipeline.models.heads import mlp
@@ -54,6 +55,19 @@ class TiCo(Method):
         # a buffer: checkpoints carry it; every rank computes it from the gathered batch, so
         # DDP's broadcast of rank 0's buffers changes nothing
         self.register_buffer("cov", torch.zeros(params.projection_dim, params.projection_dim))
+
+    @torch.no_grad()
+    def prepare(self, sample: torch.Tensor) -> None:
+        """Start C at the initial network's second moment on ``sample`` (uint8 ``[S, C, H, W]``).
+
+        The paper starts C at zero; with beta 0.9 the covariance term then grows for ~20 steps
+        while C fills, and the loss climbs with it (the transient DINO's centre has from zero)."""
+        was_training = self.training
+        self.eval()  # BatchNorm running statistics stay those of the initial network
+        z = torch.cat([F.normalize(self.projector(self.encoder(to_float(c))), dim=1) for c in sample.split(256)])
+        self.train(was_training)
+        z = dist.gather_with_grad(z)  # every rank starts from the same C
+        self.cov.copy_(z.T @ z / z.shape[0])
 
     def training_step(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         z1, z2 = self.projector(self.encoder(self.two_views(images))).chunk(2)

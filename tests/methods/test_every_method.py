@@ -40,6 +40,9 @@ def _small(params_dict: dict) -> dict:
         encoder = section.get("encoder") if isinstance(section, dict) else None
         if isinstance(encoder, dict) and encoder.get("arch") == "vit":
             encoder.update(depth=2, dim=64)
+    # W-MSE whitens sub-batches of min(batch, whitening_size) = 64 images here: that must exceed
+    # the embedding size (the paper: 128 images for 64 dimensions), or the whitened batch is degenerate
+    small["wmse"]["projection_dim"] = 16
     return small
 
 
