@@ -64,7 +64,7 @@ def _run(args, params, method_cls, manifest: dict) -> None:
     if dist.is_main():
         why = f" (auto: {why_cpu()})" if p.device == "auto" and device.type == "cpu" else ""
         name = f" {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-        print(f"[pretrain {args.method}] device: {device}{name}{why}; precision: {precision}", file=sys.stderr, flush=True)
+        print(f"[pretrain {args.method}] device: {device}{name}{why}; precision: {precision}", flush=True)  # stdout: stderr keeps errors alone
     out = Path(args.out)
     try:
         with StagedOutputs() as staged:  # outputs appear together at the end, or not at all
