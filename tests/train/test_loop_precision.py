@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from pipeline.config import OptimParams, parse_params
 from pipeline.methods import registry
@@ -22,6 +21,7 @@ from pipeline.train.loop import CHECK_EVERY, TrainJob, fit
 from pipeline.train.optim import param_groups
 from tests.conftest import random_images
 from tests.sync_counter import SyncCounter
+from tests.train.test_schedule_and_loop import Regression, _data  # the loop tests' toy problem
 
 CPU = torch.device("cpu")
 
@@ -52,22 +52,6 @@ def test_fit_steps_make_no_synchronising_call_between_checks(default_params_dict
         fit(job, CPU)
     per_step = [b - a for a, b in zip(counts, counts[1:])]
     assert per_step == [0] * steps, (per_step, syncs.calls)
-
-
-class Regression(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(4, 1)
-
-    def forward(self, x, y):
-        return {"loss": ((self.lin(x).squeeze(1) - y) ** 2).mean()}
-
-
-def _data(epoch):
-    g = torch.Generator().manual_seed(epoch)
-    x = torch.randn(64, 4, generator=g)
-    y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
-    return [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
 
 
 def _job(epochs: int, precision: str, path=None, amp: bool = True) -> TrainJob:
