@@ -26,7 +26,7 @@ import torch
 import torchvision.transforms.v2 as T
 
 from pipeline.config import AugmentParams
-from pipeline.data.augment import ViewMaker, blur_kernel_size
+from pipeline.modalities.image.views import ViewMaker, blur_kernel_size
 from record import recorded  # benchmarks/record.py: keeps the printed tables in results/
 
 try:

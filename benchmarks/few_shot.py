@@ -29,7 +29,7 @@ def main() -> None:
     from pipeline.data.shards import load_split
     from pipeline.dist import default_workers
     from pipeline.eval.features import encoder_features
-    from pipeline.eval.fewshot import few_shot
+    from pipeline.eval.algorithms.few_shot import few_shot
     from pipeline.models.encoder import load_encoder
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

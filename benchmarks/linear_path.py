@@ -5,7 +5,7 @@ image SimCLR encoder's (256-d, 10 classes).
     python benchmarks/linear_path.py [--rounds 3]
 
 "cold" is the probe as it was: every C of the grid fitted from zero, then the chosen C
-refitted on train+val from zero. "path" is `pipeline.eval.linear.linear_probe`: C from strong
+refitted on train+val from zero. "path" is `pipeline.eval.algorithms.linear.linear_probe`: C from strong
 to weak, each fit started from the previous C's solution, the refit from the chosen C's.
 Both use the stage's `c_grid` and `max_iter`. Rounds interleave the two; medians of seconds,
 the ratio, and each side's chosen C and test top-1 (the same in every round).
@@ -47,7 +47,7 @@ def feature_sets() -> dict[str, tuple[list, list[float], int]]:
     from pipeline.config import load_params
     from pipeline.data.shards import load_split
     from pipeline.eval.features import encoder_features
-    from pipeline.eval.tfidf import tfidf_featurizer
+    from pipeline.modalities.text.tfidf import tfidf_featurizer
     from pipeline.models.encoder import load_encoder
 
     out = {}
@@ -71,7 +71,7 @@ def main() -> None:
 
     from sklearn.exceptions import ConvergenceWarning
 
-    from pipeline.eval.linear import linear_probe
+    from pipeline.eval.algorithms.linear import linear_probe
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)

@@ -30,8 +30,8 @@ from pipeline.config import load_params  # noqa: E402
 from pipeline.data.shards import read_manifest  # noqa: E402
 from pipeline.eval.baselines import baseline_encoder  # noqa: E402
 from pipeline.eval.features import pixel_features  # noqa: E402
-from pipeline.eval.knn import knn_accuracies, knn_accuracy  # noqa: E402
-from pipeline.eval.linear import linear_probe  # noqa: E402
+from pipeline.eval.algorithms.knn import knn_accuracies, knn_accuracy  # noqa: E402
+from pipeline.eval.algorithms.linear import linear_probe  # noqa: E402
 from pipeline.eval.protocol import EvalContext  # noqa: E402
 
 CPU = torch.device("cpu")

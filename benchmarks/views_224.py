@@ -72,7 +72,7 @@ def main() -> None:
     from input_path import _rate  # images/s over the batches after the first
 
     from pipeline.config import load_params
-    from pipeline.data.augment import ViewMaker
+    from pipeline.modalities.image.views import ViewMaker
     from pipeline.data.loader import epoch_batches
     from pipeline.data.shards import shard_paths
     from shard import generate, run_stage

@@ -19,7 +19,7 @@ import time
 import torch
 
 from pipeline.config import AugmentParams
-from pipeline.data import augment as A
+from pipeline.modalities.image import views as A
 from record import recorded  # benchmarks/record.py: keeps the printed tables in results/
 
 

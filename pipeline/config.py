@@ -201,7 +201,7 @@ class LinearParams(Strict):
     c_grid: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0], min_length=1)
     max_iter: int = Field(200, ge=10)
     # (a)'s solver: scikit-learn (float64, CPU) or torch L-BFGS on the device; auto: torch on CUDA, on the CPU
-    # scikit-learn up to pipeline.eval.linear.SKLEARN_MAX_ELEMENTS train feature values, torch above
+    # scikit-learn up to pipeline.eval.algorithms.linear.SKLEARN_MAX_ELEMENTS train feature values, torch above
     backend: Literal["auto", "sklearn", "torch"] = "auto"
     sweep_size: int = Field(50000, ge=100)  # (a): the C sweep fits a seeded subsample of at most this many train samples
     # protocol (b), ImageNet-style: SGD on features of augmented images; 0 epochs switches it off

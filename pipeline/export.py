@@ -132,7 +132,7 @@ def featurise_folder(encoder: Encoder, folder: str | Path, batch_size: int = 256
     """Features of every image under ``folder``: float32 ``[N, feature_dim]`` and the paths
     (relative to ``folder``) in the same order. Each image is made what the encoder trained on:
     grey or RGB as the shards, short side resized to ``encoder.image_size``, centre crop."""
-    from pipeline.data.sources import FolderReader, load_image
+    from pipeline.modalities.image.sources import FolderReader, load_image
 
     folder = Path(folder)
     paths = image_paths(folder)

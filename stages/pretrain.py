@@ -17,7 +17,7 @@ from pipeline.data.loader import EpochLoader, loader_workers
 from pipeline.data.shards import epoch_steps, first_samples, read_manifest, split_batches, stream_batches
 from pipeline.errors import UserError, exit_on_user_error, output_lock
 from pipeline.eval.features import BATCH, encoder_features
-from pipeline.eval.knn import knn_accuracy
+from pipeline.eval.algorithms.knn import knn_accuracy
 from pipeline.eval.protocol import seed_everything
 from pipeline.methods import registry
 from pipeline.models.encoder import build_encoder, save_encoder

@@ -1,5 +1,5 @@
 """DVC stage `shard`: source images -> WebDataset shards + manifest.json (`text-shard`,
-``data.source: fortunes``: text entries -> text shards + their tokenizer, ``pipeline/data/text_shards.py``).
+``data.source: fortunes``: text entries -> text shards + their tokenizer, ``pipeline/modalities/text/shards.py``).
 
 Streaming: the source gives sample references (file paths, indices) and labels, the splits
 are computed from the labels, and worker processes (``data.workers``) load, resize and
@@ -18,11 +18,12 @@ from pathlib import Path
 
 from pipeline import dist
 from pipeline.config import load_params
-from pipeline.data import sources, text
+from pipeline.modalities.image import sources
+from pipeline.modalities.text import sources as text
 from pipeline.data.shards import SampleFormat, write_shards
 from pipeline.data.splits import make_splits
-from pipeline.data.text_shards import write_text_shards
-from pipeline.data.fidelity import information_loss
+from pipeline.modalities.text.shards import write_text_shards
+from pipeline.modalities.image.fidelity import information_loss
 from pipeline.errors import exit_on_user_error, naming, output_lock
 from pipeline.outputs import TMP_SUFFIX, StagedOutputs
 

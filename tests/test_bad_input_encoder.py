@@ -13,7 +13,7 @@ import torch
 
 from pipeline.config import DataParams, EncoderParams
 from pipeline.data.shards import read_manifest, write_shards
-from pipeline.data.sources import ImageSet
+from pipeline.modalities.image.sources import ImageSet
 from pipeline.data.splits import make_splits
 from pipeline.errors import UserError
 from pipeline.models.encoder import build_encoder, load_encoder, save_encoder

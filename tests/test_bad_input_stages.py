@@ -93,7 +93,7 @@ def test_a_corpus_file_that_is_not_text_is_skipped_with_a_warning(tmp_path):
         raw["data"].update(val_size=8, train_size=None, shard_size=50)
 
     params = _params(tmp_path, text_preset)
-    launch = (f"import runpy, sys; import pipeline.data.text as t; t.FORTUNE_DIR = {str(corpus)!r}; "
+    launch = (f"import runpy, sys; import pipeline.modalities.text.sources as t; t.FORTUNE_DIR = {str(corpus)!r}; "
               f"sys.argv = ['shard.py', '--params', {str(params)!r}, '--out', 'shards']; "
               f"runpy.run_path({str(REPO / 'stages/shard.py')!r}, run_name='__main__')")
     res = _run(["-c", launch], tmp_path, env | {"PYTHONPATH": str(REPO)})

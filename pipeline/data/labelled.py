@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from pipeline import dist
-from pipeline.data.length_groups import length_grouped
+from pipeline.modalities.text.length_groups import length_grouped
 from pipeline.data.loader import EpochLoader
 from pipeline.data.shards import epoch_steps, read_manifest, write_subset
 from pipeline.models.encoder import text_lengths

@@ -19,7 +19,7 @@ other readers (``load_split``, ``write_subset``) check a shard's sha256 once per
 before trusting it. Every reader checks that a shard gave as many samples as the manifest
 says. ``IO`` counts the bytes read and the tar members parsed (the scale tests' counters).
 
-Text shards (``pipeline/data/text_shards.py``: ``{__key__, txt, cls}``, a manifest with
+Text shards (``pipeline/modalities/text/shards.py``: ``{__key__, txt, cls}``, a manifest with
 ``"modality": "text"``) are read by the same readers: the manifest picks the codec that
 decodes a sample and makes a batch (``sample_codec``), so ``load_split`` and
 ``stream_batches`` return packed int64 ``[N, 2, L]`` token ids and attention for text where
@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 from pipeline.data import streams
 from pipeline.data.streams import shard_sizes as streams_sizes
-from pipeline.data.sources import ArrayReader, ImageSet, SampleRefs, centre_square, load_image, load_image_short_side
+from pipeline.modalities.image.sources import ArrayReader, ImageSet, SampleRefs, centre_square, load_image, load_image_short_side
 from pipeline.errors import UserError, ignore_interrupts, interrupts_ignored
 
 MANIFEST = "manifest.json"
@@ -607,7 +607,7 @@ def sample_codec(shard_dir: str | Path, manifest: dict):
     """How the samples of a shard folder decode and batch, from its manifest: ``ImageCodec``,
     or for ``"modality": "text"`` a ``text_shards.TextCodec`` (its tokenizer loaded and checked now)."""
     if manifest.get("modality") == "text":
-        from pipeline.data.text_shards import TextCodec
+        from pipeline.modalities.text.shards import TextCodec
 
         return TextCodec.of(shard_dir, manifest)
     return ImageCodec(manifest.get("image_size"), manifest["channels"], manifest.get("store_aspect", False))
@@ -668,7 +668,7 @@ def load_split(shard_dir: str | Path, split: str) -> tuple[torch.Tensor, torch.T
 def read_texts(shard_dir: str | Path, split: str) -> tuple[list[str], torch.Tensor]:
     """A text split's raw entries in shard order and their labels int64 ``[N]`` (-1 if none),
     untokenized (e.g. for the TF-IDF baseline)."""
-    from pipeline.data.text_shards import TextCodec
+    from pipeline.modalities.text.shards import TextCodec
 
     manifest = read_manifest(shard_dir)
     if manifest.get("modality") != "text":

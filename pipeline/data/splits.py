@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.config import DataParams
-from pipeline.data.sources import ImageSet, SampleRefs
+from pipeline.modalities.image.sources import ImageSet, SampleRefs
 from pipeline.errors import UserError
 
 SPLITS = ("pretrain", "train", "val", "test")

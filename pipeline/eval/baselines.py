@@ -1,6 +1,6 @@
 """The baselines every method is measured against, by the same protocols on the same splits
 (params.yaml ``baselines:``): the features-only ones, ``raw_pixels`` (images) and ``tfidf``
-(text: ``pipeline.eval.tfidf``); ``random_init``, the shared encoder section's architecture at
+(text: ``pipeline.modalities.text.tfidf``); ``random_init``, the shared encoder section's architecture at
 the initialisation pretraining starts from (same seed); and ``random_init_<method>``, a
 method's own encoder (e.g. MAE's ViT) at its initialisation. Fine-tuning a random init is
 supervised training from scratch."""
@@ -64,7 +64,7 @@ def baseline_featurizer(params: Params, name: str, shards: str) -> Featurizer | 
     if name == RAW_PIXELS:
         return pixel_features
     if name == TFIDF:
-        from pipeline.eval.tfidf import tfidf_featurizer  # scikit-learn's text module: only when asked for
+        from pipeline.modalities.text.tfidf import tfidf_featurizer  # scikit-learn's text module: only when asked for
 
         return tfidf_featurizer(shards, params.text.tfidf_max_features)
     return None

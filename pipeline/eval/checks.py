@@ -85,7 +85,7 @@ def check_few_shot(params: Params, manifest: dict) -> None:
 
 
 def _rounds_to_zero(fraction: float, count: int) -> bool:
-    """``pipeline.eval.label_efficiency.per_class_count`` before its floor of 1 image."""
+    """``pipeline.eval.algorithms.label_fractions.per_class_count`` before its floor of 1 image."""
     return math.floor(fraction * count + 0.5) < 1
 
 

@@ -1,5 +1,5 @@
 """Frozen features: an encoder's, or a features-only baseline's (raw pixels; TF-IDF for text,
-``pipeline.eval.tfidf``): the baselines that could explain results away."""
+``pipeline.modalities.text.tfidf``): the baselines that could explain results away."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.data.augment import to_float
+from pipeline.modalities.image.views import to_float
 from pipeline.models.encoder import encoder_input, text_lengths
 
 # samples -> float32 [N, D]: uint8 images [N, C, H, W] or packed int64 text [N, 2, L]

@@ -17,7 +17,7 @@ import torch
 
 from pipeline.config import Params
 from pipeline.errors import UserError
-from pipeline.eval.linear import SKLEARN_MAX_ELEMENTS, resolve_backend
+from pipeline.eval.algorithms.linear import SKLEARN_MAX_ELEMENTS, resolve_backend
 
 GIB = 2**30
 MAX_HOURS = 12.0  # a DVC stage estimated to take longer than this is refused (its fix is named)

@@ -8,9 +8,9 @@ from collections import Counter
 
 import numpy as np
 
-from pipeline.data import sources
-from pipeline.data.sources import ImageSet, split_stratified
-from pipeline.data.text import TextSet, fortunes_by_language
+from pipeline.modalities.image import sources
+from pipeline.modalities.image.sources import ImageSet, split_stratified
+from pipeline.modalities.text.sources import TextSet, fortunes_by_language
 from pipeline.errors import UserError
 
 # presets for networked hosts: params name -> torchvision.datasets class

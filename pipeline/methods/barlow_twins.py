@@ -9,7 +9,7 @@ from pydantic import Field
 
 from pipeline import dist
 from pipeline.config import Strict
-from pipeline.methods.base import Method
+from pipeline.methods._base import Method
 from pipeline.methods.registry import register
 from pipeline.models.heads import mlp
 

@@ -28,7 +28,7 @@ from torch import nn
 from pipeline import dist
 from pipeline.config import Strict
 from pipeline.errors import UserError
-from pipeline.methods.base import Method
+from pipeline.methods._base import Method
 from pipeline.methods.registry import register
 from pipeline.models.vit import LN_EPS, block, patchify
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from pipeline.config import Strict
-from pipeline.methods.ema import MomentumMethod, cosine_tau
+from pipeline.methods._ema import MomentumMethod, cosine_tau
 from pipeline.methods.registry import register
 from pipeline.models.heads import mlp
 

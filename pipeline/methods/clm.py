@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import Strict
-from pipeline.methods.base import Batches, TextMethod
+from pipeline.methods._base import Batches, TextMethod
 from pipeline.methods.registry import register
 from pipeline.models.encoder import unpack_text
-from pipeline.text.objectives import IGNORE, next_token_targets, token_loss, unigram_nll
+from pipeline.modalities.text.objectives import IGNORE, next_token_targets, token_loss, unigram_nll
 
 
 @register

@@ -15,8 +15,8 @@ from torch import nn
 
 from pipeline import dist
 from pipeline.config import Strict
-from pipeline.data.augment import to_float
-from pipeline.methods.ema import MomentumMethod, cosine_tau
+from pipeline.modalities.image.views import to_float
+from pipeline.methods._ema import MomentumMethod, cosine_tau
 from pipeline.methods.registry import register
 from pipeline.models.heads import mlp
 

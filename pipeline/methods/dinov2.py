@@ -15,7 +15,7 @@ from pydantic import Field
 
 from pipeline import dist
 from pipeline.methods.ibot import MaskedDistillation, cross_view_ce, masked_patch_ce
-from pipeline.methods.masking import upcast
+from pipeline.methods._masking import upcast
 from pipeline.methods.registry import register
 
 

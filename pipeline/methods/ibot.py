@@ -17,9 +17,9 @@ from torch import nn
 
 from pipeline import dist
 from pipeline.config import Strict
-from pipeline.data.augment import to_float
-from pipeline.methods.ema import MomentumMethod, cosine_tau
-from pipeline.methods.masking import block_mask, masked_image_ratios, require_vit, upcast
+from pipeline.modalities.image.views import to_float
+from pipeline.methods._ema import MomentumMethod, cosine_tau
+from pipeline.methods._masking import block_mask, masked_image_ratios, require_vit, upcast
 from pipeline.methods.registry import register
 
 N_GLOBAL = 2  # the teacher sees the 2 global crops; only they are masked

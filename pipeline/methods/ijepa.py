@@ -20,9 +20,9 @@ from pydantic import Field
 from torch import nn
 
 from pipeline.config import Strict
-from pipeline.data.augment import random_resized_crop, to_float
-from pipeline.methods.ema import MomentumMethod
-from pipeline.methods.masking import encode_with_padding, rectangle_indices, require_vit, upcast
+from pipeline.modalities.image.views import random_resized_crop, to_float
+from pipeline.methods._ema import MomentumMethod
+from pipeline.methods._masking import encode_with_padding, rectangle_indices, require_vit, upcast
 from pipeline.methods.registry import register
 from pipeline.models.vit import LN_EPS, block, sincos_pos_embed
 

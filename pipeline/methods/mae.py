@@ -12,9 +12,9 @@ from pydantic import Field
 from torch import nn
 
 from pipeline.config import Strict
-from pipeline.data.augment import random_resized_crop, to_float
+from pipeline.modalities.image.views import random_resized_crop, to_float
 from pipeline.errors import UserError
-from pipeline.methods.base import Method
+from pipeline.methods._base import Method
 from pipeline.methods.registry import register
 from pipeline.models.vit import Transformer, patchify
 

@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from pipeline.config import Strict
-from pipeline.data.tokenizer import SPECIALS
-from pipeline.methods.base import Batches, TextMethod
+from pipeline.modalities.text.tokenizer import SPECIALS
+from pipeline.methods._base import Batches, TextMethod
 from pipeline.methods.registry import register
 from pipeline.models.encoder import unpack_text
-from pipeline.text.objectives import IGNORE, mask_tokens, token_loss
+from pipeline.modalities.text.objectives import IGNORE, mask_tokens, token_loss
 
 SPECIAL_IDS = list(range(len(SPECIALS)))  # [PAD] [UNK] [CLS] [SEP] [MASK]: never chosen, never a random replacement
 MASK_ID = SPECIALS.index("[MASK]")

@@ -22,7 +22,7 @@ from torch import nn
 
 from pipeline import dist
 from pipeline.config import Strict
-from pipeline.methods.ema import MomentumMethod, cosine_tau
+from pipeline.methods._ema import MomentumMethod, cosine_tau
 from pipeline.methods.registry import register
 from pipeline.models.heads import mlp
 

@@ -16,7 +16,7 @@ from pydantic import Field
 from pipeline import dist
 from pipeline.config import Strict
 from pipeline.errors import UserError
-from pipeline.methods.ema import MomentumMethod, cosine_tau
+from pipeline.methods._ema import MomentumMethod, cosine_tau
 from pipeline.methods.registry import register
 from pipeline.models.heads import mlp
 

@@ -19,8 +19,8 @@ from torch import nn
 
 from pipeline import dist
 from pipeline.config import Strict
-from pipeline.methods.ema import MomentumMethod
-from pipeline.methods.masking import require_vit, upcast
+from pipeline.methods._ema import MomentumMethod
+from pipeline.methods._masking import require_vit, upcast
 from pipeline.methods.registry import register
 from pipeline.methods.swav import sinkhorn
 from pipeline.models.heads import mlp

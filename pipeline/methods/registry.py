@@ -1,30 +1,9 @@
-"""Registry of SSL methods: ``@register`` a class, look it up by its params name."""
+"""The methods' registry: ``@register`` a class in a module of ``pipeline/methods/``, look it
+up by its params name (``pipeline.registry``)."""
 
 from __future__ import annotations
 
-from pipeline.errors import UserError
+from pipeline.registry import Registry
 
-_METHODS: dict[str, type] = {}
-
-
-def register(cls: type) -> type:
-    if cls.name in _METHODS:
-        raise ValueError(f"method {cls.name!r} registered twice")
-    _METHODS[cls.name] = cls
-    return cls
-
-
-def names() -> list[str]:
-    _load_all()
-    return sorted(_METHODS)
-
-
-def get(name: str) -> type:
-    _load_all()
-    if name not in _METHODS:
-        raise UserError(f"unknown method {name!r}; valid methods are {sorted(_METHODS)}")
-    return _METHODS[name]
-
-
-def _load_all() -> None:
-    import pipeline.methods  # noqa: F401  (importing the package registers every method)
+METHODS: Registry[type] = Registry("method", ["pipeline.methods"])
+register, names, get = METHODS.register, METHODS.names, METHODS.get

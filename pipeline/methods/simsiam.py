@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from pipeline.config import Strict
-from pipeline.methods.base import Method
+from pipeline.methods._base import Method
 from pipeline.methods.registry import register
 from pipeline.models.heads import mlp
 

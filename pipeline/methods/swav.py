@@ -17,7 +17,7 @@ from torch import nn
 
 from pipeline import dist
 from pipeline.config import Strict
-from pipeline.methods.base import Method
+from pipeline.methods._base import Method
 from pipeline.methods.registry import register
 from pipeline.models.heads import mlp
 

@@ -22,11 +22,11 @@ import torch
 from torch import nn
 
 from pipeline.config import EncoderParams
-from pipeline.data.augment import to_float
+from pipeline.modalities.image.views import to_float
 from pipeline.errors import UserError
 from pipeline.models.resnet import SmallResNet
 from pipeline.models.standard import IN_CHANNELS, RESNETS, STANDARD, VITS, TimmViT, torchvision_resnet
-from pipeline.models.text_transformer import TextTransformer
+from pipeline.modalities.text.encoder import TextTransformer
 from pipeline.models.vit import ViT
 from pipeline.outputs import save_torch
 

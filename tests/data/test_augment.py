@@ -1,7 +1,7 @@
 import torch
 
 from pipeline.config import AugmentParams
-from pipeline.data.augment import ViewMaker, random_resized_crop, to_float
+from pipeline.modalities.image.views import ViewMaker, random_resized_crop, to_float
 from tests.conftest import random_images
 
 

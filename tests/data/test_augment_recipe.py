@@ -13,8 +13,8 @@ import torchvision.transforms.v2.functional as TF
 from scipy.stats import chisquare, ks_2samp, kstest
 
 from pipeline.config import AugmentParams
-from pipeline.data import augment
-from pipeline.data.augment import (
+from pipeline.modalities.image import views as augment
+from pipeline.modalities.image.views import (
     BRIGHTNESS, CONTRAST, HUE, SATURATION, ViewMaker, apply_jitter, blur_kernel_size, color_jitter,
     crop_boxes, gaussian_blur, resample_boxes, sample_jitter, solarize,
 )

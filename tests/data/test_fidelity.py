@@ -9,8 +9,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.data.fidelity import information_loss
-from pipeline.data.sources import ArrayReader, SampleRefs
+from pipeline.modalities.image.fidelity import information_loss
+from pipeline.modalities.image.sources import ArrayReader, SampleRefs
 from pipeline.presets import PRESETS
 
 REPO = Path(__file__).resolve().parents[2]

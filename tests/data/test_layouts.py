@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from pipeline.config import DataParams
-from pipeline.data import sources
+from pipeline.modalities.image import sources
 from pipeline.data.shards import read_manifest
 from pipeline.data.splits import make_splits
 from pipeline.errors import UserError
@@ -107,7 +107,7 @@ def test_store_aspect_keeps_the_photo_and_reads_the_centre_square(tmp_path):
     import tarfile
 
     from pipeline.data.shards import SampleFormat, load_split, write_shards
-    from pipeline.data.sources import SampleRefs, load_image
+    from pipeline.modalities.image.sources import SampleRefs, load_image
 
     folder = _tree(tmp_path / "d", {"cat": 6, "dog": 6})  # 10x8 photos
     train, test = sources.image_folder_refs(str(folder), 0.2, 0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.data.length_groups import length_grouped
+from pipeline.modalities.text.length_groups import length_grouped
 from pipeline.data.labelled import in_memory_batches
 
 

@@ -10,7 +10,7 @@ import torch
 
 from pipeline.config import parse_params
 from pipeline.data.shards import read_manifest, write_shards
-from pipeline.data.sources import ImageSet
+from pipeline.modalities.image.sources import ImageSet
 from pipeline.eval.baselines import baseline_featurizer
 from pipeline.eval.protocol import EvalContext
 

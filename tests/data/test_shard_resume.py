@@ -14,7 +14,7 @@ import yaml
 
 from pipeline.data import shards
 from pipeline.data.shards import Journal, write_shards
-from pipeline.data.sources import ImageSet
+from pipeline.modalities.image.sources import ImageSet
 from stages import shard as shard_stage
 from tests.data.test_shard_streaming import _files, _mixed_folder
 

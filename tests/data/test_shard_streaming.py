@@ -19,7 +19,8 @@ import yaml
 from PIL import Image
 
 from pipeline.config import DataParams
-from pipeline.data import shards, sources
+from pipeline.data import shards
+from pipeline.modalities.image import sources
 from pipeline.data.shards import SampleFormat, load_split, read_manifest, stream_batches, write_shards
 from pipeline.data.splits import make_splits
 from pipeline.errors import UserError

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.data import sources
+from pipeline.modalities.image import sources
 from pipeline.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]

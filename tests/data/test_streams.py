@@ -11,7 +11,7 @@ import torch
 from pipeline.data import shards, streams
 from pipeline.data.loader import EpochLoader
 from pipeline.data.shards import epoch_steps, read_manifest, stream_batches, write_shards
-from pipeline.data.sources import ImageSet
+from pipeline.modalities.image.sources import ImageSet
 from pipeline.errors import UserError
 
 CPU = torch.device("cpu")

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.data import shards
 from pipeline.data.shards import load_split, read_manifest, stream_batches, write_shards
-from pipeline.data.sources import ImageSet
+from pipeline.modalities.image.sources import ImageSet
 from pipeline.errors import UserError
 
 

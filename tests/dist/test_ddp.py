@@ -63,7 +63,7 @@ class DeterministicViews:
         self.gen = torch.Generator().manual_seed(0)
 
     def __call__(self, images, out_size=None, scale=None, view=0):
-        from pipeline.data.augment import to_float
+        from pipeline.modalities.image.views import to_float
 
         k, self.calls = self.calls, self.calls + 1
         x = to_float(images)

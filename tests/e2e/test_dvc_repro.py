@@ -267,8 +267,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from pipeline.config import Strict
-from pipeline.data.augment import to_float
-from pipeline.methods.base import Method
+from pipeline.modalities.image.views import to_float
+from pipeline.methods._base import Method
 from pipeline.methods.registry import register
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from pipeline.config import AugmentParams, EncoderParams
-from pipeline.data.augment import ViewMaker
-from pipeline.eval.diagnostics import (
+from pipeline.modalities.image.views import ViewMaker
+from pipeline.eval.algorithms.diagnostics import (
     alignment, collapsed, diagnose, effective_rank, embedding_std, infonce_loss, infonce_mi_lower_bound, uniformity,
 )
 from pipeline.models.encoder import Encoder

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.eval.fewshot import few_shot
+from pipeline.eval.algorithms.few_shot import few_shot
 
 
 def separable(n_per_class=30, classes=10, dim=32, noise=0.05, seed=0):

@@ -6,8 +6,8 @@ import torch
 
 from pipeline.config import EncoderParams, FinetuneParams
 from pipeline.data.labelled import in_memory
-from pipeline.eval.finetune import train_classifier
-from pipeline.eval.label_efficiency import balanced_subset, per_class_count
+from pipeline.eval.algorithms.finetune import train_classifier
+from pipeline.eval.algorithms.label_fractions import balanced_subset, per_class_count
 from pipeline.models.encoder import Encoder, TextEncoder
 
 CPU = torch.device("cpu")

@@ -8,8 +8,8 @@ import torch
 from pipeline.config import EncoderParams, FinetuneParams
 from pipeline.data.labelled import streamed
 from pipeline.data.shards import write_shards
-from pipeline.data.sources import ImageSet
-from pipeline.eval import finetune, linear_sgd
+from pipeline.modalities.image.sources import ImageSet
+from pipeline.eval.algorithms import finetune, linear_sgd
 from pipeline.models.encoder import Encoder
 
 CPU = torch.device("cpu")

@@ -5,7 +5,7 @@ import torch
 
 from pipeline.config import EncoderParams
 from pipeline.data.labelled import in_memory, in_memory_batches
-from pipeline.eval.linear_sgd import FrozenLinear, linear_sgd
+from pipeline.eval.algorithms.linear_sgd import FrozenLinear, linear_sgd
 from pipeline.models.encoder import Encoder
 
 CPU = torch.device("cpu")

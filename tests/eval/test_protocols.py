@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from pipeline.eval.fewshot import few_shot
-from pipeline.eval.knn import knn_accuracy
-from pipeline.eval.linear import linear_probe
+from pipeline.eval.algorithms.few_shot import few_shot
+from pipeline.eval.algorithms.knn import knn_accuracy
+from pipeline.eval.algorithms.linear import linear_probe
 
 
 def separable(n_per_class=60, classes=10, dim=32, noise=0.05, seed=0):

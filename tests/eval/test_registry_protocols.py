@@ -14,7 +14,7 @@ from pipeline.config import EncoderParams, parse_params
 from pipeline.data.shards import load_split, read_manifest
 from pipeline.eval import registry
 from pipeline.eval.baselines import baseline_encoder, baseline_featurizer, matching_random_init
-from pipeline.eval.label_efficiency import balanced_subset
+from pipeline.eval.algorithms.label_fractions import balanced_subset
 from pipeline.eval.protocol import EvalContext, Protocol
 from pipeline.eval.run import run_protocol
 from pipeline.models.encoder import build_encoder

@@ -10,16 +10,16 @@ import torch
 
 from pipeline.config import parse_params
 from pipeline.data.shards import load_split, read_manifest
-from pipeline.data.text import TextSet
-from pipeline.data.text_shards import write_text_shards
-from pipeline.data.text_views import FIRST_REGULAR_ID, MASK_ID, TextViews
-from pipeline.data.tokenizer import encode_packed, load_tokenizer
+from pipeline.modalities.text.sources import TextSet
+from pipeline.modalities.text.shards import write_text_shards
+from pipeline.modalities.text.views import FIRST_REGULAR_ID, MASK_ID, TextViews
+from pipeline.modalities.text.tokenizer import encode_packed, load_tokenizer
 from pipeline.errors import UserError
 from pipeline.eval import registry
 from pipeline.eval.baselines import baseline_encoder, baseline_featurizer, label
 from pipeline.eval.protocol import EvalContext
 from pipeline.eval.run import run_protocol
-from pipeline.eval.tfidf import TfidfFeaturizer, decode_packed, tfidf_featurizer
+from pipeline.modalities.text.tfidf import TfidfFeaturizer, decode_packed, tfidf_featurizer
 from pipeline.eval.transfer import language_sample
 from pipeline.models.encoder import TextEncoder, build_encoder
 
@@ -185,7 +185,7 @@ def test_tfidf_baseline_fits_on_the_pretrain_split_and_finds_the_word_signal(tex
 
 
 def test_tfidf_featurizer_fits_lazily(text_shards, monkeypatch):
-    import pipeline.eval.tfidf as tfidf
+    import pipeline.modalities.text.tfidf as tfidf
 
     calls = []
     monkeypatch.setattr(tfidf, "load_split", lambda *a: calls.append(a) or load_split(*a))

@@ -11,9 +11,9 @@ import torch
 
 from pipeline.config import parse_params
 from pipeline.methods import registry
-from pipeline.methods.base import Method
+from pipeline.methods._base import Method
 from pipeline.methods.byol import BYOL
-from pipeline.methods.ema import MomentumMethod
+from pipeline.methods._ema import MomentumMethod
 from pipeline.models.encoder import build_encoder
 from pipeline.train.optim import param_groups
 

@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from pipeline.config import EncoderParams, parse_params
-from pipeline.data.augment import ViewMaker
-from pipeline.data.tokenizer import SPECIALS
+from pipeline.modalities.image.views import ViewMaker
+from pipeline.modalities.text.tokenizer import SPECIALS
 from pipeline.methods import registry
 from pipeline.models.encoder import build_encoder
 from pipeline.train.optim import param_groups

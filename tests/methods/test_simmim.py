@@ -1,6 +1,6 @@
 import torch
 
-from pipeline.methods.masking import block_mask, masked_image_ratios, random_patch_mask
+from pipeline.methods._masking import block_mask, masked_image_ratios, random_patch_mask
 from pipeline.methods.simmim import simmim_loss
 from tests.methods.vit_common import assert_matches_naive
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from pipeline.config import AugmentParams, EncoderParams, load_params
-from pipeline.data import text as T
-from pipeline.data.tokenizer import encode_packed, train_tokenizer
+from pipeline.modalities.text import sources as T
+from pipeline.modalities.text.tokenizer import encode_packed, train_tokenizer
 from pipeline.errors import UserError
 from pipeline.methods import registry
-from pipeline.methods.base import Method
+from pipeline.methods._base import Method
 from pipeline.models.encoder import TextEncoder, build_encoder, load_encoder, save_encoder, unpack_text
-from pipeline.text.objectives import IGNORE, clm_loss, mask_tokens, mlm_loss
+from pipeline.modalities.text.objectives import IGNORE, clm_loss, mask_tokens, mlm_loss
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.optim import param_groups
 
@@ -87,7 +87,7 @@ def test_training_step_gives_finite_loss_and_gradients(name, corpus):
 @pytest.mark.parametrize("name", TEXT_METHODS)
 def test_training_loss_is_the_pure_objective(name, corpus):
     """The methods compute the LM head at the predicted positions only; that is the loss of
-    ``pipeline/text/objectives.py`` (checked against naive loops) on every position."""
+    ``pipeline/modalities/text/objectives.py`` (checked against naive loops) on every position."""
     tok, texts = corpus
     method = _build(name, tok.get_vocab_size(), seed=5).train()
     x = encode_packed(tok, texts[:32], L)

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from pipeline.text.objectives import IGNORE, clm_loss, mask_tokens, mlm_loss
+from pipeline.modalities.text.objectives import IGNORE, clm_loss, mask_tokens, mlm_loss
 
 SPECIAL = [0, 1, 2, 3, 4]  # pad unk cls sep mask
 MASK, V = 4, 50

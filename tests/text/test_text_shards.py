@@ -21,11 +21,11 @@ import torch
 from pipeline.config import DataParams, TextParams
 from pipeline.data import shards
 from pipeline.data.loader import epoch_batches
-from pipeline.data.sources import split_stratified
+from pipeline.modalities.image.sources import split_stratified
 from pipeline.data.splits import make_splits
-from pipeline.data.text import FORTUNE_DIR, TextSet
-from pipeline.data.text_shards import write_text_shards
-from pipeline.data.tokenizer import SPECIALS, load_tokenizer, train_tokenizer
+from pipeline.modalities.text.sources import FORTUNE_DIR, TextSet
+from pipeline.modalities.text.shards import write_text_shards
+from pipeline.modalities.text.tokenizer import SPECIALS, load_tokenizer, train_tokenizer
 from pipeline.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]

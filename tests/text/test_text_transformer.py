@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from pipeline.models.text_transformer import TextTransformer
-from pipeline.text.objectives import clm_loss, mask_tokens, mlm_loss
+from pipeline.modalities.text.encoder import TextTransformer
+from pipeline.modalities.text.objectives import clm_loss, mask_tokens, mlm_loss
 
 
 def _ids(n=3, L=10, V=40, seed=0):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pipeline.data.tokenizer import SPECIALS, encode_batch, encode_packed, load_tokenizer, train_tokenizer
+from pipeline.modalities.text.tokenizer import SPECIALS, encode_batch, encode_packed, load_tokenizer, train_tokenizer
 from pipeline.errors import UserError
 
 TEXTS = [f"fortune number {i}: a penny saved is {i % 7} pennies earned" for i in range(300)] + ["Grüße aus Köln"]
@@ -38,10 +38,10 @@ def test_encode_packed_is_encode_batch_padded_to_max_length():
 
 def test_load_tokenizer_cached_and_only_for_text(tmp_path, tiny_shards):
     from pipeline.config import DataParams
-    from pipeline.data.sources import split_stratified
+    from pipeline.modalities.image.sources import split_stratified
     from pipeline.data.splits import make_splits
-    from pipeline.data.text import TextSet
-    from pipeline.data.text_shards import write_text_shards
+    from pipeline.modalities.text.sources import TextSet
+    from pipeline.modalities.text.shards import write_text_shards
 
     data = TextSet.from_names(TEXTS[:300], ["x", "y", "z"] * 100)
     params = DataParams(source="fortunes", val_size=30, pretrain_size=None, train_size=None, test_fraction=0.2)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from pipeline.methods.ema import ema_update
+from pipeline.methods._ema import ema_update
 from pipeline.train.lars import LARS
 from pipeline.train.optim import param_groups
 

@@ -1,5 +1,5 @@
 """Representation diagnostics on test images (or text entries): alignment and uniformity of
-two augmented views (text: two random maskings, ``pipeline.data.text_views``), effective
+two augmented views (text: two random maskings, ``pipeline.modalities.text.views``), effective
 rank, collapse, an InfoNCE mutual-information bound; plus a 2-D map of the test embeddings
 (t-SNE; UMAP where installed), drawn by the report."""
 
@@ -9,10 +9,10 @@ import math
 
 from pipeline import config
 from pipeline.config import DiagnosticsParams
-from pipeline.data.augment import ViewMaker
-from pipeline.data.text_views import TextViews
-from pipeline.eval.diagnostics import diagnose
-from pipeline.eval.embedding_map import embedding_map
+from pipeline.modalities.image.views import ViewMaker
+from pipeline.modalities.text.views import TextViews
+from pipeline.eval.algorithms.diagnostics import diagnose
+from pipeline.eval.algorithms.embedding_map import embedding_map
 from pipeline.eval.protocol import EvalContext, Protocol, sample_noun
 from pipeline.eval.registry import register
 

@@ -8,7 +8,7 @@ from pipeline import config
 from pipeline.config import FinetuneParams
 from pipeline.data.labelled import LabelledSet
 from pipeline.errors import UserError
-from pipeline.eval.finetune import top1, train_classifier
+from pipeline.eval.algorithms.finetune import top1, train_classifier
 from pipeline.eval.protocol import EvalContext, Protocol
 from pipeline.eval.registry import register
 

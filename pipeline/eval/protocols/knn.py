@@ -6,7 +6,7 @@ from __future__ import annotations
 from pipeline import config
 from pipeline.config import KnnParams
 from pipeline.eval.checks import check_knn
-from pipeline.eval.knn import knn_predictions
+from pipeline.eval.algorithms.knn import knn_predictions
 from pipeline.eval.protocol import EvalContext, Protocol
 from pipeline.eval.registry import register
 

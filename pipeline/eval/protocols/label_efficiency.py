@@ -11,9 +11,9 @@ import math
 from pipeline import config
 from pipeline.config import LabelEfficiencyParams
 from pipeline.eval.checks import check_label_efficiency
-from pipeline.eval.finetune import top1, train_classifier
-from pipeline.eval.label_efficiency import balanced_subset
-from pipeline.eval.linear import linear_probe
+from pipeline.eval.algorithms.finetune import top1, train_classifier
+from pipeline.eval.algorithms.label_fractions import balanced_subset
+from pipeline.eval.algorithms.linear import linear_probe
 from pipeline.eval.protocol import EvalContext, Protocol, sample_noun
 from pipeline.eval.protocols.finetune import labelled_set
 from pipeline.eval.registry import register

@@ -6,8 +6,8 @@ result says why it was skipped)."""
 from __future__ import annotations
 
 from pipeline.config import LinearParams
-from pipeline.eval.linear import linear_probe
-from pipeline.eval.linear_sgd import linear_sgd
+from pipeline.eval.algorithms.linear import linear_probe
+from pipeline.eval.algorithms.linear_sgd import linear_sgd
 from pipeline.eval.protocol import EvalContext, Protocol
 from pipeline.eval.registry import register
 

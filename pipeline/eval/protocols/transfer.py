@@ -10,7 +10,7 @@ import torch
 from pipeline import config
 from pipeline.config import TransferParams
 from pipeline.errors import UserError
-from pipeline.eval.linear import linear_probe
+from pipeline.eval.algorithms.linear import linear_probe
 from pipeline.eval.protocol import EvalContext, Protocol, is_text_manifest
 from pipeline.eval.registry import register
 from pipeline.eval.transfer import TEXT_DATASETS, load_text_transfer, load_transfer
@@ -22,7 +22,7 @@ def _images(data) -> torch.Tensor:
 
 def _packed(data, ctx: EvalContext) -> torch.Tensor:
     """A ``TextSet``'s entries as packed int64 ``[N, 2, max_length]``, with the shards' tokenizer."""
-    from pipeline.data.tokenizer import encode_packed, load_tokenizer
+    from pipeline.modalities.text.tokenizer import encode_packed, load_tokenizer
 
     return encode_packed(load_tokenizer(ctx.shards), list(data.texts), ctx.manifest["max_length"])
 

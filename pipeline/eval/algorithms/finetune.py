@@ -13,7 +13,7 @@ from torch import nn
 
 from pipeline import dist
 from pipeline.config import FinetuneParams
-from pipeline.data.augment import random_resized_crop, to_float
+from pipeline.modalities.image.views import random_resized_crop, to_float
 from pipeline.data.labelled import LabelledSet
 from pipeline.eval.features import encoder_features
 from pipeline.train.loop import TrainJob, fit

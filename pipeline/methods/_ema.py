@@ -9,7 +9,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from pipeline.methods.base import Method
+from pipeline.methods._base import Method
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:

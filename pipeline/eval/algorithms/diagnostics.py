@@ -148,8 +148,8 @@ def diagnose(
 
     samples: ``[N, C, H, W]`` uint8 images, or packed int64 text ``[N, 2, L]`` (N >= 2).
     ``views_fn(x)`` gets them on ``device`` and returns one random view the encoder takes: for
-    images float ``[N, C, H', W']`` in [0, 1] (a ``pipeline.data.augment.ViewMaker``), for text
-    a random masking ``[N, 2, L]`` (a ``pipeline.data.text_views.TextViews``); it is called
+    images float ``[N, C, H', W']`` in [0, 1] (a ``pipeline.modalities.image.views.ViewMaker``), for text
+    a random masking ``[N, 2, L]`` (a ``pipeline.modalities.text.views.TextViews``); it is called
     twice, for the two views of each sample.
 
     - alignment: between the two views' features (alpha=2);

@@ -1,7 +1,7 @@
 """Linear probe on frozen features: multinomial logistic regression (L-BFGS), the L2
 strength chosen on the validation split, then refit on train+val (Kornblith et al. 2019,
 SimCLR appendix B.5). Two solvers of the same objective: scikit-learn's (float64, CPU; the
-CPU default's) and torch's L-BFGS on the device (``pipeline.eval.linear_torch``) for sizes
+CPU default's) and torch's L-BFGS on the device (``pipeline.eval.algorithms.linear_torch``) for sizes
 scikit-learn would take hours on."""
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def _sklearn_probe(train, val, test, c_grid, max_iter, refit=None) -> dict:
 def _torch_probe(sweep, train, val, test, c_grid, max_iter, device: torch.device) -> dict:
     """The same recipe as ``_sklearn_probe`` with ``linear_torch``'s solver on ``device``: the C
     path warm-started on ``sweep``, then the refit on train + val from the chosen C's solution."""
-    from pipeline.eval import linear_torch as lt
+    from pipeline.eval.algorithms import linear_torch as lt
 
     y_all = np.concatenate([train[1], val[1]])
     classes = np.unique(y_all)

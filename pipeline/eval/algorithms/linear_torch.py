@@ -1,7 +1,7 @@
 """Multinomial logistic regression on the device: torch's full-batch L-BFGS on standardised
 features, the same objective as scikit-learn's ``LogisticRegression(C)``:
 ``0.5 * ||W||^2 + C * sum_i cross_entropy_i`` (divided here by ``C * N``, which moves no
-minimum), intercept unpenalised. Used by ``pipeline.eval.linear.linear_probe`` above the size
+minimum), intercept unpenalised. Used by ``pipeline.eval.algorithms.linear.linear_probe`` above the size
 scikit-learn's float64 CPU solver handles in reasonable time (ImageNet-1k: [1.28M, 2048]
 features, 1,000 classes; 10.5 GB as float32 on the device).
 """

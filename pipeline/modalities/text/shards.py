@@ -21,8 +21,8 @@ import torch
 from tokenizers import Tokenizer
 
 from pipeline.data.shards import empty_dir, sha256, skipped_files, split_entry, write_manifest, write_split
-from pipeline.data.text import TextSet
-from pipeline.data.tokenizer import encode_packed, load_tokenizer, train_tokenizer
+from pipeline.modalities.text.sources import TextSet
+from pipeline.modalities.text.tokenizer import encode_packed, load_tokenizer, train_tokenizer
 
 TOKENIZER = "tokenizer.json"
 

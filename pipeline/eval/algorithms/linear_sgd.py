@@ -3,7 +3,7 @@ encoder's features of *augmented* images (random resized crop + flip, fresh ever
 tested on un-augmented images (Chen et al. 2020 SimCLR; He et al. 2020 MoCo; He et al. 2022
 MAE's linear probing: a parameter-free BatchNorm on the features, then the linear layer).
 
-It complements ``pipeline.eval.linear`` (L-BFGS on fixed features of un-augmented images):
+It complements ``pipeline.eval.algorithms.linear`` (L-BFGS on fixed features of un-augmented images):
 same question, the recipe the ImageNet papers report. Training goes through the shared loop
 (``pipeline.train.loop.fit``); only the head is in the optimizer.
 """
@@ -18,7 +18,7 @@ from torch import nn
 
 from pipeline import dist
 from pipeline.config import OptimParams
-from pipeline.data.augment import random_resized_crop, to_float
+from pipeline.modalities.image.views import random_resized_crop, to_float
 from pipeline.data.labelled import LabelledSet
 from pipeline.train.loop import TrainJob, fit
 from pipeline.train.optim import param_groups

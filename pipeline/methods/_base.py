@@ -13,7 +13,7 @@ and the evaluations use only ``method.encoder``. After training (and ``finalize`
 ``method.held_out_metrics(batches)`` once for the method's own held-out numbers (perplexity).
 
 ``modality`` says what a method trains on: ``"image"`` (uint8 ``[N, C, H, W]``) or ``"text"``
-(packed int64 ``[N, 2, L]``: token ids and attention, see ``pipeline/data/tokenizer.encode_packed``).
+(packed int64 ``[N, 2, L]``: token ids and attention, see ``pipeline/modalities/text/tokenizer.encode_packed``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 
 from pipeline.config import AugmentParams, Strict
-from pipeline.data.augment import ViewMaker, to_float
+from pipeline.modalities.image.views import ViewMaker, to_float
 from pipeline.errors import UserError
 from pipeline.models.encoder import Encoder, TextEncoder
 

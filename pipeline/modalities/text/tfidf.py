@@ -19,7 +19,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from tokenizers import Tokenizer
 
 from pipeline.data.shards import load_split
-from pipeline.data.tokenizer import load_tokenizer
+from pipeline.modalities.text.tokenizer import load_tokenizer
 from pipeline.eval.features import Featurizer
 
 

@@ -1,6 +1,6 @@
 """Text "views" for the representation diagnostics: independent random maskings of packed entries.
 
-Images get two augmented views (``pipeline.data.augment.ViewMaker``); an entry of text gets two
+Images get two augmented views (``pipeline.modalities.image.views.ViewMaker``); an entry of text gets two
 random maskings, as MLM corrupts its input: each real, non-special token becomes ``[MASK]``
 with probability ``mask_p``, drawn per call from one seeded generator. Padding and the
 special tokens (``[CLS]``, ``[SEP]``, ...) are never masked, so both views keep the entry's
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.data.tokenizer import SPECIALS
+from pipeline.modalities.text.tokenizer import SPECIALS
 
 MASK_ID = SPECIALS.index("[MASK]")
 FIRST_REGULAR_ID = len(SPECIALS)  # ids below it are the special tokens
