@@ -151,7 +151,7 @@ def bench(method_name: str, arch: str, params_raw: dict, shards: Path, device: t
     from pipeline.config import parse_params
     from pipeline.data.loader import EpochLoader, loader_workers
     from pipeline.data.shards import read_manifest, stream_batches
-    from pipeline.methods import registry
+    from pipeline.registry import METHODS
     from pipeline.models.encoder import build_encoder
     from pipeline.train.loop import TrainJob, fit
     from pipeline.train.optim import param_groups
@@ -163,7 +163,7 @@ def bench(method_name: str, arch: str, params_raw: dict, shards: Path, device: t
     p = params.pretrain_for(method_name)
     manifest = read_manifest(shards)
     torch.manual_seed(params.seed)
-    method = registry.get(method_name)(build_encoder(params.encoder_for(method_name), manifest),
+    method = METHODS.get(method_name)(build_encoder(params.encoder_for(method_name), manifest),
                                        params.method_params[method_name], params.augment, params.seed + dist.rank(), device)
     method.to(device)
     n = manifest["splits"]["pretrain"]["count"]

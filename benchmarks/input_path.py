@@ -44,7 +44,7 @@ def main() -> None:
     from pipeline.config import load_params
     from pipeline.data.loader import epoch_batches
     from pipeline.data.shards import read_manifest
-    from pipeline.methods import registry
+    from pipeline.registry import METHODS
     from pipeline.models.encoder import build_encoder
     from pipeline.train.optim import build_optimizer, param_groups
 
@@ -59,7 +59,7 @@ def main() -> None:
     manifest = read_manifest(args.shards)
     cpu = torch.device("cpu")
     torch.manual_seed(0)
-    method = registry.get("simclr")(build_encoder(params.encoder_for("simclr"), manifest), params.method_params["simclr"],
+    method = METHODS.get("simclr")(build_encoder(params.encoder_for("simclr"), manifest), params.method_params["simclr"],
                                     params.augment, params.seed, cpu)
     optimizer = build_optimizer(param_groups(method, params=method.optimized_parameters()), p, 1)
 

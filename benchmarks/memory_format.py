@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 def main() -> None:
     from pipeline.config import load_params
     from pipeline.data.shards import read_manifest, stream_batches
-    from pipeline.methods import registry
+    from pipeline.registry import METHODS
     from pipeline.models.encoder import build_encoder
     from pipeline.models.resnet import SmallResNet
 
@@ -50,7 +50,7 @@ def main() -> None:
 
     def simclr(nchw: bool):
         torch.manual_seed(0)
-        method = registry.get("simclr")(build_encoder(params.encoder_for("simclr"), manifest),
+        method = METHODS.get("simclr")(build_encoder(params.encoder_for("simclr"), manifest),
                                         params.method_params["simclr"], params.augment, 0, cpu)
         method.prepare(batch)
         if nchw:

@@ -37,13 +37,13 @@ sys.path.insert(0, str(REPO))
 
 
 def main() -> None:
-    from pipeline.methods import registry
+    from pipeline.registry import METHODS
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--epochs-for", default="", help="per-method epochs, e.g. mae=20,beit=20")
     ap.add_argument("--pretrain-size", type=int, default=10000)
-    ap.add_argument("--methods", default=",".join(registry.names()))
+    ap.add_argument("--methods", default=",".join(METHODS.names()))
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "methods.json"))
     args = ap.parse_args()
     methods = args.methods.split(",")

@@ -50,7 +50,7 @@ def main(args: argparse.Namespace) -> None:
 
     from pipeline.config import load_params
     from pipeline.data.shards import read_manifest, stream_batches
-    from pipeline.methods import registry
+    from pipeline.registry import METHODS
     from pipeline.models.encoder import build_encoder
 
     params = load_params(REPO / "params.yaml")
@@ -64,7 +64,7 @@ def main(args: argparse.Namespace) -> None:
 
     def ours():
         torch.manual_seed(0)
-        method = registry.get("simclr")(build_encoder(params.encoder_for("simclr"), manifest), sim, aug, 0, cpu)
+        method = METHODS.get("simclr")(build_encoder(params.encoder_for("simclr"), manifest), sim, aug, 0, cpu)
         method.prepare(images)
         opt = sgd(method)
 
@@ -77,7 +77,7 @@ def main(args: argparse.Namespace) -> None:
 
     def ceiling():
         torch.manual_seed(0)
-        method = registry.get("simclr")(build_encoder(params.encoder_for("simclr"), manifest), sim, aug, 0, cpu)
+        method = METHODS.get("simclr")(build_encoder(params.encoder_for("simclr"), manifest), sim, aug, 0, cpu)
         views = method.two_views(images).detach()  # [2N, C, H, W], made once
 
         def step():

@@ -24,8 +24,7 @@ from pipeline.errors import UserError, exit_on_user_error
 
 def info(args: argparse.Namespace) -> None:
     from pipeline.config import PRESETS
-    from pipeline.eval import registry as protocols
-    from pipeline.methods import registry as methods
+    from pipeline.registry import METHODS as methods, PROTOCOLS as protocols
     from pipeline.models.standard import STANDARD
 
     by_modality: dict[str, list[str]] = {}

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import UserError
+from pipeline.registry import METHODS, PROTOCOLS
 
 
 class Strict(BaseModel):
@@ -366,40 +367,37 @@ def _check_sections_are_mappings(sections: dict[str, Any], source: str) -> None:
 
 def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
     """Validate a params dict; raises ``UserError`` listing every problem."""
-    from pipeline.eval import registry as protocols  # late imports: methods and protocols import config
-    from pipeline.methods import registry
-
     if not isinstance(raw, dict):
         raise UserError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
     raw = dict(raw)
-    method_sections = {name: raw.pop(name) for name in list(raw) if name in registry.names()}
-    protocol_sections = {name: raw.pop(name) for name in list(raw) if name in protocols.names()}
+    method_sections = {name: raw.pop(name) for name in list(raw) if name in METHODS.names()}
+    protocol_sections = {name: raw.pop(name) for name in list(raw) if name in PROTOCOLS.names()}
     _check_sections_are_mappings(method_sections | protocol_sections, source)
     try:
         params = Params.model_validate(raw)
     except ValidationError as err:
         raise UserError(_describe(err, source)) from None
-    unknown = [m for m in params.methods if m not in registry.names()]
+    unknown = [m for m in params.methods if m not in METHODS.names()]
     if unknown:
         raise UserError(
-            f"{source}: methods: unknown method(s) {unknown}; valid methods are {registry.names()}"
+            f"{source}: methods: unknown method(s) {unknown}; valid methods are {METHODS.names()}"
         )
-    unknown = [p for p in params.protocols if p not in protocols.names()]
+    unknown = [p for p in params.protocols if p not in PROTOCOLS.names()]
     if unknown:
-        raise UserError(f"{source}: protocols: unknown protocol(s) {unknown}; valid protocols are {protocols.names()}")
-    valid_baselines = ["raw_pixels", "tfidf", "random_init"] + [f"random_init_{m}" for m in registry.names()]
+        raise UserError(f"{source}: protocols: unknown protocol(s) {unknown}; valid protocols are {PROTOCOLS.names()}")
+    valid_baselines = ["raw_pixels", "tfidf", "random_init"] + [f"random_init_{m}" for m in METHODS.names()]
     unknown = [b for b in params.baselines if b not in valid_baselines]
     if unknown:
         raise UserError(f"{source}: baselines: unknown baseline(s) {unknown}; valid: raw_pixels, tfidf (text), random_init, "
                         "random_init_<method> (that method's own encoder)")
     protocol_params = {}
-    for name in protocols.names():
+    for name in PROTOCOLS.names():
         try:
-            protocol_params[name] = protocols.get(name).Params.model_validate(protocol_sections.get(name) or {})
+            protocol_params[name] = PROTOCOLS.get(name).Params.model_validate(protocol_sections.get(name) or {})
         except ValidationError as err:
             raise UserError(_describe(err, f"{source} (section '{name}')")) from None
     validated, pretrain, encoder = {}, {}, {}
-    for name in registry.names():
+    for name in METHODS.names():
         section = dict(method_sections.get(name) or {})
         # A method may override shared sections, e.g. MAE's AdamW recipe or its ViT encoder.
         shared = {"pretrain": (params.pretrain, pretrain), "encoder": (params.encoder, encoder)}
@@ -410,7 +408,7 @@ def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
                     if not isinstance(override, dict):
                         raise UserError(f"{source}: {name}.{key} must be a mapping of {key} keys to override")
                     out[name] = type(base).model_validate(base.model_dump() | override)
-            validated[name] = registry.get(name).Params.model_validate(section)
+            validated[name] = METHODS.get(name).Params.model_validate(section)
         except ValidationError as err:
             raise UserError(_describe(err, f"{source} (section '{name}')")) from None
     return params.model_copy(update={"method_params": validated, "method_pretrain": pretrain, "method_encoder": encoder,

@@ -76,3 +76,11 @@ class Registry(Generic[T]):
 
     def items(self) -> list[tuple[str, T]]:
         return [(n, self._entries[n]) for n in self.names()]
+
+
+# The project's registries. Each lives here, in the lowest layer, so that params validation
+# (pipeline.config) can look entries up without importing the packages that define them.
+METHODS: Registry[type] = Registry("method", ["pipeline.methods"])  # classes (pipeline/methods/<name>.py)
+# instances (pipeline/eval/protocols/<name>.py), in report order
+PROTOCOLS: Registry = Registry("evaluation protocol", ["pipeline.eval.protocols"], order=lambda name, p: p.order,
+                               plural="protocols")

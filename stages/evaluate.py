@@ -18,7 +18,7 @@ from pipeline import dist
 from pipeline.config import load_params
 from pipeline.data.shards import read_manifest
 from pipeline.errors import UserError, exit_on_user_error, output_lock
-from pipeline.eval import registry
+from pipeline.registry import PROTOCOLS
 from pipeline.eval.baselines import baseline_encoder, baseline_featurizer
 from pipeline.eval.checks import check_classes
 from pipeline.eval.protocol import EvalContext
@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--predictions", help="per-example test predictions for the review's significance tests "
                                           "(pipeline/eval/predictions.py); not written when omitted")
     args = ap.parse_args()
-    protocol = registry.get(args.protocol)
+    protocol = PROTOCOLS.get(args.protocol)
     params = load_params(args.params, args.preset)
     manifest = read_manifest(args.shards)
     check_classes(manifest)

@@ -19,7 +19,7 @@ from pipeline.errors import UserError, exit_on_user_error, output_lock
 from pipeline.eval.features import BATCH, encoder_features
 from pipeline.eval.algorithms.knn import knn_accuracy
 from pipeline.eval.protocol import seed_everything
-from pipeline.methods import registry
+from pipeline.registry import METHODS
 from pipeline.models.encoder import build_encoder, save_encoder
 from pipeline.outputs import StagedOutputs, write_json
 from pipeline.provenance import code_fingerprint, device_info, provenance
@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--live", required=True, help="DVCLive folder for the training curves")
     args = ap.parse_args()
     params = load_params(args.params, args.preset)
-    method_cls = registry.get(args.method)
+    method_cls = METHODS.get(args.method)
     manifest = read_manifest(args.shards)
     _check_modality(method_cls, args.shards, manifest)
     with output_lock(args.out):  # a second run in the same folder refuses (the ranks of a torchrun share it)

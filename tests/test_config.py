@@ -6,12 +6,12 @@ import pytest
 
 from pipeline.config import load_params, parse_params
 from pipeline.errors import UserError
-from pipeline.methods import registry
+from pipeline.registry import METHODS
 
 
 def test_repository_params_are_valid(params):
-    assert params.methods and all(m in registry.names() for m in params.methods)
-    assert set(params.method_params) == set(registry.names())
+    assert params.methods and all(m in METHODS.names() for m in params.methods)
+    assert set(params.method_params) == set(METHODS.names())
 
 
 def _err(raw) -> str:
@@ -98,8 +98,7 @@ def test_method_section_overrides_shared_sections(default_params_dict):
 def _models_and_sections(raw: dict):
     """(pydantic model, its params.yaml section, dotted name) for every validated section."""
     from pipeline.config import AugmentParams, DataParams, EncoderParams, PretrainParams
-    from pipeline.eval import registry as protocols
-    from pipeline.methods import registry as methods
+    from pipeline.registry import METHODS as methods, PROTOCOLS as protocols
 
     out = [(DataParams, raw["data"], "data"), (EncoderParams, raw["encoder"], "encoder"),
            (AugmentParams, raw["augment"], "augment"), (PretrainParams, raw["pretrain"], "pretrain")]

@@ -47,8 +47,7 @@ ALLOWED_UNDECLARED: dict[tuple[str, str], str] = {
 }
 
 # Code that imports other code by name at run time; calling these makes all of it import.
-FORCE_DYNAMIC_IMPORTS = ("from pipeline.methods import registry; registry.names(); "
-                         "from pipeline.eval import registry as protocols; protocols.names()")
+FORCE_DYNAMIC_IMPORTS = "from pipeline.registry import METHODS, PROTOCOLS; METHODS.names(); PROTOCOLS.names()"
 
 # Slow third-party imports made once, before forking, so each stage's probe starts warm.
 # Only an optimisation: none of these import repository code (checked in the probe).

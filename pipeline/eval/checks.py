@@ -121,7 +121,7 @@ def check_label_efficiency(params: Params, manifest: dict) -> None:
 def check_protocol_params(protocol: str, params: Params, manifest: dict) -> None:
     """Refuse params that do not fit the shards for a registered ``protocol``, before any
     featurizing or training: the classes every protocol needs, then the protocol's own checks."""
-    from pipeline.eval import registry  # late import: the protocols import these checks
+    from pipeline.registry import PROTOCOLS
 
     check_classes(manifest)
-    registry.get(protocol).check(params, manifest)
+    PROTOCOLS.get(protocol).check(params, manifest)

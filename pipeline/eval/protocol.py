@@ -30,6 +30,7 @@ from pipeline.eval.feature_cache import cache_key, cached_features, encoder_id, 
 from pipeline.eval.features import BATCH, Featurizer, encoder_features
 from pipeline.eval.predictions import record
 from pipeline.models.encoder import Encoder
+from pipeline.registry import PROTOCOLS
 
 def seed_everything(seed: int) -> None:
     np.random.seed(seed)
@@ -150,6 +151,12 @@ class EvalContext:
     def trainable_encoder(self) -> Encoder:
         """A fresh copy of the encoder to fine-tune (the context's own stays unchanged)."""
         return copy.deepcopy(self.encoder).train()
+
+
+def register(cls: type) -> type:
+    """Class decorator: register an instance of protocol ``cls`` (stateless) under ``cls.name``."""
+    PROTOCOLS.register(cls())
+    return cls
 
 
 class Protocol:

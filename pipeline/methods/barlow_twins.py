@@ -10,7 +10,7 @@ from pydantic import Field
 from pipeline import dist
 from pipeline.config import Strict
 from pipeline.methods._base import Method
-from pipeline.methods.registry import register
+from pipeline.registry import METHODS
 from pipeline.models.heads import mlp
 
 BN_EPS = 1e-5  # the paper's affine-free BatchNorm1d
@@ -46,7 +46,7 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float, scale: f
     return scale * (on_diag + lambd * off_diag)
 
 
-@register
+@METHODS.register
 class BarlowTwins(Method):
     name = "barlow_twins"
 

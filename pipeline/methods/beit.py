@@ -29,7 +29,7 @@ from pipeline import dist
 from pipeline.config import Strict
 from pipeline.errors import UserError
 from pipeline.methods._base import Method
-from pipeline.methods.registry import register
+from pipeline.registry import METHODS
 from pipeline.models.vit import LN_EPS, block, patchify
 
 
@@ -119,7 +119,7 @@ class KMeansTokenizer(nn.Module):
         return ids.view(patches.shape[:2])
 
 
-@register
+@METHODS.register
 class BEiT(Method):
     name = "beit"
 

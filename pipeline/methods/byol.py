@@ -13,7 +13,7 @@ from pydantic import Field
 
 from pipeline.config import Strict
 from pipeline.methods._ema import MomentumMethod, cosine_tau
-from pipeline.methods.registry import register
+from pipeline.registry import METHODS
 from pipeline.models.heads import mlp
 
 
@@ -26,7 +26,7 @@ def regression_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return (2 - 2 * F.cosine_similarity(p, z.detach(), dim=1)).mean()
 
 
-@register
+@METHODS.register
 class BYOL(MomentumMethod):
     name = "byol"
     ema_targets = {"target_encoder": "encoder", "target_projector": "projector"}

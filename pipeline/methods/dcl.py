@@ -15,7 +15,7 @@ from pydantic import Field
 from pipeline import dist
 from pipeline.config import Strict
 from pipeline.methods._base import Method
-from pipeline.methods.registry import register
+from pipeline.registry import METHODS
 from pipeline.models.heads import mlp
 
 
@@ -68,7 +68,7 @@ class _Decoupled(Method):
         return {"loss": dcl_loss(z1, z2, self.params.temperature, getattr(self.params, "sigma", None))}
 
 
-@register
+@METHODS.register
 class DCL(_Decoupled):
     name = "dcl"
 
@@ -78,7 +78,7 @@ class DCL(_Decoupled):
         projection_dim: int = Field(128, ge=1)
 
 
-@register
+@METHODS.register
 class DCLW(_Decoupled):
     name = "dclw"
 

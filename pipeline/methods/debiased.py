@@ -17,7 +17,7 @@ from pydantic import Field
 from pipeline import dist
 from pipeline.config import Strict
 from pipeline.methods._base import Method
-from pipeline.methods.registry import register
+from pipeline.registry import METHODS
 from pipeline.models.heads import mlp
 
 
@@ -47,7 +47,7 @@ def debiased_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float, tau_pl
     return -torch.log(pos / (pos + ng)).mean()
 
 
-@register
+@METHODS.register
 class Debiased(Method):
     name = "debiased"
 

@@ -17,7 +17,7 @@ from pipeline import dist
 from pipeline.config import Strict
 from pipeline.modalities.image.views import to_float
 from pipeline.methods._ema import MomentumMethod, cosine_tau
-from pipeline.methods.registry import register
+from pipeline.registry import METHODS
 from pipeline.models.heads import mlp
 
 N_GLOBAL = 2  # the teacher sees the 2 global crops
@@ -62,7 +62,7 @@ def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor
     return different.sum() / (g * (v - 1))
 
 
-@register
+@METHODS.register
 class DINO(MomentumMethod):
     name = "dino"
     ema_targets = {"teacher_encoder": "encoder", "teacher_head": "head"}

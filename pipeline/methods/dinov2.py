@@ -16,7 +16,7 @@ from pydantic import Field
 from pipeline import dist
 from pipeline.methods.ibot import MaskedDistillation, cross_view_ce, masked_patch_ce
 from pipeline.methods._masking import upcast
-from pipeline.methods.registry import register
+from pipeline.registry import METHODS
 
 
 def _sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
@@ -78,7 +78,7 @@ def dinov2_loss(student_cls: torch.Tensor, student_patch: torch.Tensor, cls_targ
             masked_patch_ce(student_patch, patch_targets, mask, student_temp), koleo)
 
 
-@register
+@METHODS.register
 class DINOv2(MaskedDistillation):
     name = "dinov2"
 

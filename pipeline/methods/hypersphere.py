@@ -16,7 +16,7 @@ from pydantic import Field
 from pipeline import dist
 from pipeline.config import Strict
 from pipeline.methods._base import Method
-from pipeline.methods.registry import register
+from pipeline.registry import METHODS
 from pipeline.models.heads import mlp
 
 
@@ -47,7 +47,7 @@ def hypersphere_loss(z1: torch.Tensor, z2: torch.Tensor, alpha: float, t: float,
         return align_weight * align_loss(x, y, alpha) + uniform_weight * (uniform_loss(x_all, t) + uniform_loss(y_all, t)) / 2
 
 
-@register
+@METHODS.register
 class Hypersphere(Method):
     name = "hypersphere"
 

@@ -20,7 +20,7 @@ from pipeline.config import Strict
 from pipeline.modalities.image.views import to_float
 from pipeline.methods._ema import MomentumMethod, cosine_tau
 from pipeline.methods._masking import block_mask, masked_image_ratios, require_vit, upcast
-from pipeline.methods.registry import register
+from pipeline.registry import METHODS
 
 N_GLOBAL = 2  # the teacher sees the 2 global crops; only they are masked
 
@@ -185,7 +185,7 @@ def global_mean(x: torch.Tensor) -> torch.Tensor:
     return dist.gather_with_grad(local[None]).mean(dim=0)
 
 
-@register
+@METHODS.register
 class IBOT(MaskedDistillation):
     name = "ibot"
 

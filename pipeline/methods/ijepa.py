@@ -23,7 +23,7 @@ from pipeline.config import Strict
 from pipeline.modalities.image.views import random_resized_crop, to_float
 from pipeline.methods._ema import MomentumMethod
 from pipeline.methods._masking import encode_with_padding, rectangle_indices, require_vit, upcast
-from pipeline.methods.registry import register
+from pipeline.registry import METHODS
 from pipeline.models.vit import LN_EPS, block, sincos_pos_embed
 
 
@@ -79,7 +79,7 @@ class Predictor(nn.Module):
         return self.proj(self.norm(x[:, -target_idx.shape[1]:]))
 
 
-@register
+@METHODS.register
 class IJEPA(MomentumMethod):
     name = "ijepa"
     ema_targets = {"target_encoder": "encoder"}

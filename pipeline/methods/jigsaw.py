@@ -34,7 +34,7 @@ from pipeline.config import Strict
 from pipeline.modalities.image.views import to_float
 from pipeline.errors import UserError
 from pipeline.methods._base import Method
-from pipeline.methods.registry import register
+from pipeline.registry import METHODS
 from pipeline.models.heads import mlp
 
 GRID = 3
@@ -143,7 +143,7 @@ def jigsaw_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, labels)
 
 
-@register
+@METHODS.register
 class Jigsaw(Method):
     name = "jigsaw"
 

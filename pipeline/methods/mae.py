@@ -15,7 +15,7 @@ from pipeline.config import Strict
 from pipeline.modalities.image.views import random_resized_crop, to_float
 from pipeline.errors import UserError
 from pipeline.methods._base import Method
-from pipeline.methods.registry import register
+from pipeline.registry import METHODS
 from pipeline.models.vit import Transformer, patchify
 
 CROP_RATIO = (3 / 4, 4 / 3)  # torchvision's RandomResizedCrop default, which MAE uses
@@ -85,7 +85,7 @@ class Decoder(nn.Module):
         return self.pred(out[:, 1:])
 
 
-@register
+@METHODS.register
 class MAE(Method):
     name = "mae"
 

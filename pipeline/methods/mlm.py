@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 from pipeline.config import Strict
 from pipeline.modalities.text.tokenizer import SPECIALS
 from pipeline.methods._base import Batches, TextMethod
-from pipeline.methods.registry import register
+from pipeline.registry import METHODS
 from pipeline.models.encoder import unpack_text
 from pipeline.modalities.text.objectives import IGNORE, mask_tokens, token_loss
 
@@ -27,7 +27,7 @@ MASK_ID = SPECIALS.index("[MASK]")
 HELD_OUT_SEED = 0  # the held-out masks: the same for every run, so runs compare on the same predictions
 
 
-@register
+@METHODS.register
 class MLM(TextMethod):
     name = "mlm"
     causal = False

@@ -16,7 +16,7 @@ from pydantic import Field
 from pipeline import dist
 from pipeline.config import Strict
 from pipeline.methods._base import Method
-from pipeline.methods.registry import register
+from pipeline.registry import METHODS
 from pipeline.models.heads import mlp
 
 
@@ -37,7 +37,7 @@ def mmcr_loss(z: torch.Tensor, lmda: float) -> torch.Tensor:
     return loss
 
 
-@register
+@METHODS.register
 class MMCR(Method):
     name = "mmcr"
 

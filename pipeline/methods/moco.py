@@ -23,7 +23,7 @@ from torch import nn
 from pipeline import dist
 from pipeline.config import Strict
 from pipeline.methods._ema import MomentumMethod, cosine_tau
-from pipeline.methods.registry import register
+from pipeline.registry import METHODS
 from pipeline.models.heads import mlp
 
 
@@ -43,7 +43,7 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature:
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
 
 
-@register
+@METHODS.register
 class MoCo(MomentumMethod):
     name = "moco"
     ema_targets = {"key_encoder": "encoder", "key_projector": "projector"}

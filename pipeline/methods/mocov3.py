@@ -17,7 +17,7 @@ from pipeline import dist
 from pipeline.config import Strict
 from pipeline.errors import UserError
 from pipeline.methods._ema import MomentumMethod, cosine_tau
-from pipeline.methods.registry import register
+from pipeline.registry import METHODS
 from pipeline.models.heads import mlp
 
 
@@ -36,7 +36,7 @@ def contrastive_loss(q: torch.Tensor, k: torch.Tensor, temperature: float) -> to
     return F.cross_entropy(logits, labels) * (2 * temperature)
 
 
-@register
+@METHODS.register
 class MoCoV3(MomentumMethod):
     name = "mocov3"
     ema_targets = {"momentum_encoder": "encoder", "momentum_projector": "projector"}

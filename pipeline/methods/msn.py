@@ -21,7 +21,7 @@ from pipeline import dist
 from pipeline.config import Strict
 from pipeline.methods._ema import MomentumMethod
 from pipeline.methods._masking import require_vit, upcast
-from pipeline.methods.registry import register
+from pipeline.registry import METHODS
 from pipeline.methods.swav import sinkhorn
 from pipeline.models.heads import mlp
 
@@ -51,7 +51,7 @@ def msn_loss(anchors: torch.Tensor, targets: torch.Tensor, prototypes: torch.Ten
     return ce, me_max
 
 
-@register
+@METHODS.register
 class MSN(MomentumMethod):
     name = "msn"
     ema_targets = {"target_encoder": "encoder", "target_projector": "projector"}

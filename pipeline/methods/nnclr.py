@@ -15,7 +15,7 @@ from pydantic import Field
 from pipeline import dist
 from pipeline.config import Strict
 from pipeline.methods._base import Method
-from pipeline.methods.registry import register
+from pipeline.registry import METHODS
 from pipeline.models.heads import mlp
 
 
@@ -39,7 +39,7 @@ def nnclr_loss(nn: torch.Tensor, p: torch.Tensor, temperature: float) -> torch.T
     return F.cross_entropy(nn @ p_all.T / temperature, labels)
 
 
-@register
+@METHODS.register
 class NNCLR(Method):
     name = "nnclr"
 

@@ -26,7 +26,7 @@ from pydantic import Field
 from pipeline.config import Strict
 from pipeline.modalities.image.views import to_float
 from pipeline.methods._base import Method
-from pipeline.methods.registry import register
+from pipeline.registry import METHODS
 from pipeline.models.heads import mlp
 
 NUM_ROTATIONS = 4  # 0, 90, 180, 270 degrees: the paper's best setting
@@ -75,7 +75,7 @@ def pad_crop_flip(x: torch.Tensor, padding: int, hflip: float, gen: torch.Genera
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-@register
+@METHODS.register
 class Rotation(Method):
     name = "rotation"
 

@@ -15,7 +15,7 @@ from pipeline.config import Strict
 from pipeline.modalities.image.views import random_resized_crop, to_float
 from pipeline.methods._base import Method
 from pipeline.methods._masking import random_patch_mask, require_vit, upcast
-from pipeline.methods.registry import register
+from pipeline.registry import METHODS
 from pipeline.models.vit import patchify
 
 
@@ -30,7 +30,7 @@ def simmim_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) ->
     return (per_patch * m).sum() / m.sum().clamp(min=1)
 
 
-@register
+@METHODS.register
 class SimMIM(Method):
     name = "simmim"
 

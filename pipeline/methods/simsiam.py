@@ -13,7 +13,7 @@ from pydantic import Field
 
 from pipeline.config import Strict
 from pipeline.methods._base import Method
-from pipeline.methods.registry import register
+from pipeline.registry import METHODS
 from pipeline.models.heads import mlp
 
 
@@ -30,7 +30,7 @@ def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch
     return negative_cosine(p1, z2) / 2 + negative_cosine(p2, z1) / 2
 
 
-@register
+@METHODS.register
 class SimSiam(Method):
     name = "simsiam"
 

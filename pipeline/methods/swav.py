@@ -18,7 +18,7 @@ from torch import nn
 from pipeline import dist
 from pipeline.config import Strict
 from pipeline.methods._base import Method
-from pipeline.methods.registry import register
+from pipeline.registry import METHODS
 from pipeline.models.heads import mlp
 
 N_LARGE = 2  # codes come only from the 2 large crops (the paper's "crops_for_assign")
@@ -75,7 +75,7 @@ def swav_loss(scores: torch.Tensor, codes: torch.Tensor, temperature: float) -> 
     return not_self.sum() / (a * (v - 1))
 
 
-@register
+@METHODS.register
 class SwAV(Method):
     name = "swav"
 

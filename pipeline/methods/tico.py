@@ -17,7 +17,7 @@ from pipeline import dist
 from pipeline.config import Strict
 from pipeline.modalities.image.views import to_float
 from pipeline.methods._base import Method
-from pipeline.methods.registry import register
+from pipeline.registry import METHODS
 from pipeline.models.heads import mlp
 
 
@@ -38,7 +38,7 @@ def tico_loss(z1: torch.Tensor, z2: torch.Tensor, c: torch.Tensor, beta: float, 
     return loss, c_new.detach()
 
 
-@register
+@METHODS.register
 class TiCo(Method):
     name = "tico"
 

@@ -15,7 +15,7 @@ from pipeline import dist
 from pipeline.config import Strict
 from pipeline.methods.barlow_twins import off_diagonal
 from pipeline.methods._base import Method
-from pipeline.methods.registry import register
+from pipeline.registry import METHODS
 from pipeline.models.heads import mlp
 
 
@@ -51,7 +51,7 @@ def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_coeff: float, std_coeff:
     return loss, {"invariance": inv.detach(), "variance": var.detach(), "covariance": cov.detach()}
 
 
-@register
+@METHODS.register
 class VICReg(Method):
     name = "vicreg"
 

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from pipeline.config import Strict
 from pipeline.methods._base import Method
-from pipeline.methods.registry import register
+from pipeline.registry import METHODS
 from pipeline.models.heads import mlp
 
 
@@ -49,7 +49,7 @@ def wmse_loss(z1: torch.Tensor, z2: torch.Tensor, groups: torch.Tensor, eps: flo
     return (2 - 2 * F.cosine_similarity(w1, w2, dim=-1)).mean()
 
 
-@register
+@METHODS.register
 class WMSE(Method):
     name = "wmse"
 

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from pipeline.config import Params
-from pipeline.eval import registry
+from pipeline.registry import PROTOCOLS
 from pipeline.eval.baselines import FEATURE_BASELINES, RAW_PIXELS, TFIDF, features_baseline
 from pipeline.eval.protocol import is_text_manifest, sample_noun
 from pipeline.outputs import write_bytes
@@ -156,8 +156,8 @@ def build_report(params: Params, manifest: dict, metrics_dir: Path, live_root: P
         *_pretraining_table(results, params, metrics_dir), *language_modelling_table(results, params),
         "![method by metric](figures/method_by_metric.png)", "",
     ]
-    for name in (n for n in registry.names() if n in params.protocols):
-        lines += registry.get(name).section(results, baseline_of, params)
+    for name in (n for n in PROTOCOLS.names() if n in params.protocols):
+        lines += PROTOCOLS.get(name).section(results, baseline_of, params)
     maps = {m: r["diagnostics"]["embedding_map"] for m, r in results.items() if "embedding_map" in r.get("diagnostics", {})}
     if maps:
         figures.embedding_maps(maps, manifest["classes"], fig_dir / "embedding_map.png")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.errors import UserError
-from pipeline.eval import registry
+from pipeline.registry import PROTOCOLS
 from pipeline.eval.baselines import label, matching_random_init
 
 
@@ -50,9 +50,9 @@ def summary_table(results: dict[str, dict]) -> pd.DataFrame:
     rows = {}
     for name, by_protocol in results.items():
         row = {}
-        for p in registry.names():  # report order
+        for p in PROTOCOLS.names():  # report order
             if p in by_protocol:
-                row |= registry.get(p).summary(by_protocol[p])
+                row |= PROTOCOLS.get(p).summary(by_protocol[p])
         rows[name] = row
     return pd.DataFrame.from_dict(rows, orient="index")
 

@@ -109,13 +109,13 @@ def _images(epoch: int, step: int) -> torch.Tensor:
 
 
 def _method(name: str, seed: int, views: str):
-    from pipeline.methods import registry
+    from pipeline.registry import METHODS
     from pipeline.models.encoder import build_encoder
 
     params = _params(name)
     torch.manual_seed(0)  # the same initial weights in every process
     manifest = {"channels": 1, "image_size": 28, "mean": [0.3], "std": [0.35]}
-    method = registry.get(name)(build_encoder(params.encoder_for(name), manifest), params.method_params[name],
+    method = METHODS.get(name)(build_encoder(params.encoder_for(name), manifest), params.method_params[name],
                                 params.augment, seed, torch.device("cpu"))
     if views == "deterministic":
         method.views = DeterministicViews()

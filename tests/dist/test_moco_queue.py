@@ -18,7 +18,7 @@ MARK = 7.0
 
 def _rank(rank: int, out: str) -> dict:
     from pipeline.config import parse_params
-    from pipeline.methods import registry
+    from pipeline.registry import METHODS
     from pipeline.models.encoder import build_encoder
     from pipeline.train.loop import TrainJob, fit
     from pipeline.train.optim import param_groups
@@ -30,7 +30,7 @@ def _rank(rank: int, out: str) -> dict:
     params = parse_params(raw)
     manifest = {"channels": 1, "image_size": 28, "mean": [0.3], "std": [0.3]}
     torch.manual_seed(0)
-    method = registry.get("moco")(build_encoder(params.encoder_for("moco"), manifest), params.method_params["moco"],
+    method = METHODS.get("moco")(build_encoder(params.encoder_for("moco"), manifest), params.method_params["moco"],
                                   params.augment, 100 + rank, torch.device("cpu"))
     method.prepare(random_images(32, seed=9))  # each rank draws its own views: rank 0's queue is broadcast
     prepared = method.queue.clone()

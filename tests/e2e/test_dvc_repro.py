@@ -88,10 +88,10 @@ TEXT_STAGES = ({"text-shard", "text-report"} | {f"text-pretrain@{m}" for m in TE
 
 
 def test_params_run_every_registered_protocol():
-    from pipeline.eval import registry
+    from pipeline.registry import PROTOCOLS
 
     assert tuple(yaml.safe_load((REPO / "params.yaml").read_text())["protocols"]) == PROTOCOLS
-    assert sorted(registry.names()) == sorted(PROTOCOLS)
+    assert sorted(PROTOCOLS.names()) == sorted(PROTOCOLS)
 
 
 def test_repro_writes_every_metric_and_the_report(repo_copy):
@@ -269,10 +269,10 @@ from pydantic import Field
 from pipeline.config import Strict
 from pipeline.modalities.image.views import to_float
 from pipeline.methods._base import Method
-from pipeline.methods.registry import register
+from pipeline.registry import METHODS
 
 
-@register
+@METHODS.register
 class UpsideDown(Method):
     name = "upside_down"
 
@@ -296,8 +296,7 @@ import numpy as np
 from pydantic import Field
 
 from pipeline.config import Strict
-from pipeline.eval.protocol import EvalContext, Protocol
-from pipeline.eval.registry import register
+from pipeline.eval.protocol import EvalContext, Protocol, register
 
 
 class Params(Strict):

@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.config import parse_params
 from pipeline.errors import UserError
-from pipeline.eval import registry
+from pipeline.registry import PROTOCOLS
 from pipeline.eval.checks import check_protocol_params, smallest_fraction
 
 CLASSES = [f"c{i}" for i in range(10)]
@@ -33,7 +33,7 @@ def make_params(default_params_dict):
 def test_default_params_fit_the_default_data(params):
     # README's default: 10k train, 5k val, 10k test over 10 classes
     big = manifest(train=(1000,) * 10, val=(500,) * 10, test=(1000,) * 10)
-    for protocol in registry.names():
+    for protocol in PROTOCOLS.names():
         check_protocol_params(protocol, params, big)
 
 
@@ -96,7 +96,7 @@ def test_smallest_fraction_keeps_one_image(count):
 
 def test_fewer_than_two_classes_refused_for_every_protocol(params):
     one = manifest(test=(300,) + (0,) * 9)
-    for protocol in registry.names():
+    for protocol in PROTOCOLS.names():
         with pytest.raises(UserError, match=r"^the test split holds 1 class\(es\) \['c0'\]: the linear probe needs at least 2"):
             check_protocol_params(protocol, params, one)
 

@@ -15,7 +15,7 @@ import yaml
 from pipeline.config import EncoderParams, parse_params
 from pipeline.modalities.image.views import to_float
 from pipeline.data.shards import read_manifest
-from pipeline.eval import registry
+from pipeline.registry import PROTOCOLS
 from pipeline.eval.feature_cache import cache_key, cached_features
 from pipeline.eval.features import PIXEL_BUDGET, pixel_dim, pixel_features
 from pipeline.eval.algorithms.knn import knn_accuracies, knn_accuracy, knn_topk
@@ -113,7 +113,7 @@ def test_few_shot_all_way_samples_at_most_max_ways_classes(tiny_shards, default_
     raw["few_shot"].update(ways=["all"], shots=[1], episodes=5, classifiers=["prototype"], max_ways=4)
     params = parse_params(raw)
     ctx = EvalContext("raw", None, True, str(tiny_shards), read_manifest(tiny_shards), params, CPU, featurizer=pixel_features)
-    result = registry.get("few_shot").run(ctx)
+    result = PROTOCOLS.get("few_shot").run(ctx)
     assert list(result["prototype"]) == ["4way_1shot"]  # 10 classes, 4 drawn per episode
 
 

@@ -12,7 +12,7 @@ import yaml
 
 from pipeline.config import EncoderParams, parse_params
 from pipeline.data.shards import load_split, read_manifest
-from pipeline.eval import registry
+from pipeline.registry import PROTOCOLS
 from pipeline.eval.baselines import baseline_encoder, baseline_featurizer, matching_random_init
 from pipeline.eval.algorithms.label_fractions import balanced_subset
 from pipeline.eval.protocol import EvalContext, Protocol
@@ -49,10 +49,10 @@ def encoder(shards, seed=0):
 
 
 def test_every_protocol_has_its_params_section_and_runs_by_default(default_params_dict, params):
-    names = registry.names()
+    names = PROTOCOLS.names()
     assert set(names) == set(params.protocols), "params.yaml protocols: should run every registered protocol"
     for name in names:
-        protocol = registry.get(name)
+        protocol = PROTOCOLS.get(name)
         assert isinstance(protocol, Protocol) and protocol.name == name
         assert name in default_params_dict, f"params.yaml needs a '{name}:' section"
         assert params.protocol_params[name] == protocol.Params.model_validate(default_params_dict[name])
@@ -67,8 +67,8 @@ def test_unknown_protocol_in_params_names_the_valid_ones(default_params_dict):
 
 def test_headlines_are_numbers_and_a_few(tiny_shards, small):
     ctx = ctx_for(tiny_shards, small, encoder(tiny_shards))
-    for name in registry.names():
-        headline, details = run_protocol(registry.get(name), ctx)
+    for name in PROTOCOLS.names():
+        headline, details = run_protocol(PROTOCOLS.get(name), ctx)
         assert headline and len(headline) <= 8, (name, headline)
         assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in headline.values()), (name, headline)
         assert details["wall_seconds"] >= 0 and "wall_seconds" not in headline  # volatile: details only
@@ -77,21 +77,21 @@ def test_headlines_are_numbers_and_a_few(tiny_shards, small):
 
 def test_raw_pixel_protocols_measure_real_signal(tiny_shards, small):
     ctx = ctx_for(tiny_shards, small, None, pretrained=False, name="raw_pixels")
-    lin = registry.get("linear_eval").run(ctx)
-    knn = registry.get("knn").run(ctx)
+    lin = PROTOCOLS.get("linear_eval").run(ctx)
+    knn = PROTOCOLS.get("knn").run(ctx)
     assert lin["linear"]["top1"] > 0.55 and knn["knn20_top1"] > 0.5  # chance 0.10 on 400 labelled images
     assert "linear_sgd" not in lin  # it trains through an encoder; raw pixels have none
     for name in ("finetune", "diagnostics"):  # the committed details files' note, word for word
-        assert registry.get(name).not_applicable(ctx) == f"{name} trains or augments through an encoder; raw pixels have none"
-    le = registry.get("label_efficiency").run(ctx)
+        assert PROTOCOLS.get(name).not_applicable(ctx) == f"{name} trains or augments through an encoder; raw pixels have none"
+    le = PROTOCOLS.get("label_efficiency").run(ctx)
     assert set(le["0.1"]) == {"linear", "n_labels", "fraction_effective"}
 
 
 def test_finetune_trains_a_copy_on_train_plus_val(tiny_shards, small):
     enc = encoder(tiny_shards)
     before = copy.deepcopy(enc.state_dict())
-    ssl = registry.get("finetune").run(ctx_for(tiny_shards, small, enc, pretrained=True))
-    scratch = registry.get("finetune").run(ctx_for(tiny_shards, small, enc, pretrained=False))
+    ssl = PROTOCOLS.get("finetune").run(ctx_for(tiny_shards, small, enc, pretrained=True))
+    scratch = PROTOCOLS.get("finetune").run(ctx_for(tiny_shards, small, enc, pretrained=False))
     assert ssl["n_labels"] == 600  # 400 train + 200 val
     assert ssl["encoder_lr_mult"] == small.finetune.encoder_lr_mult and scratch["encoder_lr_mult"] == 1.0
     assert scratch["top1"] > 0.35  # chance 0.10: supervised from scratch learns
@@ -101,7 +101,7 @@ def test_finetune_trains_a_copy_on_train_plus_val(tiny_shards, small):
 def test_label_efficiency_arms_share_the_labels(tiny_shards, small):
     enc = encoder(tiny_shards)
     ctx = ctx_for(tiny_shards, small, enc)
-    res = registry.get("label_efficiency").run(ctx)
+    res = PROTOCOLS.get("label_efficiency").run(ctx)
     (_, y_tr), (_, y_va) = ctx.features("train"), ctx.features("val")
     n = len(balanced_subset(y_tr, 0.1, 0)) + len(balanced_subset(y_va, 0.1, 1))
     assert list(res) == ["0.1"] and res["0.1"]["n_labels"] == n and res["0.1"]["fraction_effective"] == n / 600 and res["0.1"]["epochs"] == 50
@@ -121,9 +121,9 @@ def test_features_are_computed_once_per_split_and_leave_the_encoder_alone(tiny_s
     calls = []
     real = ctx.featurize
     monkeypatch.setattr(ctx, "featurize", lambda images: calls.append(len(images)) or real(images))
-    registry.get("linear_eval").run(ctx)
-    registry.get("knn").run(ctx)
-    registry.get("few_shot").run(ctx)
+    PROTOCOLS.get("linear_eval").run(ctx)
+    PROTOCOLS.get("knn").run(ctx)
+    PROTOCOLS.get("few_shot").run(ctx)
     assert sorted(calls) == [200, 300, 400]  # train, val, test: once each across three protocols
     assert enc.training  # featurizing did not switch the caller's encoder to eval mode
 
@@ -196,7 +196,7 @@ def test_image_protocols_never_hold_a_whole_split(tiny_shards, small, monkeypatc
     sgd = small.linear_eval.model_copy(update={"sgd_epochs": 4, "sgd_batch_size": 50, "sgd_lr": 1.0})  # 32 steps, not 1
     params = small.model_copy(update={"protocol_params": small.protocol_params | {"linear_eval": sgd}})
     ctx = ctx_for(tiny_shards, params, encoder(tiny_shards))
-    ran = {name: registry.get(name).run(ctx) for name in ("finetune", "linear_eval", "label_efficiency", "diagnostics")}
+    ran = {name: PROTOCOLS.get(name).run(ctx) for name in ("finetune", "linear_eval", "label_efficiency", "diagnostics")}
     assert ran["finetune"]["n_labels"] == 600 and ran["finetune"]["top1"] > 0.2  # chance 0.10
     assert ran["linear_eval"]["linear_sgd"]["top1"] > 0.2
     assert ran["label_efficiency"]["0.1"]["finetune"] > 0.2

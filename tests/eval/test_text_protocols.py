@@ -15,7 +15,7 @@ from pipeline.modalities.text.shards import write_text_shards
 from pipeline.modalities.text.views import FIRST_REGULAR_ID, MASK_ID, TextViews
 from pipeline.modalities.text.tokenizer import encode_packed, load_tokenizer
 from pipeline.errors import UserError
-from pipeline.eval import registry
+from pipeline.registry import PROTOCOLS
 from pipeline.eval.baselines import baseline_encoder, baseline_featurizer, label
 from pipeline.eval.protocol import EvalContext
 from pipeline.eval.run import run_protocol
@@ -173,13 +173,13 @@ def test_tfidf_baseline_fits_on_the_pretrain_split_and_finds_the_word_signal(tex
     np.testing.assert_array_equal(featurize(test), want(test))
     assert TEST_ONLY not in want.vectorizer.vocabulary_  # the test split's own word: not fitted on
     ctx = ctx_for(text_shards, text_params, None, featurize, pretrained=False, name="tfidf")
-    lin = registry.get("linear_eval").run(ctx)
-    knn = registry.get("knn").run(ctx)
+    lin = PROTOCOLS.get("linear_eval").run(ctx)
+    knn = PROTOCOLS.get("knn").run(ctx)
     assert lin["linear"]["top1"] >= 0.95 and knn["knn5_top1"] >= 0.9  # chance 0.25: the class words decide
     assert "linear_sgd" not in lin and "linear_sgd_not_applicable" not in lin  # no encoder: nothing to skip
     for name in ("finetune", "diagnostics"):
-        assert "TF-IDF features have none" in registry.get(name).not_applicable(ctx)
-    le = registry.get("label_efficiency").run(ctx)
+        assert "TF-IDF features have none" in PROTOCOLS.get(name).not_applicable(ctx)
+    le = PROTOCOLS.get("label_efficiency").run(ctx)
     assert set(le["0.25"]) == {"linear", "n_labels", "fraction_effective"}
     assert label("tfidf") == "TF-IDF (baseline)" and baseline_encoder(text_params, "tfidf", read_manifest(text_shards)) is None
 
@@ -205,10 +205,10 @@ def test_every_protocol_runs_on_a_text_encoder(text_shards, text_params):
     enc = text_encoder(text_params, manifest)
     assert isinstance(enc, TextEncoder)
     ctx = ctx_for(text_shards, text_params, enc)
-    for name in registry.names():
-        registry.get(name).check(text_params, manifest)
-        assert registry.get(name).not_applicable(ctx) is None, name
-        headline, details = run_protocol(registry.get(name), ctx)
+    for name in PROTOCOLS.names():
+        PROTOCOLS.get(name).check(text_params, manifest)
+        assert PROTOCOLS.get(name).not_applicable(ctx) is None, name
+        headline, details = run_protocol(PROTOCOLS.get(name), ctx)
         assert headline and _finite_numbers(headline), (name, headline)
     feats, labels = ctx.features("test")
     assert feats.shape == (80, enc.feature_dim) and feats.dtype == np.float32 and np.isfinite(feats).all()
@@ -216,42 +216,42 @@ def test_every_protocol_runs_on_a_text_encoder(text_shards, text_params):
 
 def test_linear_eval_on_text_skips_the_augmented_sgd_probe_and_says_why(text_shards, text_params):
     ctx = ctx_for(text_shards, text_params, text_encoder(text_params, read_manifest(text_shards)))
-    res = registry.get("linear_eval").run(ctx)
+    res = PROTOCOLS.get("linear_eval").run(ctx)
     assert "linear_sgd" not in res and "augmented images" in res["linear_sgd_not_applicable"]
     assert 0 <= res["linear"]["top1"] <= 1
-    assert registry.get("linear_eval").headline(res) == {"linear_top1": res["linear"]["top1"]}
+    assert PROTOCOLS.get("linear_eval").headline(res) == {"linear_top1": res["linear"]["top1"]}
 
 
 def test_finetune_and_label_efficiency_train_on_packed_entries(text_shards, text_params):
     manifest = read_manifest(text_shards)
     enc = text_encoder(text_params, manifest)
     before = copy.deepcopy(enc.state_dict())
-    scratch = registry.get("finetune").run(ctx_for(text_shards, text_params, enc, pretrained=False))
+    scratch = PROTOCOLS.get("finetune").run(ctx_for(text_shards, text_params, enc, pretrained=False))
     assert scratch["n_labels"] == 180 and scratch["encoder_lr_mult"] == 1.0
     assert scratch["top1"] > 0.5 and math.isfinite(scratch["train_loss_last_epoch"])  # chance 0.25
     assert all(torch.equal(before[k], v) for k, v in enc.state_dict().items())  # trained a copy
-    le = registry.get("label_efficiency").run(ctx_for(text_shards, text_params, enc))
+    le = PROTOCOLS.get("label_efficiency").run(ctx_for(text_shards, text_params, enc))
     assert set(le["0.25"]) >= {"linear", "finetune", "n_labels", "epochs"} and 0 <= le["0.25"]["finetune"] <= 1
 
 
 def test_diagnostics_on_text_use_two_maskings(text_shards, text_params):
     ctx = ctx_for(text_shards, text_params, text_encoder(text_params, read_manifest(text_shards)))
-    res = registry.get("diagnostics").run(ctx)
+    res = PROTOCOLS.get("diagnostics").run(ctx)
     assert res["n_images"] == 64 and res["infonce_k"] == 64 and "p = 0.15" in res["views"]
     assert 0 < res["alignment"] <= 4  # masked views differ from each other, so do their features
     assert 0 < res["effective_rank"] <= res["feature_dim"] and not res["collapsed"]
-    lines = registry.get("diagnostics").section({"enc": {"diagnostics": res}}, {}, text_params)
+    lines = PROTOCOLS.get("diagnostics").section({"enc": {"diagnostics": res}}, {}, text_params)
     assert lines[0] == "## Representation diagnostics (test entries)" and any(line.startswith("Views: two") for line in lines)
 
 
 def test_transfer_language_id_on_text(text_shards, text_params):
     manifest = read_manifest(text_shards)
     enc = text_encoder(text_params, manifest)
-    res = registry.get("transfer").run(ctx_for(text_shards, text_params, enc))
+    res = PROTOCOLS.get("transfer").run(ctx_for(text_shards, text_params, enc))
     r = res["fortunes-language"]
     assert r["n_train"] + r["n_test"] == 4 * 30 and 0 <= r["top1"] <= 1
     tfidf = ctx_for(text_shards, text_params, None, baseline_featurizer(text_params, "tfidf", str(text_shards)), name="tfidf")
-    assert 0 <= registry.get("transfer").run(tfidf)["fortunes-language"]["top1"] <= 1
+    assert 0 <= PROTOCOLS.get("transfer").run(tfidf)["fortunes-language"]["top1"] <= 1
 
 
 def test_language_sample_is_balanced_seeded_and_drops_duplicates():
@@ -278,8 +278,8 @@ def _with_transfer(p, transfer):
 
 def test_transfer_refuses_datasets_of_the_other_modality(text_shards, text_params, tiny_shards, params):
     with pytest.raises(UserError, match=r"\['digits', 'mnist-sample'\] do not fit text shards"):
-        registry.get("transfer").check(_with_transfer(text_params, params.transfer), read_manifest(text_shards))
+        PROTOCOLS.get("transfer").check(_with_transfer(text_params, params.transfer), read_manifest(text_shards))
     image = _with_transfer(params, text_params.transfer)
     with pytest.raises(UserError, match="do not fit image shards"):
-        registry.get("transfer").check(image, read_manifest(tiny_shards))
-    registry.get("transfer").check(params, read_manifest(tiny_shards))
+        PROTOCOLS.get("transfer").check(image, read_manifest(tiny_shards))
+    PROTOCOLS.get("transfer").check(params, read_manifest(tiny_shards))

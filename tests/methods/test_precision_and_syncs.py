@@ -22,7 +22,7 @@ import torch
 from pipeline.config import EncoderParams, parse_params
 from pipeline.modalities.image.views import ViewMaker
 from pipeline.modalities.text.tokenizer import SPECIALS
-from pipeline.methods import registry
+from pipeline.registry import METHODS
 from pipeline.models.encoder import build_encoder
 from pipeline.train.optim import param_groups
 from tests.conftest import random_images
@@ -63,7 +63,7 @@ def _params(default_params_dict):
 
 
 def _method_and_batch(name: str, default_params_dict):
-    cls = registry.get(name)
+    cls = METHODS.get(name)
     params = _params(default_params_dict)
     torch.manual_seed(0)
     if cls.modality == "text":
@@ -97,7 +97,7 @@ def _step(method, opt, batch, progress: float) -> torch.Tensor:
 SYNC_BUDGET = {"clm": 3, "mlm": 9}
 
 
-@pytest.mark.parametrize("name", registry.names())
+@pytest.mark.parametrize("name", METHODS.names())
 def test_one_step_under_bf16_autocast_is_finite_and_sync_free(name, default_params_dict, one_thread):
     method, batch = _method_and_batch(name, default_params_dict)
     method.train()

@@ -15,14 +15,14 @@ from pipeline.config import AugmentParams, EncoderParams, load_params
 from pipeline.modalities.text import sources as T
 from pipeline.modalities.text.tokenizer import encode_packed, train_tokenizer
 from pipeline.errors import UserError
-from pipeline.methods import registry
+from pipeline.registry import METHODS
 from pipeline.methods._base import Method
 from pipeline.models.encoder import TextEncoder, build_encoder, load_encoder, save_encoder, unpack_text
 from pipeline.modalities.text.objectives import IGNORE, clm_loss, mask_tokens, mlm_loss
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.optim import param_groups
 
-TEXT_METHODS = [n for n in registry.names() if registry.get(n).modality == "text"]
+TEXT_METHODS = [n for n in METHODS.names() if METHODS.get(n).modality == "text"]
 REPO = Path(__file__).resolve().parents[2]
 FORTUNES = Path(T.FORTUNE_DIR, "people")
 needs_fortunes = pytest.mark.skipif(not FORTUNES.exists(), reason="fortunes not installed (apt-get install fortunes)")
@@ -45,7 +45,7 @@ def corpus():
 
 
 def _build(name: str, vocab_size: int, seed: int = 0, causal: bool | None = None, dim: int = 32) -> Method:
-    cls = registry.get(name)
+    cls = METHODS.get(name)
     enc = EncoderParams(arch="transformer", dim=dim, depth=2, heads=4, causal=cls.causal if causal is None else causal)
     torch.manual_seed(seed)
     encoder = build_encoder(enc, {"modality": "text", "vocab_size": vocab_size, "max_length": L})
@@ -59,16 +59,16 @@ def _batches(splits: dict[str, torch.Tensor], size: int = 64):
 
 @pytest.mark.parametrize("name", TEXT_METHODS)
 def test_registered_as_text_with_params_defaults(name):
-    cls = registry.get(name)
+    cls = METHODS.get(name)
     assert issubclass(cls, Method) and cls.modality == "text" and cls.name == name
     cls.Params()  # every hyperparameter has the paper's default
 
 
 def test_bert_defaults():
-    p = registry.get("mlm").Params()
+    p = METHODS.get("mlm").Params()
     assert (p.mask_prob, p.mask_token_frac, p.random_token_frac) == (0.15, 0.8, 0.1)
     with pytest.raises(ValueError, match="at most 1"):
-        registry.get("mlm").Params(mask_token_frac=0.95, random_token_frac=0.1)
+        METHODS.get("mlm").Params(mask_token_frac=0.95, random_token_frac=0.1)
 
 
 @pytest.mark.parametrize("name", TEXT_METHODS)
@@ -105,7 +105,7 @@ def test_training_loss_is_the_pure_objective(name, corpus):
 
 @pytest.mark.parametrize("name", TEXT_METHODS)
 def test_the_method_refuses_the_other_attention(name):
-    cls = registry.get(name)
+    cls = METHODS.get(name)
     with pytest.raises(UserError, match=f"{name}.encoder.causal"):
         _build(name, 50, causal=not cls.causal)
     image = build_encoder(EncoderParams(), {"channels": 1, "image_size": 28, "mean": [0.3], "std": [0.35]})
@@ -118,8 +118,8 @@ def test_params_yaml_sections_build_on_text_shards(name):
     """params.yaml with the text preset gives each method an encoder it accepts."""
     params = load_params(REPO / "params.yaml", preset="text")
     enc = build_encoder(params.encoder_for(name), {"modality": "text", "vocab_size": 100, "max_length": L})
-    method = registry.get(name)(enc, params.method_params[name], params.augment, 0, CPU)
-    assert isinstance(method.encoder, TextEncoder) and method.encoder.backbone.causal == registry.get(name).causal
+    method = METHODS.get(name)(enc, params.method_params[name], params.augment, 0, CPU)
+    assert isinstance(method.encoder, TextEncoder) and method.encoder.backbone.causal == METHODS.get(name).causal
 
 
 def test_clm_never_sees_the_future(corpus):
@@ -239,7 +239,7 @@ def test_encoder_save_load_round_trip(name, corpus, tmp_path):
     method = _build(name, tok.get_vocab_size(), seed=4)
     save_encoder(method.encoder, tmp_path / "e.pt")
     again = load_encoder(tmp_path / "e.pt")
-    assert again.backbone.causal == registry.get(name).causal
+    assert again.backbone.causal == METHODS.get(name).causal
     x = encode_packed(tok, texts[:20], L)
     assert torch.equal(again(x), method.encoder.eval()(x))
 

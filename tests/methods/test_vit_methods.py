@@ -12,7 +12,7 @@ import torch
 
 from pipeline.config import AugmentParams, EncoderParams
 from pipeline.errors import UserError
-from pipeline.methods import registry
+from pipeline.registry import METHODS
 from pipeline.models.encoder import Encoder
 from pipeline.train.optim import param_groups
 from tests.methods.vit_common import TINY, tiny_method
@@ -73,7 +73,7 @@ def test_bf16_autocast_gives_a_finite_loss_and_gradient(name, one_thread):
 @pytest.mark.parametrize("name", VIT_METHODS)
 def test_a_resnet_encoder_is_a_user_error(name):
     encoder = Encoder(EncoderParams(arch="resnet", width=8), 1, [0.286], [0.353], 28)
-    cls = registry.get(name)
+    cls = METHODS.get(name)
     with pytest.raises(UserError, match=rf"^{name} needs a ViT encoder.*`encoder: {{arch: vit}}` under `{name}:`"):
         cls(encoder, cls.Params(**TINY[name]), AugmentParams(), 0, torch.device("cpu"))
 

@@ -8,7 +8,7 @@ import math
 import torch
 
 from pipeline.config import AugmentParams, EncoderParams
-from pipeline.methods import registry
+from pipeline.registry import METHODS
 from pipeline.models.encoder import Encoder
 
 # per-method overrides that keep heads tiny (the rest: each Params class's defaults)
@@ -26,7 +26,7 @@ def tiny_method(name: str, seed: int = 0, **overrides):
     """The method on a 1-block, 16-d ViT with 7 px patches of 28 px images (a 4x4 grid)."""
     torch.manual_seed(seed)
     encoder = Encoder(EncoderParams(arch="vit", patch_size=7, dim=16, depth=1, heads=2, pool="cls"), 1, [0.286], [0.353], 28)
-    cls = registry.get(name)
+    cls = METHODS.get(name)
     return cls(encoder, cls.Params(**{**TINY[name], **overrides}), AugmentParams(), seed, torch.device("cpu"))
 
 

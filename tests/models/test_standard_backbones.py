@@ -12,14 +12,14 @@ import torch
 
 from pipeline.config import EncoderParams, parse_params
 from pipeline.errors import UserError
-from pipeline.methods import registry
+from pipeline.registry import METHODS
 from pipeline.models.encoder import Encoder, build_encoder
 from pipeline.models.vit import ViT
 from tests.conftest import random_images
 
 SIZE = 32  # two 16 px patches a side for timm's ViTs; tiny for the ResNets
 MANIFEST = {"channels": 1, "image_size": SIZE, "mean": [0.3], "std": [0.35]}
-IMAGE_METHODS = [n for n in registry.names() if registry.get(n).modality == "image"]
+IMAGE_METHODS = [n for n in METHODS.names() if METHODS.get(n).modality == "image"]
 # heads shrunk so that one step costs little; the encoder (the thing under test) is not shrunk
 SMALL = {"hidden_dim": 32, "projection_dim": 32, "out_dim": 64, "bottleneck_dim": 16, "dim": 32, "num_prototypes": 16,
          "queue_size": 64, "codebook_size": 16, "num_permutations": 10, "tile_dim": 16, "decoder_dim": 32}
@@ -34,7 +34,7 @@ def _encoder(arch: str) -> Encoder:
 
 def _method(name: str, arch: str, default_params_dict, **extra):
     params = parse_params(default_params_dict)
-    cls = registry.get(name)
+    cls = METHODS.get(name)
     fields = cls.Params.model_fields
     mp = params.method_params[name].model_copy(update={k: v for k, v in (SMALL | extra).items() if k in fields})
     encoder = copy.deepcopy(_encoder(arch)) if arch != "vit" else \

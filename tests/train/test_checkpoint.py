@@ -65,9 +65,9 @@ def test_the_fingerprint_covers_the_code(tmp_path, monkeypatch):
 
 
 def _image_methods() -> list[str]:
-    from pipeline.methods import registry
+    from pipeline.registry import METHODS
 
-    return [n for n in registry.names() if registry.get(n).modality == "image"]  # text methods: tests/methods/test_text_methods.py
+    return [n for n in METHODS.names() if METHODS.get(n).modality == "image"]  # text methods: tests/methods/test_text_methods.py
 
 
 @pytest.mark.parametrize("name", _image_methods())
@@ -75,14 +75,14 @@ def test_every_methods_training_state_loads_weights_only(name, default_params_di
     """Model, optimizer (after a step: momentum buffers), extra state (queues, RNGs) and
     history of every method survive ``torch.load(weights_only=True)``."""
     from pipeline.config import parse_params
-    from pipeline.methods import registry
+    from pipeline.registry import METHODS
     from pipeline.models.encoder import build_encoder
     from pipeline.train.optim import build_optimizer, param_groups
 
     params = parse_params(default_params_dict)
     torch.manual_seed(0)
     encoder = build_encoder(params.encoder_for(name), {"channels": 1, "image_size": 28, "mean": [0.3], "std": [0.35]})
-    method = registry.get(name)(encoder, params.method_params[name], params.augment, 0, torch.device("cpu"))
+    method = METHODS.get(name)(encoder, params.method_params[name], params.augment, 0, torch.device("cpu"))
     images = torch.from_numpy(fmnist_small[0].images[:32].copy()).permute(0, 3, 1, 2).contiguous()
     method.prepare(images)
     opt = build_optimizer(param_groups(method, params=method.optimized_parameters()), params.pretrain_for(name), 1)

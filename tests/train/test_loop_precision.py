@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pipeline.config import OptimParams, parse_params
-from pipeline.methods import registry
+from pipeline.registry import METHODS
 from pipeline.models.encoder import build_encoder
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.loop import CHECK_EVERY, TrainJob, fit
@@ -33,7 +33,7 @@ def test_fit_steps_make_no_synchronising_call_between_checks(default_params_dict
     raw["augment"] = {**raw["augment"], "blur_p": [0.5], "solarize_p": [0.0, 0.2]}
     params = parse_params(raw)
     manifest = {"channels": 3, "image_size": 28, "mean": [0.5] * 3, "std": [0.25] * 3}
-    method = registry.get("simclr")(build_encoder(params.encoder_for("simclr"), manifest), params.method_params["simclr"],
+    method = METHODS.get("simclr")(build_encoder(params.encoder_for("simclr"), manifest), params.method_params["simclr"],
                                     params.augment, 0, CPU)
     steps = 5
     assert steps < CHECK_EVERY

@@ -13,8 +13,7 @@ from pipeline.modalities.image.views import ViewMaker
 from pipeline.modalities.text.views import TextViews
 from pipeline.eval.algorithms.diagnostics import diagnose
 from pipeline.eval.algorithms.embedding_map import embedding_map
-from pipeline.eval.protocol import EvalContext, Protocol, sample_noun
-from pipeline.eval.registry import register
+from pipeline.eval.protocol import EvalContext, Protocol, register, sample_noun
 
 
 def views_for(ctx: EvalContext):

@@ -10,8 +10,7 @@ from pipeline.config import FewShotParams
 from pipeline.dist import default_workers
 from pipeline.eval.checks import check_few_shot
 from pipeline.eval.algorithms.few_shot import few_shot
-from pipeline.eval.protocol import EvalContext, Protocol
-from pipeline.eval.registry import register
+from pipeline.eval.protocol import EvalContext, Protocol, register
 
 
 def few_shot_order(key: str) -> tuple[int, int]:

@@ -9,8 +9,7 @@ from pipeline.config import FinetuneParams
 from pipeline.data.labelled import LabelledSet
 from pipeline.errors import UserError
 from pipeline.eval.algorithms.finetune import top1, train_classifier
-from pipeline.eval.protocol import EvalContext, Protocol
-from pipeline.eval.registry import register
+from pipeline.eval.protocol import EvalContext, Protocol, register
 
 
 LABELLED = ("train", "val")  # every label a protocol may fit

@@ -7,8 +7,7 @@ from pipeline import config
 from pipeline.config import KnnParams
 from pipeline.eval.checks import check_knn
 from pipeline.eval.algorithms.knn import knn_predictions
-from pipeline.eval.protocol import EvalContext, Protocol
-from pipeline.eval.registry import register
+from pipeline.eval.protocol import EvalContext, Protocol, register
 
 
 @register

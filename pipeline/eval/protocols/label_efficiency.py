@@ -14,9 +14,8 @@ from pipeline.eval.checks import check_label_efficiency
 from pipeline.eval.algorithms.finetune import top1, train_classifier
 from pipeline.eval.algorithms.label_fractions import balanced_subset
 from pipeline.eval.algorithms.linear import linear_probe
-from pipeline.eval.protocol import EvalContext, Protocol, sample_noun
+from pipeline.eval.protocol import EvalContext, Protocol, register, sample_noun
 from pipeline.eval.protocols.finetune import labelled_set
-from pipeline.eval.registry import register
 
 
 @register

@@ -8,8 +8,7 @@ from __future__ import annotations
 from pipeline.config import LinearParams
 from pipeline.eval.algorithms.linear import linear_probe
 from pipeline.eval.algorithms.linear_sgd import linear_sgd
-from pipeline.eval.protocol import EvalContext, Protocol
-from pipeline.eval.registry import register
+from pipeline.eval.protocol import EvalContext, Protocol, register
 
 
 @register

@@ -11,8 +11,7 @@ from pipeline import config
 from pipeline.config import TransferParams
 from pipeline.errors import UserError
 from pipeline.eval.algorithms.linear import linear_probe
-from pipeline.eval.protocol import EvalContext, Protocol, is_text_manifest
-from pipeline.eval.registry import register
+from pipeline.eval.protocol import EvalContext, Protocol, is_text_manifest, register
 from pipeline.eval.transfer import TEXT_DATASETS, load_text_transfer, load_transfer
 
 
