@@ -32,11 +32,6 @@ from pipeline.eval.predictions import record
 from pipeline.models.encoder import Encoder
 from pipeline.registry import PROTOCOLS
 
-def seed_everything(seed: int) -> None:
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 @dataclass
 class EvalContext:
     """One encoder, or a features-only baseline (``encoder`` None, ``featurizer`` its features:
