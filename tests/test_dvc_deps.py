@@ -4,17 +4,26 @@ A stage whose ``deps`` miss a file that shapes its outputs gives stale results w
 noticing: edit ``pipeline/data/shards.py`` (batch order) and ``dvc repro`` would happily keep
 the old ``pretrain`` models. This test finds, for every stage of ``dvc.yaml``, the repository
 source files its ``cmd`` can run, and fails naming those no dep covers (a dep covers a file
-when it is that file or a directory above it).
+when it is that file or a directory above it); and, the other way, a code dep that covers
+nothing the stage runs (a stage that re-runs for code it never runs).
 
 How the files are found, once per stage script (not per matrix item), in a fresh interpreter
 started the way ``python stages/<x>.py`` starts (script directory first on ``sys.path``):
 
-1. import the stage script as a module (its ``main`` is guarded by ``__name__ == "__main__"``),
-   then force the registries that import code dynamically (``registry.names()`` imports every
-   ``pipeline.methods`` module), and take every ``sys.modules`` entry whose file is in the repo;
+1. import the stage script as a module (its ``main`` is guarded by ``__name__ == "__main__"``)
+   and take every ``sys.modules`` entry whose file is in the repo;
 2. run :class:`modulefinder.ModuleFinder` (searching the repo only) on the script and on every
    repo module from step 1: it scans bytecode, function bodies included, so it also catches
-   lazy imports made inside functions, which a plain import never executes.
+   lazy imports made inside functions, which a plain import never executes;
+3. registries import their entries by name (``pipeline/registry.py``), which neither step sees:
+   every registry that a module found so far imports (``from pipeline.registry import X``) is
+   loaded (``X.names()`` imports every entry), and steps 1-3 repeat until nothing new is found.
+   ``VALIDATION_ONLY`` modules do not count: params validation looks every method and protocol
+   up to check its params section, but a stage runs an entry's code only through a registry it
+   uses itself (pretrain: methods; evaluate and report: protocols; shard: none), and no entry's
+   params reach a stage that does not use it (DVC tracks those sections per stage).
+
+Empty files are left out: an empty module runs nothing (and DVC warns about an empty dependency).
 """
 
 from __future__ import annotations
@@ -34,20 +43,10 @@ DVC_YAML = ROOT / "dvc.yaml"
 
 # Files a stage runs but deliberately does not depend on: {(stage, file): why}. A stage name
 # of "*" means every stage. Every entry needs a reason in a comment; there should be hardly any.
-ALLOWED_UNDECLARED: dict[tuple[str, str], str] = {
-    # load_params validates every section (a typo anywhere fails every stage before any work), which
-    # imports the protocol registry and so every protocol module; no shard or pretrain output depends
-    # on evaluation code (their own params sections are tracked by DVC). A key ending in "/" is a prefix.
-    ("shard", "pipeline/eval/"): "params validation imports the protocol registry",
-    ("shard", "pipeline/train/"): "params validation imports the protocol registry (fine-tuning code)",
-    ("pretrain", "pipeline/eval/"): "params validation imports the protocol registry",
-    ("text-shard", "pipeline/eval/"): "params validation imports the protocol registry",
-    ("text-shard", "pipeline/train/"): "params validation imports the protocol registry (fine-tuning code)",
-    ("text-pretrain", "pipeline/eval/"): "params validation imports the protocol registry",
-}
+ALLOWED_UNDECLARED: dict[tuple[str, str], str] = {}
 
-# Code that imports other code by name at run time; calling these makes all of it import.
-FORCE_DYNAMIC_IMPORTS = "from pipeline.registry import METHODS, PROTOCOLS; METHODS.names(); PROTOCOLS.names()"
+# Modules that import registries only to validate params sections (see the module docstring).
+VALIDATION_ONLY = ("pipeline/config.py",)
 
 # Slow third-party imports made once, before forking, so each stage's probe starts warm.
 # Only an optimisation: none of these import repository code (checked in the probe).
@@ -57,10 +56,10 @@ PRELOAD = (
 )
 
 _PROBE = r"""
-import importlib, importlib.util, json, modulefinder, os, sys, traceback
+import ast, importlib, importlib.util, json, modulefinder, os, sys, traceback
 
 root = os.path.realpath(sys.argv[1])
-out_dir, force, preload, scripts = sys.argv[2], sys.argv[3], sys.argv[4].split(","), sys.argv[5:]
+out_dir, validation_only, preload, scripts = sys.argv[2], sys.argv[3].split(","), sys.argv[4].split(","), sys.argv[5:]
 # Installed third-party code is not repository source, even when the venv lives in the repo.
 env_dirs = {os.path.realpath(p) for p in (sys.prefix, sys.exec_prefix, sys.base_prefix)}
 
@@ -77,6 +76,34 @@ def repo_file(f):
 def repo_modules():
     return {name: rel for name, mod in list(sys.modules.items()) if (rel := repo_file(getattr(mod, "__file__", None)))}
 
+def registries_used(files):
+    # names imported from pipeline.registry by `files` (function bodies too), validation-only modules aside
+    names = set()
+    for rel in files:
+        if rel in validation_only or not rel.endswith(".py"):
+            continue
+        with open(os.path.join(root, rel)) as f:
+            tree = ast.parse(f.read())
+        names |= {a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module == "pipeline.registry"
+                  for a in node.names}
+    return names
+
+def closure(script, script_dir, stage_module):
+    loaded = repo_modules()
+    found = {os.path.relpath(script, root), *loaded.values()}
+    # bytecode scan, function bodies included: lazy imports that never ran above
+    # output folders at the root (dvclive/, data/ ...) would pass for namespace packages of the same name
+    finder = modulefinder.ModuleFinder(path=[script_dir, root], excludes=["dvclive", "data", "models", "metrics", "reports"])
+    finder.run_script(script)
+    for name in loaded:
+        if name != stage_module:
+            try:
+                finder.import_hook(name)
+            except ImportError:
+                pass
+    found.update(rel for m in finder.modules.values() if (rel := repo_file(m.__file__)))
+    return found
+
 def probe(script):
     script = os.path.realpath(script)
     script_dir = os.path.dirname(script)
@@ -86,21 +113,18 @@ def probe(script):
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)  # main() is guarded by `if __name__ == "__main__"`
-    exec(force)
-    loaded = repo_modules()
-    found = {os.path.relpath(script, root), *loaded.values()}
-    # bytecode scan, function bodies included: lazy imports that never ran above
-    # output folders at the root (dvclive/, data/ ...) would pass for namespace packages of the same name
-    finder = modulefinder.ModuleFinder(path=[script_dir, root], excludes=["dvclive", "data", "models", "metrics", "reports"])
-    finder.run_script(script)
-    for name in loaded:
-        if name != spec.name:
-            try:
-                finder.import_hook(name)
-            except ImportError:
-                pass
-    found.update(rel for m in finder.modules.values() if (rel := repo_file(m.__file__)))
-    return sorted(found)
+    loaded_registries = set()
+    while True:
+        found = closure(script, script_dir, spec.name)
+        new = registries_used(found) - loaded_registries
+        if not new:
+            return sorted(found)
+        registry = importlib.import_module("pipeline.registry")
+        for name in sorted(new):
+            entry = getattr(registry, name)
+            if isinstance(entry, registry.Registry):
+                entry.names()  # imports every entry's module
+        loaded_registries |= new
 
 sys.path = [p for p in sys.path if p not in ("", os.getcwd())]
 for name in preload:
@@ -166,7 +190,7 @@ def executed_files(tmp_path_factory) -> dict[str, list[str]]:
     scripts = sorted({s["script"] for s in STAGES.values()})
     out_dir = tmp_path_factory.mktemp("dvc_deps")
     proc = subprocess.run(
-        [sys.executable, "-c", _PROBE, str(ROOT), str(out_dir), FORCE_DYNAMIC_IMPORTS, ",".join(PRELOAD), *scripts],
+        [sys.executable, "-c", _PROBE, str(ROOT), str(out_dir), ",".join(VALIDATION_ONLY), ",".join(PRELOAD), *scripts],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, f"dependency probe failed:\n{proc.stderr[-3000:]}"
@@ -196,7 +220,7 @@ def test_stage_deps_cover_the_code_it_runs(stage, executed_files):
     assert script in ran
     missing = [
         f for f in ran
-        if not _covered(f, deps) and not _allowed(stage, f)
+        if not _covered(f, deps) and not _allowed(stage, f) and (ROOT / f).stat().st_size  # an empty module runs nothing
     ]
     assert not missing, (
         f"dvc.yaml stage {stage!r} (runs {script}) executes repository code that none of its deps "
@@ -205,6 +229,17 @@ def test_stage_deps_cover_the_code_it_runs(stage, executed_files):
         + "add each file (or a directory above it) to the stage's deps, or to ALLOWED_UNDECLARED "
         "in tests/test_dvc_deps.py with the reason"
     )
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_every_code_dep_covers_code_the_stage_runs(stage, executed_files):
+    """The other way: a code dep the stage never runs makes it re-run for nothing (editing a
+    protocol would re-train every encoder)."""
+    script, deps = STAGES[stage]["script"], STAGES[stage]["deps"]
+    ran = executed_files[script]
+    unused = [d for d in deps if d.split("/")[0] in ("pipeline", "stages") and not any(_covered(f, [d]) for f in ran)]
+    assert not unused, (f"dvc.yaml stage {stage!r} (runs {script}) depends on code it never runs: {unused}; "
+                        "remove them from its deps (tools/dvc_yaml.py: CODE)")
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))

@@ -95,7 +95,7 @@ def test_an_unknown_preset_is_refused_naming_the_valid_ones():
 
 
 def test_text_stage_matrices_are_the_text_presets_methods_and_baselines():
-    """dvc.yaml cannot read the preset's lists (its templating reads params.yaml), so it repeats them."""
+    """dvc.yaml cannot read the preset's lists (its templating reads params.yaml), so tools/dvc_yaml.py writes them."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     preset = yaml.safe_load((PRESETS / "text.yaml").read_text())
     assert stages["text-pretrain"]["matrix"]["method"] == preset["methods"]
