@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 def main() -> None:
     from pipeline.config import load_params
-    from pipeline.data.shards import load_split
+    from pipeline.shards.read import load_split
     from pipeline.dist import default_workers
     from pipeline.eval.features import encoder_features
     from pipeline.eval.algorithms.few_shot import few_shot

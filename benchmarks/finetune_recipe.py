@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 def main(args: argparse.Namespace) -> None:
     from pipeline.config import load_params
-    from pipeline.data.shards import read_manifest
+    from pipeline.shards.manifest import read_manifest
     from pipeline.eval.algorithms.finetune import top1, train_classifier
     from pipeline.eval.protocol import EvalContext
     from pipeline.models.encoder import load_encoder

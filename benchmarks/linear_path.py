@@ -45,7 +45,7 @@ def cold_probe(train, val, test, c_grid: list[float], max_iter: int) -> dict:
 def feature_sets() -> dict[str, tuple[list, list[float], int]]:
     """name -> ([train, val, test] as (features, labels)), c_grid, max_iter)."""
     from pipeline.config import load_params
-    from pipeline.data.shards import load_split
+    from pipeline.shards.read import load_split
     from pipeline.eval.features import encoder_features
     from pipeline.modalities.text.tfidf import tfidf_featurizer
     from pipeline.models.encoder import load_encoder

@@ -40,7 +40,7 @@ def pretrain(params_file: Path, method: str, out: Path) -> float:
 
 def val_probe(encoder_file: Path, params) -> float:
     """Best val top-1 over ``linear_eval.c_grid`` of the probe fitted on the train split."""
-    from pipeline.data.shards import load_split
+    from pipeline.shards.read import load_split
     from pipeline.eval.features import encoder_features
     from pipeline.eval.algorithms.linear import linear_probe
     from pipeline.models.encoder import load_encoder

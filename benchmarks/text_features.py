@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 
 def main() -> None:
-    from pipeline.data.shards import load_split
+    from pipeline.shards.read import load_split
     from pipeline.eval.features import BATCH, encoder_features
     from pipeline.models.encoder import load_encoder
 

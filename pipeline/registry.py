@@ -84,3 +84,7 @@ METHODS: Registry[type] = Registry("method", ["pipeline.methods"])  # classes (p
 # instances (pipeline/eval/protocols/<name>.py), in report order
 PROTOCOLS: Registry = Registry("evaluation protocol", ["pipeline.eval.protocols"], order=lambda name, p: p.order,
                                plural="protocols")
+# Shard codecs by the manifest's modality name ("image" when a manifest has none, "text"):
+# classes with of(shard_dir, manifest) -> codec (pipeline/modalities/<name>/codec.py), looked
+# up by the shard readers (pipeline.shards.read.codec_for), which sit below the modalities.
+CODECS: Registry[type] = Registry("shard modality", ["pipeline.modalities"], plural="modalities")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline import dist
 from pipeline.config import load_params
-from pipeline.data.shards import read_manifest
+from pipeline.shards.manifest import read_manifest
 from pipeline.errors import UserError, exit_on_user_error, output_lock
 from pipeline.registry import PROTOCOLS
 from pipeline.eval.baselines import baseline_encoder, baseline_featurizer

@@ -14,7 +14,8 @@ import torch
 from pipeline import dist
 from pipeline.config import load_params
 from pipeline.data.loader import EpochLoader, loader_workers
-from pipeline.data.shards import epoch_steps, first_samples, read_manifest, split_batches, stream_batches
+from pipeline.shards.manifest import read_manifest
+from pipeline.shards.read import epoch_steps, first_samples, split_batches, stream_batches
 from pipeline.errors import UserError, exit_on_user_error, output_lock
 from pipeline.eval.features import BATCH, encoder_features
 from pipeline.eval.algorithms.knn import knn_accuracy

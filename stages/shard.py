@@ -1,5 +1,5 @@
 """DVC stage `shard`: source images -> WebDataset shards + manifest.json (`text-shard`,
-``data.source: fortunes``: text entries -> text shards + their tokenizer, ``pipeline/modalities/text/shards.py``).
+``data.source: fortunes``: text entries -> text shards + their tokenizer, ``pipeline/modalities/text/codec.py``).
 
 Streaming: the source gives sample references (file paths, indices) and labels, the splits
 are computed from the labels, and worker processes (``data.workers``) load, resize and
@@ -20,9 +20,9 @@ from pipeline import dist
 from pipeline.config import load_params
 from pipeline.modalities.image import sources
 from pipeline.modalities.text import sources as text
-from pipeline.data.shards import SampleFormat, write_shards
+from pipeline.modalities.image.codec import SampleFormat, write_image_shards
 from pipeline.data.splits import make_splits
-from pipeline.modalities.text.shards import write_text_shards
+from pipeline.modalities.text.codec import write_text_shards
 from pipeline.modalities.image.fidelity import information_loss
 from pipeline.errors import exit_on_user_error, naming, output_lock
 from pipeline.outputs import TMP_SUFFIX, StagedOutputs
@@ -71,7 +71,7 @@ def write_resumable(out: str, write) -> dict:
     """``write(folder)`` into ``<out>.tmp``, then renamed to ``out``: the shard folder appears
     whole (manifest included) or not at all. Unlike ``StagedOutputs`` the staging folder
     outlives a killed run (SIGKILL, out of memory, a pre-empted host, a power cut): the next
-    run keeps the shards it finished (``shards.Journal``: same inputs, same bytes) and writes
+    run keeps the shards it finished (``pipeline.shards.write.Journal``: same inputs, same bytes) and writes
     the rest. An error or Ctrl-C removes it, as ``StagedOutputs`` does."""
     final = Path(out)
     tmp = final.with_name(final.name + TMP_SUFFIX)
@@ -124,7 +124,7 @@ def _shard(params, out: str) -> None:
         sources.limit_pixels((pretrain,), d.max_image_pixels)
     splits = make_splits(train, test, d, params.seed, pretrain)
     fmt = SampleFormat(d.image_size, d.channels, d.store_size, d.image_format, d.jpeg_quality, d.store_aspect)
-    manifest = write_resumable(out, lambda tmp: write_shards(
+    manifest = write_resumable(out, lambda tmp: write_image_shards(
         splits, tmp, d.shard_size, source=manifest_source(d), fmt=fmt, workers=dist.default_workers(d.workers),
         n_streams=d.streams, resume=True))
     print("shards:", ", ".join(f"{s} {v['count']}" for s, v in manifest["splits"].items()), "images in", out)

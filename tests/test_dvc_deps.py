@@ -1,7 +1,7 @@
 """Every DVC stage depends on all the repository code its command can execute.
 
 A stage whose ``deps`` miss a file that shapes its outputs gives stale results without DVC
-noticing: edit ``pipeline/data/shards.py`` (batch order) and ``dvc repro`` would happily keep
+noticing: edit ``pipeline/shards/read.py`` (batch order) and ``dvc repro`` would happily keep
 the old ``pretrain`` models. This test finds, for every stage of ``dvc.yaml``, the repository
 source files its ``cmd`` can run, and fails naming those no dep covers (a dep covers a file
 when it is that file or a directory above it).
@@ -47,7 +47,8 @@ ALLOWED_UNDECLARED: dict[tuple[str, str], str] = {
 }
 
 # Code that imports other code by name at run time; calling these makes all of it import.
-FORCE_DYNAMIC_IMPORTS = "from pipeline.registry import METHODS, PROTOCOLS; METHODS.names(); PROTOCOLS.names()"
+FORCE_DYNAMIC_IMPORTS = ("from pipeline.registry import CODECS, METHODS, PROTOCOLS; METHODS.names(); PROTOCOLS.names(); "
+                         "CODECS.names()")
 
 # Slow third-party imports made once, before forking, so each stage's probe starts warm.
 # Only an optimisation: none of these import repository code (checked in the probe).

@@ -23,7 +23,9 @@ import torch
 from pipeline import dist
 from pipeline.modalities.text.length_groups import length_grouped
 from pipeline.data.loader import EpochLoader
-from pipeline.data.shards import epoch_steps, read_manifest, write_subset
+from pipeline.shards.manifest import read_manifest
+from pipeline.shards.read import epoch_steps
+from pipeline.shards.write import write_subset
 from pipeline.models.encoder import text_lengths
 
 Batches = Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]  # epoch -> (x, labels int64 [B]) on the CPU

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 
 from pipeline.config import Params
-from pipeline.data.shards import read_manifest
+from pipeline.shards.manifest import read_manifest
 from pipeline.errors import UserError
 from pipeline.eval.features import Featurizer, pixel_features
 from pipeline.models.encoder import Encoder, build_encoder

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from pipeline.config import Params
 from pipeline.data.labelled import LabelledSet, in_memory, streamed
 from pipeline.data.loader import loader_workers
-from pipeline.data.shards import first_samples, load_split, split_batches
+from pipeline.shards.read import first_samples, load_split, split_batches
 from pipeline.eval.baselines import FEATURE_BASELINES
 from pipeline.eval.feature_cache import cache_key, cached_features, encoder_id, feature_dtype
 from pipeline.eval.features import BATCH, Featurizer, encoder_features

@@ -202,7 +202,8 @@ def _channels_last_rank(rank: int, out: str) -> dict:
 
 
 def _uneven_rank(rank: int, out: str, shards: str) -> dict:
-    from pipeline.data.shards import read_manifest, stream_batches
+    from pipeline.shards.manifest import read_manifest
+    from pipeline.shards.read import stream_batches
     from pipeline.train.loop import fit
 
     job, method = _job("simclr", rank, WORLD, "real", epochs=2)

@@ -14,7 +14,7 @@ import yaml
 
 from pipeline.config import EncoderParams, parse_params
 from pipeline.modalities.image.views import to_float
-from pipeline.data.shards import read_manifest
+from pipeline.shards.manifest import read_manifest
 from pipeline.registry import PROTOCOLS
 from pipeline.eval.feature_cache import cache_key, cached_features
 from pipeline.eval.features import PIXEL_BUDGET, pixel_dim, pixel_features

@@ -12,7 +12,8 @@ import torch
 import yaml
 
 from pipeline.config import EncoderParams, parse_params
-from pipeline.data.shards import load_split, read_manifest
+from pipeline.shards.manifest import read_manifest
+from pipeline.shards.read import load_split
 from pipeline.eval import predictions, registry
 from pipeline.eval.protocol import EvalContext
 from pipeline.eval.run import run_protocol

@@ -11,7 +11,8 @@ import torch
 import yaml
 
 from pipeline.config import EncoderParams, parse_params
-from pipeline.data.shards import load_split, read_manifest
+from pipeline.shards.manifest import read_manifest
+from pipeline.shards.read import load_split
 from pipeline.registry import PROTOCOLS
 from pipeline.eval.baselines import baseline_encoder, baseline_featurizer, matching_random_init
 from pipeline.eval.algorithms.label_fractions import balanced_subset

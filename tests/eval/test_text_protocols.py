@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from pipeline.config import parse_params
-from pipeline.data.shards import load_split, read_manifest
+from pipeline.shards.manifest import read_manifest
+from pipeline.shards.read import load_split
 from pipeline.modalities.text.sources import TextSet
-from pipeline.modalities.text.shards import write_text_shards
+from pipeline.modalities.text.codec import write_text_shards
 from pipeline.modalities.text.views import FIRST_REGULAR_ID, MASK_ID, TextViews
 from pipeline.modalities.text.tokenizer import encode_packed, load_tokenizer
 from pipeline.errors import UserError

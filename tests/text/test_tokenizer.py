@@ -41,7 +41,7 @@ def test_load_tokenizer_cached_and_only_for_text(tmp_path, tiny_shards):
     from pipeline.modalities.image.sources import split_stratified
     from pipeline.data.splits import make_splits
     from pipeline.modalities.text.sources import TextSet
-    from pipeline.modalities.text.shards import write_text_shards
+    from pipeline.modalities.text.codec import write_text_shards
 
     data = TextSet.from_names(TEXTS[:300], ["x", "y", "z"] * 100)
     params = DataParams(source="fortunes", val_size=30, pretrain_size=None, train_size=None, test_fraction=0.2)
