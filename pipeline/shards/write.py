@@ -36,6 +36,7 @@ from pipeline.shards import streams
 from pipeline.shards.manifest import read_manifest, recreate_hint, write_manifest
 from pipeline.shards.verify import reraise_corrupt, sha256, shard_paths
 
+
 def write_split(data, out_dir: Path, split: str, shard_size: int, with_labels: bool,
                 samples: Iterator[tuple[bytes, np.ndarray | None]], ext: str,
                 totals: np.ndarray | None = None, sizes: list[int] | None = None,
@@ -74,7 +75,6 @@ def write_split(data, out_dir: Path, split: str, shard_size: int, with_labels: b
         names[name] = size
         start += size
     return names
-
 
 
 class Journal:
