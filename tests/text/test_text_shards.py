@@ -21,8 +21,8 @@ import torch
 from pipeline.config import DataParams, TextParams
 from pipeline.data import shards
 from pipeline.data.loader import epoch_batches
-from pipeline.modalities.image.sources import split_stratified
-from pipeline.data.splits import make_splits
+from pipeline.shards.splits import split_stratified
+from pipeline.shards.splits import make_splits
 from pipeline.modalities.text.sources import FORTUNE_DIR, TextSet
 from pipeline.modalities.text.shards import write_text_shards
 from pipeline.modalities.text.tokenizer import SPECIALS, load_tokenizer, train_tokenizer
