@@ -36,7 +36,7 @@ def main() -> None:
     from pipeline.shards.manifest import read_manifest
     from pipeline.shards.read import stream_batches
     from pipeline.registry import METHODS
-    from pipeline.models.encoder import build_encoder
+    from pipeline.modalities.encoders import build_encoder
     from pipeline.models.resnet import SmallResNet
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

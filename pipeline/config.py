@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import UserError
-from pipeline.registry import METHODS, PROTOCOLS
+from pipeline.registry import METHODS, PROTOCOLS, SOURCES
 
 
 class Strict(BaseModel):
@@ -28,7 +28,9 @@ class Strict(BaseModel):
 class DataParams(Strict):
     """Where images come from and how they are split into shards."""
 
-    source: Literal["fashion-mnist", "imagefolder", "torchvision", "fortunes"] = "fashion-mnist"  # fortunes: text (section text)
+    # a registered data source (pipeline/modalities/<modality>/: fashion-mnist, imagefolder, torchvision;
+    # fortunes: text, section text); its modality decides how the shards are written and read
+    source: str = "fashion-mnist"
     root: str = "/usr/share/datasets/fashion-mnist"
     torchvision_name: Optional[str] = None  # e.g. CIFAR10, when source is torchvision
     download: bool = False  # torchvision/Fashion-MNIST download fallback (needs network)
@@ -62,6 +64,14 @@ class DataParams(Strict):
     # An image file with more pixels is refused from its header (a decompression bomb); PIL's
     # own limit by default. None: no limit. Left out of the manifest (no accepted image changes).
     max_image_pixels: Optional[int] = Field(89478485, ge=1)
+
+
+    @field_validator("source")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        if v not in SOURCES:
+            raise ValueError(f"unknown data source; valid: {', '.join(SOURCES.names())}")
+        return v
 
 
 class EncoderParams(Strict):

@@ -21,7 +21,7 @@ from pipeline.config import load_params
 from pipeline.modalities.image import sources
 from pipeline.modalities.text import sources as text
 from pipeline.modalities.image.codec import SampleFormat, write_image_shards
-from pipeline.data.splits import make_splits
+from pipeline.shards.splits import make_splits
 from pipeline.modalities.text.codec import write_text_shards
 from pipeline.modalities.image.fidelity import information_loss
 from pipeline.errors import exit_on_user_error, naming, output_lock

@@ -15,9 +15,9 @@ from pipeline.config import DataParams, EncoderParams
 from pipeline.modalities.image.codec import write_image_shards
 from pipeline.shards.manifest import read_manifest
 from pipeline.modalities.image.sources import ImageSet
-from pipeline.data.splits import make_splits
+from pipeline.shards.splits import make_splits
 from pipeline.errors import UserError
-from pipeline.models.encoder import build_encoder, load_encoder, save_encoder
+from pipeline.modalities.encoders import build_encoder, load_encoder, save_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = {"modality": "text", "vocab_size": 64, "max_length": 16}

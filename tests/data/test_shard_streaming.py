@@ -24,7 +24,7 @@ from pipeline.modalities.image import sources
 from pipeline.modalities.image.codec import SampleFormat, write_image_shards
 from pipeline.shards.manifest import read_manifest
 from pipeline.shards.read import load_split, stream_batches
-from pipeline.data.splits import make_splits
+from pipeline.shards.splits import make_splits
 from pipeline.errors import UserError
 from tests.data.test_sources import _write_idx
 

@@ -10,7 +10,7 @@ from pipeline.modalities.image.codec import write_image_shards
 from pipeline.shards.manifest import read_manifest
 from pipeline.shards.read import load_split, stream_batches
 from pipeline.modalities.image.sources import ImageSet
-from pipeline.data.splits import make_splits
+from pipeline.shards.splits import make_splits
 from pipeline.errors import UserError
 
 

@@ -17,7 +17,7 @@ from pipeline.shards.read import load_split
 from pipeline.eval import predictions, registry
 from pipeline.eval.protocol import EvalContext
 from pipeline.eval.run import run_protocol
-from pipeline.models.encoder import build_encoder
+from pipeline.modalities.encoders import build_encoder
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -23,8 +23,8 @@ from pipeline.shards.manifest import read_manifest
 from pipeline.shards.read import load_split, stream_batches
 from pipeline.shards.verify import sha256
 from pipeline.data.loader import epoch_batches
-from pipeline.modalities.image.sources import split_stratified
-from pipeline.data.splits import make_splits
+from pipeline.shards.splits import split_stratified
+from pipeline.shards.splits import make_splits
 from pipeline.modalities.text.sources import FORTUNE_DIR, TextSet
 from pipeline.modalities.text.codec import read_texts, write_text_shards
 from pipeline.modalities.text.tokenizer import SPECIALS, load_tokenizer, train_tokenizer
