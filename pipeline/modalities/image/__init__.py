@@ -11,8 +11,8 @@ import torch
 from pipeline.config import EncoderParams
 from pipeline.errors import UserError
 from pipeline.modalities.base import FeatureBaseline, Modality
-# the data sources and transfer sets, registered by their modules
-from pipeline.modalities.image import fashion_mnist, imagefolder, torchvision_datasets, transfer  # noqa: F401
+# the shard codec, data sources and transfer sets, registered by their modules
+from pipeline.modalities.image import codec, fashion_mnist, imagefolder, torchvision_datasets, transfer  # noqa: F401
 from pipeline.modalities.image.baseline import pixel_dim, pixel_features
 from pipeline.modalities.image.views import ViewMaker, to_float
 from pipeline.models.encoder import Encoder

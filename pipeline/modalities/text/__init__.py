@@ -12,8 +12,8 @@ import torch
 from pipeline.config import EncoderParams
 from pipeline.errors import UserError
 from pipeline.modalities.base import FeatureBaseline, Modality
-# the data source and transfer set, registered by their modules
-from pipeline.modalities.text import fortunes, transfer  # noqa: F401
+# the shard codec, data source and transfer set, registered by their modules
+from pipeline.modalities.text import codec, fortunes, transfer  # noqa: F401
 from pipeline.modalities.text.encoder import TextEncoder, text_lengths
 from pipeline.modalities.text.views import TextViews
 from pipeline.registry import MODALITIES
