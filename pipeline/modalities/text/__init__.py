@@ -1,7 +1,7 @@
 """The text modality: entries as packed int64 ``[N, 2, L]`` (token ids, attention), UTF-8 text in
 the shards with their BPE tokenizer, a small Transformer encoder, random-masking views, the
-TF-IDF baseline, and the fortunes data source and language-ID transfer set registered by the
-modules of this folder."""
+TF-IDF baseline; its data source (fortunes) and transfer set (language ID) are the modules of
+``datasets/``."""
 
 from __future__ import annotations
 
@@ -12,11 +12,9 @@ import torch
 from pipeline.config import EncoderParams
 from pipeline.errors import UserError
 from pipeline.modalities.base import FeatureBaseline, Modality
-# the data source and transfer set, registered by their modules
-from pipeline.modalities.text import fortunes, transfer  # noqa: F401
 from pipeline.modalities.text.encoder import TextEncoder, text_lengths
 from pipeline.modalities.text.views import TextViews
-from pipeline.registry import MODALITIES
+from pipeline.registry import MODALITIES, import_package
 from pipeline.modalities.text.params import TextParams, text_params
 
 TEXT_BATCH = 128  # entries per forward pass, of similar lengths (benchmarks/text_features.py)
@@ -86,3 +84,4 @@ class TextModality(Modality):
 
 
 MODALITIES.register(TextModality())
+import_package(f"{__name__}.datasets")  # its data source and transfer set register themselves
