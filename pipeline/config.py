@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import UserError
-from pipeline.registry import METHODS, PROTOCOLS, SOURCES
+from pipeline.registry import METHODS, MODALITIES, PROTOCOLS, SOURCES
 
 
 class Strict(BaseModel):
@@ -282,20 +282,6 @@ class TransferParams(Strict):
     max_iter: int = Field(200, ge=10)
 
 
-class TextParams(Strict):
-    """The text modality (``data.source: fortunes``): tokenizer, entry length, labels,
-    text views, the language-ID transfer set and the TF-IDF baseline. Images ignore it."""
-
-    vocab_size: int = Field(4096, ge=64, le=1_000_000)  # BPE vocabulary learned on the pretrain split
-    max_length: int = Field(64, ge=4, le=4096)  # tokens per entry incl. [CLS]/[SEP]; longer entries are truncated
-    min_class_count: int = Field(200, ge=1)  # categories with fewer entries are merged into "other"
-    view_mask_p: float = Field(0.15, ge=0, le=1)  # text views (diagnostics): each real token -> [MASK]
-    transfer_per_language: int = Field(1000, ge=10)  # language-ID transfer set: entries per language
-    transfer_languages: list[Literal["en", "de", "es", "it"]] = Field(
-        default_factory=lambda: ["en", "de", "es", "it"], min_length=2)
-    tfidf_max_features: int = Field(10000, ge=1)  # TF-IDF baseline: word 1-2-grams, fitted on the pretrain split
-
-
 class Params(Strict):
     """All of params.yaml except the per-method and per-protocol sections."""
 
@@ -307,12 +293,12 @@ class Params(Strict):
     encoder: EncoderParams
     augment: AugmentParams
     pretrain: PretrainParams
-    text: TextParams = Field(default_factory=TextParams)
     # filled by parse_params from the per-method and per-protocol sections:
     method_params: dict[str, Any] = Field(default_factory=dict)
     method_pretrain: dict[str, PretrainParams] = Field(default_factory=dict)
     method_encoder: dict[str, EncoderParams] = Field(default_factory=dict)
     protocol_params: dict[str, Any] = Field(default_factory=dict)
+    modality_params: dict[str, Any] = Field(default_factory=dict)  # a modality's own section (text:), by modality name
 
     # the built-in protocols' sections, typed (any protocol's: ``protocol_params[name]``)
     @property
@@ -382,7 +368,8 @@ def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
     raw = dict(raw)
     method_sections = {name: raw.pop(name) for name in list(raw) if name in METHODS.names()}
     protocol_sections = {name: raw.pop(name) for name in list(raw) if name in PROTOCOLS.names()}
-    _check_sections_are_mappings(method_sections | protocol_sections, source)
+    modality_sections = {name: raw.pop(name) for name, m in MODALITIES.items() if m.Params is not None and name in raw}
+    _check_sections_are_mappings(method_sections | protocol_sections | modality_sections, source)
     try:
         params = Params.model_validate(raw)
     except ValidationError as err:
@@ -406,6 +393,13 @@ def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
             protocol_params[name] = PROTOCOLS.get(name).Params.model_validate(protocol_sections.get(name) or {})
         except ValidationError as err:
             raise UserError(_describe(err, f"{source} (section '{name}')")) from None
+    modality_params = {}
+    for name, modality in MODALITIES.items():  # every modality's section, at its defaults when absent
+        if modality.Params is not None:
+            try:
+                modality_params[name] = modality.Params.model_validate(modality_sections.get(name) or {})
+            except ValidationError as err:
+                raise UserError(_describe(err, f"{source} (section '{name}')")) from None
     validated, pretrain, encoder = {}, {}, {}
     for name in METHODS.names():
         section = dict(method_sections.get(name) or {})
@@ -422,7 +416,7 @@ def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
         except ValidationError as err:
             raise UserError(_describe(err, f"{source} (section '{name}')")) from None
     return params.model_copy(update={"method_params": validated, "method_pretrain": pretrain, "method_encoder": encoder,
-                                     "protocol_params": protocol_params})
+                                     "protocol_params": protocol_params, "modality_params": modality_params})
 
 
 PRESETS = Path(__file__).resolve().parent.parent / "presets"

@@ -83,8 +83,8 @@ METHODS: Registry[type] = Registry("method", ["pipeline.methods"])  # classes (p
 # instances (pipeline/eval/protocols/<name>.py), in report order
 PROTOCOLS: Registry = Registry("evaluation protocol", ["pipeline.eval.protocols"], order=lambda name, p: p.order,
                                plural="protocols")
-# Modality instances (pipeline/modalities/<name>/__init__.py), and what each modality folder registers:
-# its data sources (data.source) and transfer sets (transfer.datasets)
+# Modality instances (pipeline/modalities/<name>/__init__.py), and what each modality folder registers
+# from its datasets/ modules: data sources (data.source) and transfer sets (transfer.datasets)
 MODALITIES: Registry = Registry("modality", ["pipeline.modalities"], plural="modalities")
 SOURCES: Registry = Registry("data source", ["pipeline.modalities"])
 TRANSFER_SETS: Registry = Registry("transfer dataset", ["pipeline.modalities"])

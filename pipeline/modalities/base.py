@@ -14,7 +14,7 @@ A batch, as the shard readers return it, is the modality's own tensor (images: u
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, ClassVar, NamedTuple
+from typing import Callable, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ class Modality:
     baseline: ClassVar[FeatureBaseline]  # its features-only baseline
     random_crops: ClassVar[bool] = False  # its samples have random-resized-crop views (the SGD linear probe's)
     train_in_memory: ClassVar[bool] = False  # labelled sets train from memory (short samples) rather than streamed
+    Params: ClassVar[type | None] = None  # the pydantic model of its own params section (named as the modality), if any
 
     # --- encoders -----------------------------------------------------------------------------
     def build_encoder(self, params, manifest: dict) -> nn.Module:
@@ -100,9 +101,6 @@ class Modality:
         """Per-sample lengths ``[N]`` that batches should be grouped by (text), or None."""
         return None
 
-    def params(self, params) -> Any:
-        """This modality's own params section (``params.modality_params[name]``), if it has one."""
-        return params.modality_params.get(self.name)
 
 
 class Source(NamedTuple):

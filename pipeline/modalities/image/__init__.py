@@ -1,6 +1,6 @@
 """The image modality: uint8 ``[N, C, H, W]`` samples, PNG/JPEG in the shards, ResNet and ViT
-encoders with their normalisation inside, random-resized-crop views, the raw-pixel baseline,
-and the image data sources and transfer sets registered by the modules of this folder."""
+encoders with their normalisation inside, random-resized-crop views, the raw-pixel baseline;
+its data sources and transfer sets are the modules of ``datasets/``."""
 
 from __future__ import annotations
 
@@ -11,13 +11,12 @@ import torch
 from pipeline.config import EncoderParams
 from pipeline.errors import UserError
 from pipeline.modalities.base import FeatureBaseline, Modality
-# the shard codec, data sources and transfer sets, registered by their modules
-from pipeline.modalities.image import codec, fashion_mnist, imagefolder, torchvision_datasets, transfer  # noqa: F401
+from pipeline.modalities.image import codec  # noqa: F401 - registers the image shard codec (CODECS)
 from pipeline.modalities.image.baseline import pixel_dim, pixel_features
 from pipeline.modalities.image.views import ViewMaker, to_float
 from pipeline.models.encoder import Encoder
 from pipeline.models.standard import STANDARD
-from pipeline.registry import MODALITIES
+from pipeline.registry import MODALITIES, import_package
 
 # The largest difference in a normalisation statistic between an encoder and the shards it is
 # evaluated on: subsets of one dataset differ by < 0.005 (Fashion-MNIST's mean over 20k or 55k
@@ -82,3 +81,4 @@ class ImageModality(Modality):
 
 
 MODALITIES.register(ImageModality())
+import_package(f"{__name__}.datasets")  # its data sources and transfer sets register themselves

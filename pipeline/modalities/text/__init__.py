@@ -1,7 +1,7 @@
 """The text modality: entries as packed int64 ``[N, 2, L]`` (token ids, attention), UTF-8 text in
 the shards with their BPE tokenizer, a small Transformer encoder, random-masking views, the
-TF-IDF baseline, and the fortunes data source and language-ID transfer set registered by the
-modules of this folder."""
+TF-IDF baseline; its data source (fortunes) and transfer set (language ID) are the modules of
+``datasets/``."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import torch
 from pipeline.config import EncoderParams
 from pipeline.errors import UserError
 from pipeline.modalities.base import FeatureBaseline, Modality
-# the shard codec, data source and transfer set, registered by their modules
-from pipeline.modalities.text import codec, fortunes, transfer  # noqa: F401
+from pipeline.modalities.text import codec  # noqa: F401 - registers the text shard codec (CODECS)
 from pipeline.modalities.text.encoder import TextEncoder, text_lengths
 from pipeline.modalities.text.views import TextViews
-from pipeline.registry import MODALITIES
+from pipeline.registry import MODALITIES, import_package
+from pipeline.modalities.text.params import TextParams, text_params
 
 TEXT_BATCH = 128  # entries per forward pass, of similar lengths (benchmarks/text_features.py)
 
@@ -30,6 +30,7 @@ class TextModality(Modality):
     baseline = FeatureBaseline("tfidf", "TF-IDF (baseline)", "TF-IDF", "TF-IDF features")
     train_in_memory = True  # short entries: batches of similar lengths over the whole epoch
     payload_keys = ("params", "vocab_size", "max_length", "state_dict")
+    Params = TextParams  # the text: section
 
     def build_encoder(self, params: EncoderParams, manifest: dict) -> TextEncoder:
         return TextEncoder(params, manifest["vocab_size"], manifest["max_length"])
@@ -67,20 +68,21 @@ class TextModality(Modality):
     def baseline_featurizer(self, shards: str, params):
         from pipeline.modalities.text.tfidf import tfidf_featurizer  # scikit-learn's text module: only when asked for
 
-        return tfidf_featurizer(shards, params.text.tfidf_max_features)
+        return tfidf_featurizer(shards, text_params(params).tfidf_max_features)
 
     def baseline_dim(self, manifest: dict, params) -> int:
-        return params.text.tfidf_max_features  # TF-IDF: at most this many terms
+        return text_params(params).tfidf_max_features  # TF-IDF: at most this many terms
 
     def views(self, params, augment, seed: int, device: torch.device) -> TextViews:
         """Two independent random maskings at ``text.view_mask_p`` (``augment`` is for images)."""
-        return TextViews(params.text.view_mask_p, seed, device)
+        return TextViews(text_params(params).view_mask_p, seed, device)
 
     def views_note(self, params) -> str:
-        return f"two independent maskings: each real token -> [MASK] with p = {params.text.view_mask_p:g}"
+        return f"two independent maskings: each real token -> [MASK] with p = {text_params(params).view_mask_p:g}"
 
     def sample_lengths(self, x: torch.Tensor) -> torch.Tensor:
         return text_lengths(x)
 
 
 MODALITIES.register(TextModality())
+import_package(f"{__name__}.datasets")  # its data source and transfer set register themselves

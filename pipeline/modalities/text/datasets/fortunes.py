@@ -7,10 +7,11 @@ from __future__ import annotations
 from pipeline.modalities.base import register_source
 from pipeline.shards.splits import split_stratified
 from pipeline.modalities.text.sources import TextSet, fortunes_set
+from pipeline.modalities.text.params import text_params
 
 
 @register_source("fortunes", "text")
 def load(params) -> tuple[TextSet, TextSet]:
     """``(train, test)`` entries."""
-    entries = fortunes_set(min_count=params.text.min_class_count)
+    entries = fortunes_set(min_count=text_params(params).min_class_count)
     return split_stratified(entries, params.data.test_fraction, params.seed)

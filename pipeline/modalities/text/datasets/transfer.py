@@ -15,6 +15,7 @@ from pipeline.shards.splits import split_stratified
 from pipeline.modalities.text.sources import TextSet, fortunes_by_language
 from pipeline.modalities.text.tokenizer import encode_packed, load_tokenizer
 from pipeline.registry import TRANSFER_SETS
+from pipeline.modalities.text.params import text_params
 
 
 def language_sample(texts: list[str], langs: list[str], per_language: int, seed: int) -> TextSet:
@@ -46,7 +47,7 @@ def load_text_transfer(languages: list[str], per_language: int, test_fraction: f
 
 
 def _fortunes_language(tp, params, shards: str, manifest: dict, seed: int) -> dict[str, tuple[torch.Tensor, np.ndarray]]:
-    tx = params.text
+    tx = text_params(params)
     sets = load_text_transfer(tx.transfer_languages, tx.transfer_per_language, tp.test_fraction, tp.val_fraction, seed)
     tok = load_tokenizer(shards)
     return {s: (encode_packed(tok, list(d.texts), manifest["max_length"]), d.labels) for s, d in sets.items()}
