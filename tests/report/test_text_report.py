@@ -41,7 +41,7 @@ def text_params(params):
         "methods": ["mlm", "clm"], "baselines": ["tfidf", "random_init", "random_init_clm"], "protocols": PROTOCOLS,
         "data": params.data.model_copy(update={"source": "fortunes"}),
         "encoder": causal.model_copy(update={"causal": False}), "method_encoder": {"clm": causal},
-        "protocol_params": params.protocol_params | {"few_shot": params.few_shot.model_copy(update={"classifiers": ["prototype"]})},
+        "protocol_params": params.protocol_params | {"few_shot": params.protocol_params["few_shot"].model_copy(update={"classifiers": ["prototype"]})},
     })
 
 
