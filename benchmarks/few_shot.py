@@ -30,7 +30,7 @@ def main() -> None:
     from pipeline.dist import default_workers
     from pipeline.eval.features import encoder_features
     from pipeline.eval.algorithms.few_shot import few_shot
-    from pipeline.models.encoder import load_encoder
+    from pipeline.modalities.encoders import load_encoder
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)

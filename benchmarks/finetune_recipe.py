@@ -32,7 +32,7 @@ def main(args: argparse.Namespace) -> None:
     from pipeline.data.shards import read_manifest
     from pipeline.eval.algorithms.finetune import top1, train_classifier
     from pipeline.eval.protocol import EvalContext
-    from pipeline.models.encoder import load_encoder
+    from pipeline.modalities.encoders import load_encoder
 
     variants = json.loads(args.variants)
     params = load_params(REPO / "params.yaml", preset=args.preset)

@@ -152,7 +152,7 @@ def bench(method_name: str, arch: str, params_raw: dict, shards: Path, device: t
     from pipeline.data.loader import EpochLoader, loader_workers
     from pipeline.data.shards import read_manifest, stream_batches
     from pipeline.registry import METHODS
-    from pipeline.models.encoder import build_encoder
+    from pipeline.modalities.encoders import build_encoder
     from pipeline.train.loop import TrainJob, fit
     from pipeline.train.optim import param_groups
     from tests.sync_counter import SyncCounter

@@ -138,7 +138,7 @@ def run_size(n: int, base: Path, work: Path, args: argparse.Namespace) -> tuple[
 
 
 def _feature_dim(path: Path) -> int:
-    from pipeline.models.encoder import load_encoder
+    from pipeline.modalities.encoders import load_encoder
 
     return load_encoder(str(path)).feature_dim
 

@@ -48,7 +48,7 @@ def feature_sets() -> dict[str, tuple[list, list[float], int]]:
     from pipeline.data.shards import load_split
     from pipeline.eval.features import encoder_features
     from pipeline.modalities.text.tfidf import tfidf_featurizer
-    from pipeline.models.encoder import load_encoder
+    from pipeline.modalities.encoders import load_encoder
 
     out = {}
     text = load_params(REPO / "params.yaml", preset="text")

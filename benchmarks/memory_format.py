@@ -35,7 +35,7 @@ def main() -> None:
     from pipeline.config import load_params
     from pipeline.data.shards import read_manifest, stream_batches
     from pipeline.registry import METHODS
-    from pipeline.models.encoder import build_encoder
+    from pipeline.modalities.encoders import build_encoder
     from pipeline.models.resnet import SmallResNet
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

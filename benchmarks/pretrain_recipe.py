@@ -43,7 +43,7 @@ def val_probe(encoder_file: Path, params) -> float:
     from pipeline.data.shards import load_split
     from pipeline.eval.features import encoder_features
     from pipeline.eval.algorithms.linear import linear_probe
-    from pipeline.models.encoder import load_encoder
+    from pipeline.modalities.encoders import load_encoder
 
     featurize = encoder_features(load_encoder(encoder_file), torch.device("cpu"))
     (xtr, ytr), (xva, yva) = load_split(REPO / "data/shards", "train"), load_split(REPO / "data/shards", "val")

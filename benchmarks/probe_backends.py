@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 from pipeline.config import load_params  # noqa: E402
 from pipeline.data.shards import read_manifest  # noqa: E402
 from pipeline.eval.baselines import baseline_encoder  # noqa: E402
-from pipeline.eval.features import pixel_features  # noqa: E402
+from pipeline.modalities.image.baseline import pixel_features  # noqa: E402
 from pipeline.eval.algorithms.knn import knn_accuracies, knn_accuracy  # noqa: E402
 from pipeline.eval.algorithms.linear import linear_probe  # noqa: E402
 from pipeline.eval.protocol import EvalContext  # noqa: E402

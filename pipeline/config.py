@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import UserError
-from pipeline.registry import METHODS, PROTOCOLS
+from pipeline.registry import METHODS, MODALITIES, PROTOCOLS, SOURCES
 
 
 class Strict(BaseModel):
@@ -29,7 +29,9 @@ class Strict(BaseModel):
 class DataParams(Strict):
     """Where images come from and how they are split into shards."""
 
-    source: Literal["fashion-mnist", "imagefolder", "torchvision", "fortunes"] = "fashion-mnist"  # fortunes: text (section text)
+    # a registered data source (pipeline/modalities/<modality>/: fashion-mnist, imagefolder, torchvision;
+    # fortunes: text, section text); its modality decides how the shards are written and read
+    source: str = "fashion-mnist"
     root: str = "/usr/share/datasets/fashion-mnist"
     torchvision_name: Optional[str] = None  # e.g. CIFAR10, when source is torchvision
     download: bool = False  # torchvision/Fashion-MNIST download fallback (needs network)
@@ -63,6 +65,14 @@ class DataParams(Strict):
     # An image file with more pixels is refused from its header (a decompression bomb); PIL's
     # own limit by default. None: no limit. Left out of the manifest (no accepted image changes).
     max_image_pixels: Optional[int] = Field(89478485, ge=1)
+
+
+    @field_validator("source")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        if v not in SOURCES:
+            raise ValueError(f"unknown data source; valid: {', '.join(SOURCES.names())}")
+        return v
 
 
 class EncoderParams(Strict):
@@ -192,20 +202,6 @@ class PretrainParams(OptimParams):
     sync_batchnorm: Literal["auto"] | bool = "auto"
 
 
-class TextParams(Strict):
-    """The text modality (``data.source: fortunes``): tokenizer, entry length, labels,
-    text views, the language-ID transfer set and the TF-IDF baseline. Images ignore it."""
-
-    vocab_size: int = Field(4096, ge=64, le=1_000_000)  # BPE vocabulary learned on the pretrain split
-    max_length: int = Field(64, ge=4, le=4096)  # tokens per entry incl. [CLS]/[SEP]; longer entries are truncated
-    min_class_count: int = Field(200, ge=1)  # categories with fewer entries are merged into "other"
-    view_mask_p: float = Field(0.15, ge=0, le=1)  # text views (diagnostics): each real token -> [MASK]
-    transfer_per_language: int = Field(1000, ge=10)  # language-ID transfer set: entries per language
-    transfer_languages: list[Literal["en", "de", "es", "it"]] = Field(
-        default_factory=lambda: ["en", "de", "es", "it"], min_length=2)
-    tfidf_max_features: int = Field(10000, ge=1)  # TF-IDF baseline: word 1-2-grams, fitted on the pretrain split
-
-
 class Params(Strict):
     """All of params.yaml except the per-method and per-protocol sections."""
 
@@ -217,7 +213,6 @@ class Params(Strict):
     encoder: EncoderParams
     augment: AugmentParams
     pretrain: PretrainParams
-    text: TextParams = Field(default_factory=TextParams)
     # filled by parse_params from the per-method and per-protocol sections:
     method_params: dict[str, Any] = Field(default_factory=dict)
     method_pretrain: dict[str, PretrainParams] = Field(default_factory=dict)
@@ -225,6 +220,7 @@ class Params(Strict):
     # every registered protocol's section, validated by its own Params (pipeline/eval/protocols/<name>.py),
     # whether or not it is in ``protocols`` (the pretrain stage's kNN monitor reads knn's temperature)
     protocol_params: dict[str, Any] = Field(default_factory=dict)
+    modality_params: dict[str, Any] = Field(default_factory=dict)  # a modality's own section (text:), by modality name
 
     def pretrain_for(self, method: str) -> PretrainParams:
         """The pretrain section with the method's own ``pretrain:`` overrides applied."""
@@ -265,7 +261,8 @@ def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
     raw = dict(raw)
     method_sections = {name: raw.pop(name) for name in list(raw) if name in METHODS.names()}
     protocol_sections = {name: raw.pop(name) for name in list(raw) if name in PROTOCOLS.names()}
-    _check_sections_are_mappings(method_sections | protocol_sections, source)
+    modality_sections = {name: raw.pop(name) for name, m in MODALITIES.items() if m.Params is not None and name in raw}
+    _check_sections_are_mappings(method_sections | protocol_sections | modality_sections, source)
     try:
         params = Params.model_validate(raw)
     except ValidationError as err:
@@ -289,6 +286,13 @@ def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
             protocol_params[name] = PROTOCOLS.get(name).Params.model_validate(protocol_sections.get(name) or {})
         except ValidationError as err:
             raise UserError(_describe(err, f"{source} (section '{name}')")) from None
+    modality_params = {}
+    for name, modality in MODALITIES.items():  # every modality's section, at its defaults when absent
+        if modality.Params is not None:
+            try:
+                modality_params[name] = modality.Params.model_validate(modality_sections.get(name) or {})
+            except ValidationError as err:
+                raise UserError(_describe(err, f"{source} (section '{name}')")) from None
     validated, pretrain, encoder = {}, {}, {}
     for name in METHODS.names():
         section = dict(method_sections.get(name) or {})
@@ -305,7 +309,7 @@ def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
         except ValidationError as err:
             raise UserError(_describe(err, f"{source} (section '{name}')")) from None
     return params.model_copy(update={"method_params": validated, "method_pretrain": pretrain, "method_encoder": encoder,
-                                     "protocol_params": protocol_params})
+                                     "protocol_params": protocol_params, "modality_params": modality_params})
 
 
 PRESETS = Path(__file__).resolve().parent.parent / "presets"

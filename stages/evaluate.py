@@ -22,10 +22,9 @@ from pipeline.registry import PROTOCOLS
 from pipeline.eval.baselines import baseline_encoder, baseline_featurizer
 from pipeline.eval.checks import check_classes
 from pipeline.eval.protocol import EvalContext
-from pipeline.eval.features import pixel_dim, pixel_features
 from pipeline.eval.run import run_protocol
 from pipeline.eval.scale import check_scale
-from pipeline.models.encoder import load_encoder
+from pipeline.modalities.encoders import load_encoder
 from pipeline.eval import predictions
 from pipeline.outputs import StagedOutputs, write_bytes, write_json
 from pipeline.train.loop import pick_device
@@ -106,9 +105,7 @@ def feature_dim(ctx: EvalContext, params, manifest: dict) -> int:
     """The width of the context's frozen features, known before any featurizing."""
     if ctx.featurizer is None:
         return ctx.encoder.feature_dim
-    if ctx.featurizer is pixel_features:
-        return pixel_dim(manifest["channels"], manifest["image_size"])
-    return params.text.tfidf_max_features  # TF-IDF: at most this many terms
+    return ctx.modality.baseline_dim(manifest, params)  # a features-only baseline's (at most)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pipeline.eval.features import BATCH, encoder_features
 from pipeline.eval.algorithms.knn import knn_accuracy
 from pipeline.eval.protocol import seed_everything
 from pipeline.registry import METHODS
-from pipeline.models.encoder import build_encoder, save_encoder
+from pipeline.modalities.encoders import build_encoder, save_encoder
 from pipeline.outputs import StagedOutputs, write_json
 from pipeline.provenance import code_fingerprint, device_info, provenance
 from pipeline.train.checkpoint import fingerprint

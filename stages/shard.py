@@ -21,11 +21,12 @@ from pipeline.config import load_params
 from pipeline.modalities.image import sources
 from pipeline.modalities.text import sources as text
 from pipeline.data.shards import SampleFormat, write_shards
-from pipeline.data.splits import make_splits
+from pipeline.shards.splits import make_splits
 from pipeline.modalities.text.shards import write_text_shards
 from pipeline.modalities.image.fidelity import information_loss
 from pipeline.errors import exit_on_user_error, naming, output_lock
 from pipeline.outputs import TMP_SUFFIX, StagedOutputs
+from pipeline.modalities.text.params import text_params
 
 # data.* keys that do not change the output (left out of the manifest), and new keys left out
 # at their defaults, so a manifest is byte-identical to one written before they existed.
@@ -59,12 +60,12 @@ def write_text(params, out: str) -> dict:
     """The fortunes' categories as text shards: a stratified ``data.test_fraction`` held out as
     the test split (fortunes has none), the rest split as images are (``make_splits``)."""
     d = params.data
-    entries = text.fortunes_set(min_count=params.text.min_class_count)
+    entries = text.fortunes_set(min_count=text_params(params).min_class_count)
     train, test = sources.split_stratified(entries, d.test_fraction, params.seed)
     splits = make_splits(train, test, d, params.seed)
     with StagedOutputs() as staged:  # the shard folder appears whole (manifest included) or not at all
-        return write_text_shards(splits, staged.dir(out), d.shard_size, source=text_manifest_source(d, params.text),
-                                 vocab_size=params.text.vocab_size, max_length=params.text.max_length)
+        return write_text_shards(splits, staged.dir(out), d.shard_size, source=text_manifest_source(d, text_params(params)),
+                                 vocab_size=text_params(params).vocab_size, max_length=text_params(params).max_length)
 
 
 def write_resumable(out: str, write) -> dict:

@@ -13,7 +13,7 @@ from threadpoolctl import threadpool_limits
 from pipeline.config import DataParams, parse_params
 from pipeline.data.shards import write_shards
 from pipeline.modalities.image.sources import ImageSet, fashion_mnist
-from pipeline.data.splits import make_splits
+from pipeline.shards.splits import make_splits
 
 REPO = Path(__file__).resolve().parents[1]
 FMNIST_ROOT = "/usr/share/datasets/fashion-mnist"

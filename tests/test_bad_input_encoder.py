@@ -14,9 +14,9 @@ import torch
 from pipeline.config import DataParams, EncoderParams
 from pipeline.data.shards import read_manifest, write_shards
 from pipeline.modalities.image.sources import ImageSet
-from pipeline.data.splits import make_splits
+from pipeline.shards.splits import make_splits
 from pipeline.errors import UserError
-from pipeline.models.encoder import build_encoder, load_encoder, save_encoder
+from pipeline.modalities.encoders import build_encoder, load_encoder, save_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = {"modality": "text", "vocab_size": 64, "max_length": 16}

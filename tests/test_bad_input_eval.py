@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 def encoder_path(tiny_shards, tmp_path_factory) -> Path:
     from pipeline.config import EncoderParams
     from pipeline.data.shards import read_manifest
-    from pipeline.models.encoder import build_encoder, save_encoder
+    from pipeline.modalities.encoders import build_encoder, save_encoder
 
     path = tmp_path_factory.mktemp("encoder") / "enc.pt"
     save_encoder(build_encoder(EncoderParams(width=8), read_manifest(tiny_shards)), path)

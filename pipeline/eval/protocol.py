@@ -29,10 +29,11 @@ from pipeline.config import Params
 from pipeline.data.labelled import LabelledSet, in_memory, streamed
 from pipeline.data.loader import loader_workers
 from pipeline.data.shards import first_samples, load_split, split_batches
-from pipeline.eval.baselines import FEATURE_BASELINES
+from pipeline.eval.baselines import feature_baselines
 from pipeline.eval.feature_cache import cache_key, cached_features, encoder_id, feature_dtype
 from pipeline.eval.features import BATCH, Featurizer, encoder_features
 from pipeline.eval.predictions import record
+from pipeline.modalities.base import Modality, modality_of, modality_of_source
 from pipeline.models.encoder import Encoder
 from pipeline.registry import PROTOCOLS
 
@@ -71,9 +72,9 @@ class EvalContext:
         return len(self.manifest["classes"])
 
     @property
-    def is_text(self) -> bool:
-        """Text shards (packed int64 ``[N, 2, L]`` samples) rather than images."""
-        return is_text_manifest(self.manifest)
+    def modality(self) -> Modality:
+        """What the shards hold (``pipeline/modalities/``): images, text."""
+        return modality_of(self.manifest)
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, labels int64 [N])`` of a whole labelled split, read once and held: x uint8 images
@@ -100,9 +101,10 @@ class EvalContext:
         through a ``shuffle_buffer`` (never a split in memory, whatever its size; decoded by the
         loader workers a GPU host gets); text from memory, in batches of similar lengths sorted
         in windows of ``window_batches`` batches over the whole epoch."""
-        if self.is_text:
+        if self.modality.train_in_memory:
             parts = [self.split(s) if keep is None else tuple(t[torch.as_tensor(keep[s])] for t in self.split(s)) for s in splits]
-            return in_memory(torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts]), window_batches)
+            x = torch.cat([x for x, _ in parts])
+            return in_memory(x, torch.cat([y for _, y in parts]), window_batches, self.modality.sample_lengths(x))
         return streamed(self.shards, splits, shuffle_buffer, loader_workers(None, self.device), self.device, keep)
 
     def featurize(self, x: torch.Tensor) -> np.ndarray:
@@ -176,7 +178,7 @@ class Protocol:
     def not_applicable(self, ctx: "EvalContext") -> str | None:
         """Why this protocol cannot measure ``ctx`` (its details say so), or ``None``."""
         if self.needs_encoder and ctx.encoder is None:
-            what = FEATURE_BASELINES[ctx.name].noun if ctx.name in FEATURE_BASELINES else ctx.name
+            what = feature_baselines()[ctx.name].noun if ctx.name in feature_baselines() else ctx.name
             return f"{self.name} trains or augments through an encoder; {what} have none"
         return None
 
@@ -218,19 +220,11 @@ class Protocol:
         return ", ".join(f"{k} {_fmt(v)}" for k, v in headline.items())
 
 
-TEXT_SOURCES = ("fortunes",)  # data.source values whose shards hold text
-
-
-def is_text_manifest(manifest: dict) -> bool:
-    """A text shard folder's manifest (``"modality": "text"``); image manifests have no such key."""
-    return manifest.get("modality", "image") == "text"
-
-
 def sample_noun(params: Params, plural: bool = True) -> str:
-    """What the report calls the samples of ``params.data.source``: "entries" (text) or "images"
-    (``plural=False``: "entry", "image")."""
-    text = params.data.source in TEXT_SOURCES
-    return ("entries" if text else "images") if plural else ("entry" if text else "image")
+    """What the report calls the samples of ``params.data.source``: "images", "entries" (text)
+    (``plural=False``: "image", "entry")."""
+    modality = modality_of_source(params.data.source)
+    return modality.nouns if plural else modality.noun
 
 
 def _fmt(v: float) -> str:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from pipeline.config import Params
 from pipeline.registry import PROTOCOLS
-from pipeline.eval.baselines import FEATURE_BASELINES, RAW_PIXELS, TFIDF, features_baseline
-from pipeline.eval.protocol import is_text_manifest, sample_noun
+from pipeline.eval.baselines import feature_baselines, features_baseline
+from pipeline.eval.protocol import sample_noun
+from pipeline.modalities.base import modality_of
 from pipeline.outputs import write_bytes
 from pipeline.report import figures
 from pipeline.report.tables import load_results, summary_table, to_markdown
@@ -23,12 +24,12 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
-def verdicts(results: dict[str, dict], baseline_of: dict[str, str], features: str = RAW_PIXELS) -> list[str]:
+def verdicts(results: dict[str, dict], baseline_of: dict[str, str], features: str = "raw_pixels") -> list[str]:
     """One line per method: does its first verdict number (``Protocol.verdict``, in report order:
     the linear probe's top-1) beat the features-only baseline ``features`` (``raw_pixels``;
     ``tfidf`` for text) and its own architecture at random init, and do the later ones (kNN-20)
     beat the random init too?"""
-    features_label, features_name = FEATURE_BASELINES[features].label, FEATURE_BASELINES[features].short
+    features_label, features_name = feature_baselines()[features].label, feature_baselines()[features].short
 
     def scores(name: str) -> dict[str, float]:
         """``{label: accuracy}`` of encoder ``name``'s verdict numbers, in report order."""
@@ -105,14 +106,6 @@ def language_modelling_table(results: dict, params: Params) -> list[str]:
                     "model's target tokens (what a model that ignores context scores).", ""]
 
 
-def _data_line(params: Params, manifest: dict) -> str:
-    """What the encoders saw: image size and channels, or for text the tokenizer and entry length."""
-    if is_text_manifest(manifest):
-        return (f"`{params.data.source}` text entries, BPE vocabulary {manifest['vocab_size']:,}, "
-                f"max {manifest['max_length']} tokens")
-    return f"`{params.data.source}` at {manifest['image_size']}x{manifest['image_size']}x{manifest['channels']}"
-
-
 def build_report(params: Params, manifest: dict, metrics_dir: Path, live_root: Path, out: Path, fig_dir: Path) -> str:
     """Write the report to ``out`` and its figures to ``fig_dir``; returns the markdown."""
     results, baseline_of = load_results(metrics_dir, params)
@@ -127,11 +120,10 @@ def build_report(params: Params, manifest: dict, metrics_dir: Path, live_root: P
 
     counts = {s: v["count"] for s, v in manifest["splits"].items()}
     n_labels = counts.get("train", 0) + counts.get("val", 0)
-    text = is_text_manifest(manifest)
-    features = features_baseline(params) or (TFIDF if text else RAW_PIXELS)  # listed, or the modality's (not measured)
+    features = features_baseline(params) or modality_of(manifest).baseline.name  # listed, or the modality's (not measured)
     lines = [
         "# Self-supervised pretraining report", "",
-        f"Data: {_data_line(params, manifest)}, splits {counts} (pretraining uses no labels).", "",
+        f"Data: {modality_of(manifest).describe_data(params.data.source, manifest)}, splits {counts} (pretraining uses no labels).", "",
         "## Method by metric (top-1 %, test split)", "",
         "Baselines use the same splits and protocols. Every classifier saw the same labels: the "
         f"{n_labels:,} train+val {noun} (the linear probe picks its L2 strength on val, then refits on both). The random-init "

@@ -15,7 +15,7 @@ from PIL import Image
 from pipeline.config import DataParams
 from pipeline.modalities.image import sources
 from pipeline.data.shards import read_manifest
-from pipeline.data.splits import make_splits
+from pipeline.shards.splits import make_splits
 from pipeline.errors import UserError
 from stages import shard as shard_stage
 

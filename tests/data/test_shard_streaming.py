@@ -22,7 +22,7 @@ from pipeline.config import DataParams
 from pipeline.data import shards
 from pipeline.modalities.image import sources
 from pipeline.data.shards import SampleFormat, load_split, read_manifest, stream_batches, write_shards
-from pipeline.data.splits import make_splits
+from pipeline.shards.splits import make_splits
 from pipeline.errors import UserError
 from tests.data.test_sources import _write_idx
 

@@ -8,7 +8,7 @@ import torch
 from pipeline.config import DataParams
 from pipeline.data.shards import load_split, read_manifest, stream_batches, write_shards
 from pipeline.modalities.image.sources import ImageSet
-from pipeline.data.splits import make_splits
+from pipeline.shards.splits import make_splits
 from pipeline.errors import UserError
 
 

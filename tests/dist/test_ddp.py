@@ -110,7 +110,7 @@ def _images(epoch: int, step: int) -> torch.Tensor:
 
 def _method(name: str, seed: int, views: str):
     from pipeline.registry import METHODS
-    from pipeline.models.encoder import build_encoder
+    from pipeline.modalities.encoders import build_encoder
 
     params = _params(name)
     torch.manual_seed(0)  # the same initial weights in every process

@@ -8,7 +8,8 @@ from pipeline.config import EncoderParams
 from pipeline.data.labelled import in_memory
 from pipeline.eval.algorithms.finetune import FinetuneParams, train_classifier
 from pipeline.eval.algorithms.label_fractions import balanced_subset, per_class_count, rounded_count, smallest_fraction
-from pipeline.models.encoder import Encoder, TextEncoder
+from pipeline.modalities.text.encoder import TextEncoder
+from pipeline.models.encoder import Encoder
 
 CPU = torch.device("cpu")
 
@@ -81,7 +82,7 @@ def test_train_classifier_batches_text_by_length(length_group):
     seen = []
     enc.register_forward_pre_hook(lambda _, args: seen.append(args[0][:, 1].sum(1)) if enc.training else None)
     cfg = FinetuneParams(epochs=1, batch_size=16, lr=0.01, optimizer="adamw", length_group=length_group)
-    train_classifier(enc, in_memory(x, labels, cfg.length_group), 3, cfg, 1.0, seed=0, device=CPU, desc="t")
+    train_classifier(enc, in_memory(x, labels, cfg.length_group, lengths), 3, cfg, 1.0, seed=0, device=CPU, desc="t")
     assert len(seen) == n // 16
     spans = sorted((int(s.min()), int(s.max())) for s in seen)
     disjoint = all(hi <= lo for (_, hi), (lo, _) in zip(spans, spans[1:]))

@@ -16,8 +16,8 @@ from pipeline.data.shards import load_split, read_manifest
 from pipeline.eval import predictions
 from pipeline.eval.protocol import EvalContext
 from pipeline.eval.run import run_protocol
+from pipeline.modalities.encoders import build_encoder
 from pipeline.registry import PROTOCOLS
-from pipeline.models.encoder import build_encoder
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -17,7 +17,7 @@ from pipeline.eval.baselines import baseline_encoder, baseline_featurizer, match
 from pipeline.eval.algorithms.label_fractions import balanced_subset
 from pipeline.eval.protocol import EvalContext, Protocol
 from pipeline.eval.run import run_protocol
-from pipeline.models.encoder import build_encoder
+from pipeline.modalities.encoders import build_encoder
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -20,8 +20,9 @@ from pipeline.eval.baselines import baseline_encoder, baseline_featurizer, label
 from pipeline.eval.protocol import EvalContext
 from pipeline.eval.run import run_protocol
 from pipeline.modalities.text.tfidf import TfidfFeaturizer, decode_packed, tfidf_featurizer
-from pipeline.eval.transfer import language_sample
-from pipeline.models.encoder import TextEncoder, build_encoder
+from pipeline.modalities.text.transfer import language_sample
+from pipeline.modalities.encoders import build_encoder
+from pipeline.modalities.text.encoder import TextEncoder
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -14,7 +14,7 @@ from pipeline.registry import METHODS
 from pipeline.methods._base import Method
 from pipeline.methods.byol import BYOL
 from pipeline.methods._ema import MomentumMethod
-from pipeline.models.encoder import build_encoder
+from pipeline.modalities.encoders import build_encoder
 from pipeline.train.optim import param_groups
 
 METHODS = [n for n in METHODS.names() if METHODS.get(n).modality == "image"]

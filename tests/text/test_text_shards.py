@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import DataParams, TextParams
+from pipeline.config import DataParams
+from pipeline.modalities.text.params import TextParams
 from pipeline.data import shards
 from pipeline.data.loader import epoch_batches
-from pipeline.modalities.image.sources import split_stratified
-from pipeline.data.splits import make_splits
+from pipeline.shards.splits import split_stratified
+from pipeline.shards.splits import make_splits
 from pipeline.modalities.text.sources import FORTUNE_DIR, TextSet
 from pipeline.modalities.text.shards import write_text_shards
 from pipeline.modalities.text.tokenizer import SPECIALS, load_tokenizer, train_tokenizer
@@ -265,7 +266,7 @@ def test_stage_writes_text_shards(monkeypatch, tmp_path):
     monkeypatch.setattr(stage.text, "fortunes_by_category",
                         lambda min_count: ([t for t in data.texts], [data.classes[i] for i in data.labels]))
     # what write_text reads of the params
-    p = SimpleNamespace(seed=0, data=DATA, text=TextParams(vocab_size=300, max_length=MAX_LENGTH))
+    p = SimpleNamespace(seed=0, data=DATA, modality_params={"text": TextParams(vocab_size=300, max_length=MAX_LENGTH)})
     manifest = stage.write_text(p, str(tmp_path / "out"))
     assert (tmp_path / "out" / "manifest.json").is_file() and not (tmp_path / "out.tmp").exists()
     assert shards.read_manifest(tmp_path / "out") == json.loads(json.dumps(manifest))
@@ -282,10 +283,10 @@ def test_stage_writes_text_shards(monkeypatch, tmp_path):
 def test_stage_on_the_fortunes(tmp_path):
     data = DataParams(source="fortunes", root=FORTUNE_DIR, pretrain_size=None, train_size=None, val_size=1000,
                       test_fraction=0.2, shard_size=5000)
-    p = SimpleNamespace(seed=0, data=data, text=TextParams())  # the text preset's sizes
+    p = SimpleNamespace(seed=0, data=data, modality_params={"text": TextParams()})  # the text preset's sizes
     m = _stage().write_text(p, str(tmp_path / "out"))
     counts = {s: v["count"] for s, v in m["splits"].items()}
     assert counts == {"pretrain": 10516, "train": 10516, "val": 1000, "test": 2880}
-    assert len(m["classes"]) == 23 and "other" in m["classes"] and m["vocab_size"] == p.text.vocab_size
+    assert len(m["classes"]) == 23 and "other" in m["classes"] and m["vocab_size"] == p.modality_params['text'].vocab_size
     x, y = shards.load_split(tmp_path / "out", "test")
-    assert x.shape == (2880, 2, p.text.max_length) and y.min() >= 0 and len(y.unique()) == 23
+    assert x.shape == (2880, 2, p.modality_params['text'].max_length) and y.min() >= 0 and len(y.unique()) == 23

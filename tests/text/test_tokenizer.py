@@ -38,8 +38,8 @@ def test_encode_packed_is_encode_batch_padded_to_max_length():
 
 def test_load_tokenizer_cached_and_only_for_text(tmp_path, tiny_shards):
     from pipeline.config import DataParams
-    from pipeline.modalities.image.sources import split_stratified
-    from pipeline.data.splits import make_splits
+    from pipeline.shards.splits import split_stratified
+    from pipeline.shards.splits import make_splits
     from pipeline.modalities.text.sources import TextSet
     from pipeline.modalities.text.shards import write_text_shards
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from pipeline import dist
 from pipeline.config import OptimParams
+from pipeline.modalities.base import modality_of_encoder
 from pipeline.modalities.image.views import random_resized_crop, to_float
 from pipeline.data.labelled import LabelledSet
 from pipeline.eval.features import encoder_features
@@ -47,9 +48,10 @@ class Classifier(nn.Module):
         self.head = nn.Linear(encoder.feature_dim, num_classes)
         self.gen: torch.Generator | None = None
         self.seed, self.crop_scale, self.hflip = seed, crop_scale, hflip
+        self.random_views = modality_of_encoder(encoder).random_crops  # images: random resized crops; text: none
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        if x.dtype == torch.uint8:  # images: a random view; packed text trains as it is
+        if self.random_views:  # images: a random view; packed text trains as it is
             if self.gen is None or self.gen.device != x.device:
                 self.gen = torch.Generator(device=x.device)
                 self.gen.manual_seed(self.seed + dist.rank())  # each rank its own views (rank 0: as one process)

@@ -12,19 +12,16 @@ from pydantic import Field
 
 from pipeline import config
 from pipeline.config import AugmentParams, Strict
-from pipeline.modalities.image.views import ViewMaker
-from pipeline.modalities.text.views import TextViews
 from pipeline.eval.algorithms.diagnostics import diagnose
 from pipeline.eval.algorithms.embedding_map import embedding_map
 from pipeline.eval.protocol import EvalContext, Protocol, register, sample_noun
 
 
 def views_for(ctx: EvalContext):
-    """The two-view maker of the context's samples: image augmentations (``diagnostics.augment``),
-    or for text, random maskings at ``text.view_mask_p``; seeded with the run's seed."""
-    if ctx.is_text:
-        return TextViews(ctx.params.text.view_mask_p, ctx.seed, ctx.device)
-    return ViewMaker(ctx.params.protocol_params["diagnostics"].augment, ctx.seed, ctx.device)
+    """The two-view maker of the context's samples (``Modality.views``): image augmentations
+    (``diagnostics.augment``), or for text, random maskings at ``text.view_mask_p``; seeded
+    with the run's seed."""
+    return ctx.modality.views(ctx.params, ctx.params.protocol_params["diagnostics"].augment, ctx.seed, ctx.device)
 
 
 @register
@@ -45,8 +42,9 @@ class Diagnostics(Protocol):
         clean = ctx.featurize(images)  # the evaluations' features, for the diagnostics and the map
         result = diagnose(ctx.encoder, images, views_for(ctx), ctx.device,
                           collapse_threshold=cfg.collapse_threshold, clean=clean)
-        if ctx.is_text:
-            result["views"] = f"two independent maskings: each real token -> [MASK] with p = {ctx.params.text.view_mask_p:g}"
+        note = ctx.modality.views_note(ctx.params)
+        if note:
+            result["views"] = note
         if cfg.tsne:
             result["embedding_map"] = embedding_map(clean, labels.numpy(), ctx.seed)
         return result

@@ -44,9 +44,10 @@ class LinearEval(Protocol):
         out = {"linear": linear_probe(train, val, test, le.c_grid, le.max_iter, le.backend, le.sweep_size, ctx.seed, ctx.device,
                                       keep_predictions=True)}
         ctx.record_predictions("linear_top1", out["linear"].pop("test_predictions"), test[1])
-        if le.sgd_epochs and ctx.encoder is not None and ctx.is_text:
+        if le.sgd_epochs and ctx.encoder is not None and not ctx.modality.random_crops:
             out["linear_sgd_not_applicable"] = ("linear_sgd trains on the encoder's features of augmented images "
-                                                "(random resized crops); text has no such views: set linear_eval.sgd_epochs: 0")
+                                                f"(random resized crops); {ctx.modality.content} has no such views: "
+                                                "set linear_eval.sgd_epochs: 0")
         elif le.sgd_epochs and ctx.encoder is not None:  # trains on the encoder's features of augmented images
             out["linear_sgd"] = linear_sgd(ctx.encoder, ctx.training_set(("train",), le.sgd_shuffle_buffer), ctx.batches("test"),
                                            ctx.num_classes, le.sgd_epochs, le.sgd_batch_size, le.sgd_lr, ctx.seed, ctx.device,

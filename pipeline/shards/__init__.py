@@ -1,0 +1,1 @@
+"""WebDataset shards: splits, writing, reading and the manifest (see the modules)."""
