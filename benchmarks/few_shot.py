@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=default_workers(None))
     args = ap.parse_args()
     params = load_params(REPO / "params.yaml")
-    fs = params.few_shot
+    fs = params.protocol_params["few_shot"]
     images, labels = load_split(REPO / "data" / "shards", "test")
     features = encoder_features(load_encoder(REPO / "models" / "simclr" / "encoder.pt"), torch.device("cpu"))(images)
     labels = labels.numpy()

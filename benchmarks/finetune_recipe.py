@@ -45,7 +45,7 @@ def main(args: argparse.Namespace) -> None:
     accuracy: dict[int, float] = {}
     for _ in range(args.rounds):
         for i, update in enumerate(variants):
-            cfg = params.finetune.model_copy(update=update)
+            cfg = params.protocol_params["finetune"].model_copy(update=update)
             t0 = time.time()
             encoder = load_encoder(REPO / args.encoder).train()
             with contextlib.redirect_stdout(sys.stderr):  # the training log: progress, not the result table

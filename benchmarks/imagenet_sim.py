@@ -105,7 +105,7 @@ def run_size(n: int, base: Path, work: Path, args: argparse.Namespace) -> tuple[
     """Generate, shard, pretrain and evaluate at size ``n``: ``({stage: measurements}, manifest)``."""
     from shard import generate  # benchmarks/shard.py: the photo generator
 
-    from pipeline.eval.checks import smallest_fraction
+    from pipeline.eval.algorithms.label_fractions import smallest_fraction
 
     root = base / f"imagenet-sim-{n}"
     if not (root / "done").exists():

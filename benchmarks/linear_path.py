@@ -55,14 +55,14 @@ def feature_sets() -> dict[str, tuple[list, list[float], int]]:
     shards = REPO / "text" / "data" / "shards"
     featurize = tfidf_featurizer(shards, text.text.tfidf_max_features)
     splits = [load_split(shards, s) for s in ("train", "val", "test")]
-    out["TF-IDF, text default"] = ([(featurize(x), y.numpy()) for x, y in splits], text.linear_eval.c_grid,
-                                   text.linear_eval.max_iter)
+    out["TF-IDF, text default"] = ([(featurize(x), y.numpy()) for x, y in splits], text.protocol_params["linear_eval"].c_grid,
+                                   text.protocol_params["linear_eval"].max_iter)
     image = load_params(REPO / "params.yaml")
     shards = REPO / "data" / "shards"
     featurize = encoder_features(load_encoder(REPO / "models" / "simclr" / "encoder.pt"), torch.device("cpu"))
     splits = [load_split(shards, s) for s in ("train", "val", "test")]
-    out["SimCLR, image default"] = ([(featurize(x), y.numpy()) for x, y in splits], image.linear_eval.c_grid,
-                                    image.linear_eval.max_iter)
+    out["SimCLR, image default"] = ([(featurize(x), y.numpy()) for x, y in splits], image.protocol_params["linear_eval"].c_grid,
+                                    image.protocol_params["linear_eval"].max_iter)
     return out
 
 

@@ -48,8 +48,9 @@ def val_probe(encoder_file: Path, params) -> float:
     featurize = encoder_features(load_encoder(encoder_file), torch.device("cpu"))
     (xtr, ytr), (xva, yva) = load_split(REPO / "data/shards", "train"), load_split(REPO / "data/shards", "val")
     train, val = (featurize(xtr), ytr.numpy()), (featurize(xva), yva.numpy())
+    le = params.protocol_params["linear_eval"]
     with contextlib.redirect_stdout(sys.stderr):
-        result = linear_probe(train, val, val, params.linear_eval.c_grid, params.linear_eval.max_iter)
+        result = linear_probe(train, val, val, le.c_grid, le.max_iter)
     return max(result["val_top1_by_c"].values())
 
 

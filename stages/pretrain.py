@@ -124,7 +124,7 @@ def _train(args, params, method_cls, manifest, device, precision: str, out: Path
             return {}
         featurize = encoder_features(method.encoder, device)
         k = min(p.knn_k, len(bank_y))  # a bank smaller than k votes over all of it
-        return {"knn_top1": knn_accuracy(featurize(bank_x), bank_y, featurize(query_x), query_y, k, params.knn.temperature)}
+        return {"knn_top1": knn_accuracy(featurize(bank_x), bank_y, featurize(query_x), query_y, k, params.protocol_params["knn"].temperature)}
 
     resolved = {"seed": params.seed, "encoder": params.encoder_for(args.method).model_dump(), "augment": params.augment.model_dump(),
                 "pretrain": p.model_dump(exclude={"loader_workers"}), args.method: params.method_params[args.method].model_dump()}

@@ -7,14 +7,18 @@ images ``[B, C, H, W]``, or packed int64 text ``[B, 2, L]``) and as training set
 features (computed once per split and shared by everything in the stage), the encoder when
 there is one, and the params. It returns its full results
 (the details file); ``headline`` picks the few numbers a reviewer compares (the DVC metrics
-file); ``summary`` gives its columns of the report's method-by-metric table and ``section``
-its own part of the report. Every method and every baseline goes through the same code.
+file); ``summary`` gives its columns of the report's method-by-metric table, ``verdict`` its
+number in the report's verdicts, ``section`` its own part of the report and ``figures`` that
+part's figures. Every method and every baseline goes through the same code. A protocol's
+file holds all of it, its ``Params`` and its ``check`` too: adding one touches that file and
+``params.yaml`` only.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
 import numpy as np
@@ -165,7 +169,9 @@ class Protocol:
     """Base class of evaluation protocols; subclasses register with ``@register``."""
 
     name: ClassVar[str]  # its params section, stage and metrics folder: metrics/<name>/<method>.json
-    Params: ClassVar[type]  # the pydantic model of its params section (everything it reads, nothing else)
+    # the pydantic model of its params section (everything it reads, nothing else), a ``Strict``
+    # subclass; validated by pipeline.config, read as ``params.protocol_params[name]``
+    Params: ClassVar[type]
     order: ClassVar[int]  # position in the report
     needs_encoder: ClassVar[bool] = False  # trains or augments through the encoder: not applicable to features-only baselines
 
@@ -177,7 +183,8 @@ class Protocol:
         return None
 
     def check(self, params: Params, manifest: dict) -> None:
-        """Refuse params that do not fit the shards (``UserError``), before any work."""
+        """Refuse params that do not fit the shards (``UserError``), before any work (the classes
+        every protocol needs are checked before it: ``pipeline.eval.checks.check_classes``)."""
 
     def run(self, ctx: EvalContext) -> dict[str, Any]:
         """Full results (the details file)."""
@@ -196,6 +203,17 @@ class Protocol:
         encoder label (methods, then baselines) to ``{protocol name: full result}``;
         ``baseline_of`` maps each method's label to its random-init baseline's label."""
         return []
+
+    def verdict(self, result: dict[str, Any]) -> tuple[str, float] | None:
+        """``(label, accuracy)`` that the report's verdicts compare with the baselines' (e.g.
+        ``("linear top-1", 0.81)``), or ``None``: not in the verdicts. The first protocol in report
+        order that gives one is each verdict's claim; later ones are compared with the random init."""
+        return None
+
+    def figures(self, results: dict[str, dict[str, dict]], baseline_of: dict[str, str], params: Params,
+                manifest: dict, out_dir: Path) -> None:
+        """Draw the figures its ``section`` links (``figures/<file>.png``) into ``out_dir``
+        (``results`` and ``baseline_of`` as for ``section``); none by default."""
 
     def summary_line(self, headline: dict[str, float]) -> str:
         """One line for the terminal at the end of the stage."""

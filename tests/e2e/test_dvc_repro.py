@@ -295,19 +295,24 @@ TOY_PROTOCOL = '''"""A toy protocol for the extension test: nearest class mean o
 import numpy as np
 from pydantic import Field
 
+from pipeline import config
 from pipeline.config import Strict
+from pipeline.errors import UserError
 from pipeline.eval.protocol import EvalContext, Protocol, register
-
-
-class Params(Strict):
-    normalise: bool = Field(True)
 
 
 @register
 class NearestMean(Protocol):
     name = "nearest_mean"
-    Params = Params
     order = 100
+
+    class Params(Strict):
+        normalise: bool = Field(True)
+
+    def check(self, params: config.Params, manifest: dict) -> None:
+        empty = [c for c, n in manifest["splits"]["train"]["per_class"].items() if n == 0]
+        if empty:
+            raise UserError(f"nearest_mean: the train split has no images of {empty}, so no class mean")
 
     def run(self, ctx: EvalContext) -> dict:
         (xtr, ytr), (xte, yte) = ctx.features("train"), ctx.features("test")

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import EncoderParams, FinetuneParams
+from pipeline.config import EncoderParams
 from pipeline.data.labelled import streamed
 from pipeline.modalities.image.codec import write_image_shards
 from pipeline.modalities.image.sources import ImageSet
 from pipeline.eval.algorithms import finetune, linear_sgd
+from pipeline.eval.algorithms.finetune import FinetuneParams
 from pipeline.models.encoder import Encoder
 
 CPU = torch.device("cpu")

@@ -280,8 +280,8 @@ def _with_transfer(p, transfer):
 
 def test_transfer_refuses_datasets_of_the_other_modality(text_shards, text_params, tiny_shards, params):
     with pytest.raises(UserError, match=r"\['digits', 'mnist-sample'\] do not fit text shards"):
-        PROTOCOLS.get("transfer").check(_with_transfer(text_params, params.transfer), read_manifest(text_shards))
-    image = _with_transfer(params, text_params.transfer)
+        PROTOCOLS.get("transfer").check(_with_transfer(text_params, params.protocol_params["transfer"]), read_manifest(text_shards))
+    image = _with_transfer(params, text_params.protocol_params["transfer"])
     with pytest.raises(UserError, match="do not fit image shards"):
         PROTOCOLS.get("transfer").check(image, read_manifest(tiny_shards))
     PROTOCOLS.get("transfer").check(params, read_manifest(tiny_shards))
