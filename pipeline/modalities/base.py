@@ -49,6 +49,18 @@ class Modality:
     train_in_memory: ClassVar[bool] = False  # labelled sets train from memory (short samples) rather than streamed
     Params: ClassVar[type | None] = None  # the pydantic model of its own params section (named as the modality), if any
 
+    # --- shards -------------------------------------------------------------------------------
+    def write_shards(self, params, train, test, out: str) -> dict:
+        """The source's labelled ``train`` and ``test`` samples (what its ``load`` gave) -> the
+        four splits' shards and manifest in ``out``, which appears whole or not at all; returns
+        the manifest."""
+        raise NotImplementedError
+
+    def shard_summary(self, manifest: dict, out: str) -> str:
+        """The shard stage's last line."""
+        counts = ", ".join(f"{s} {v['count']}" for s, v in manifest["splits"].items())
+        return f"shards: {counts} {self.nouns} in {out}"
+
     # --- encoders -----------------------------------------------------------------------------
     def build_encoder(self, params, manifest: dict) -> nn.Module:
         """A fresh encoder of section ``params`` (``EncoderParams``) for the shards of ``manifest``."""
@@ -105,7 +117,8 @@ class Modality:
 
 class Source(NamedTuple):
     """A data source (``data.source``) and the modality of its samples. ``load(params)`` gives
-    what the modality's shard writer takes (``Modality``-specific; see its ``write_shards``)."""
+    the source's labelled ``(train, test)`` samples in the form its modality's ``write_shards``
+    takes (images: ``SampleRefs``; text: ``TextSet``)."""
 
     name: str
     modality: str

@@ -4,7 +4,6 @@ shard stage on text, and the errors for a bad tokenizer or sample."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import shutil
@@ -253,23 +252,26 @@ def test_corrupt_text_shard_names_the_text_stage(copy):
 # --- the shard stage -----------------------------------------------------------------------
 
 
-def _stage():
-    spec = importlib.util.spec_from_file_location("shard_stage", REPO / "stages" / "shard.py")
-    stage = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stage)
-    return stage
+def _write_text(p, out: str) -> dict:
+    """What the shard stage does for ``data.source: fortunes``: the source's (train, test), then
+    the text modality's writer."""
+    from pipeline.registry import MODALITIES, SOURCES
+
+    train, test = SOURCES.get("fortunes").load(p)
+    return MODALITIES.get("text").write_shards(p, train, test, out)
 
 
 def test_stage_writes_text_shards(monkeypatch, tmp_path):
     """``data.source: fortunes``: the entries' stratified test split, make_splits, the text
     writer, all inside the stage's all-or-nothing output folder."""
-    stage = _stage()
+    from pipeline.modalities.text import sources as text_sources
+
     data = synthetic()
-    monkeypatch.setattr(stage.text, "fortunes_by_category",
+    monkeypatch.setattr(text_sources, "fortunes_by_category",
                         lambda min_count: ([t for t in data.texts], [data.classes[i] for i in data.labels]))
-    # what write_text reads of the params
+    # what the source and the writer read of the params
     p = SimpleNamespace(seed=0, data=DATA, modality_params={"text": TextParams(vocab_size=300, max_length=MAX_LENGTH)})
-    manifest = stage.write_text(p, str(tmp_path / "out"))
+    manifest = _write_text(p, str(tmp_path / "out"))
     assert (tmp_path / "out" / "manifest.json").is_file() and not (tmp_path / "out.tmp").exists()
     assert read_manifest(tmp_path / "out") == json.loads(json.dumps(manifest))
     assert manifest["source"]["source"] == "fortunes" and manifest["source"]["text"]["vocab_size"] == 300
@@ -286,7 +288,7 @@ def test_stage_on_the_fortunes(tmp_path):
     data = DataParams(source="fortunes", root=FORTUNE_DIR, pretrain_size=None, train_size=None, val_size=1000,
                       test_fraction=0.2, shard_size=5000)
     p = SimpleNamespace(seed=0, data=data, modality_params={"text": TextParams()})  # the text preset's sizes
-    m = _stage().write_text(p, str(tmp_path / "out"))
+    m = _write_text(p, str(tmp_path / "out"))
     counts = {s: v["count"] for s, v in m["splits"].items()}
     assert counts == {"pretrain": 10516, "train": 10516, "val": 1000, "test": 2880}
     assert len(m["classes"]) == 23 and "other" in m["classes"] and m["vocab_size"] == p.modality_params['text'].vocab_size

@@ -34,6 +34,11 @@ class ImageModality(Modality):
     random_crops = True
     payload_keys = ("params", "channels", "mean", "std", "state_dict")
 
+    def write_shards(self, params, train, test, out: str) -> dict:
+        from pipeline.modalities.image.sharding import write_shards  # the shard stage's code only
+
+        return write_shards(params, train, test, out)
+
     def build_encoder(self, params: EncoderParams, manifest: dict) -> Encoder:
         return Encoder(params, manifest["channels"], manifest["mean"], manifest["std"], manifest.get("image_size"))
 

@@ -32,6 +32,15 @@ class TextModality(Modality):
     payload_keys = ("params", "vocab_size", "max_length", "state_dict")
     Params = TextParams  # the text: section
 
+    def write_shards(self, params, train, test, out: str) -> dict:
+        from pipeline.modalities.text.sharding import write_shards  # the shard stage's code only
+
+        return write_shards(params, train, test, out)
+
+    def shard_summary(self, manifest: dict, out: str) -> str:
+        counts = ", ".join(f"{s} {v['count']}" for s, v in manifest["splits"].items())
+        return f"shards: {counts} entries and a {manifest['vocab_size']}-token tokenizer in {out}"
+
     def build_encoder(self, params: EncoderParams, manifest: dict) -> TextEncoder:
         return TextEncoder(params, manifest["vocab_size"], manifest["max_length"])
 
