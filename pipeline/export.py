@@ -85,7 +85,7 @@ def check_exportable(encoder) -> None:
     if not isinstance(encoder, Encoder) or arch not in STANDARD:
         raise UserError(f"encoder.arch {arch!r} is this package's own model, which no library model takes: export "
                         f"needs one of {STANDARD} (set encoder.arch in params.yaml and re-run pretraining); "
-                        "pipeline.models.encoder.load_encoder loads it in Python")
+                        "pipeline.modalities.encoders.load_encoder loads it in Python")
 
 
 def export_encoder(encoder: Encoder, out_dir: Path, card: dict) -> tuple[Path, Path]:
