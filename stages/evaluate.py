@@ -1,6 +1,6 @@
 """DVC stages `evaluate@<method>-<protocol>` and `baseline@<baseline>-<protocol>`: one
 registered evaluation protocol (``pipeline/eval/protocols/``) on a pretrained encoder, or on
-a baseline (raw pixels, a random init).
+a baseline (raw pixels, a random init); ``pipeline.eval.evaluate`` runs it.
 
     python stages/evaluate.py linear_eval --encoder models/simclr/encoder.pt --shards data/shards \\
         --metrics metrics/linear_eval/simclr.json --details metrics/linear_eval/simclr.details.json \\
@@ -18,16 +18,10 @@ from pipeline import dist
 from pipeline.config import load_params
 from pipeline.shards.manifest import read_manifest
 from pipeline.errors import UserError, exit_on_user_error, output_lock
-from pipeline.registry import PROTOCOLS
-from pipeline.eval.baselines import baseline_encoder, baseline_featurizer
 from pipeline.eval.checks import check_classes
-from pipeline.eval.protocol import EvalContext
-from pipeline.eval.run import run_protocol
-from pipeline.eval.scale import check_scale
+from pipeline.eval.evaluate import EvalOutputs, evaluate
 from pipeline.modalities.encoders import load_encoder
-from pipeline.eval import predictions
-from pipeline.outputs import StagedOutputs, write_bytes, write_json
-from pipeline.train.loop import pick_device
+from pipeline.registry import PROTOCOLS
 
 
 @exit_on_user_error
@@ -66,46 +60,15 @@ def _run(args, protocol, params, manifest, encoder) -> None:
     nproc = getattr(params.protocol_params[protocol.name], "nproc_per_node", 1)
     if nproc > 1 and not dist.launched_by_torchrun():  # bad params and data were refused above, once
         sys.exit(dist.relaunch_under_torchrun(nproc, __file__, protocol.name))
+    cache = args.feature_cache or str(Path(args.shards).resolve().parent / "features")
+    name = args.baseline or Path(args.encoder).parent.name
+    outputs = EvalOutputs(args.metrics, args.details, args.predictions)
     dist.init_from_env()
     try:
-        _evaluate(args, protocol, params, manifest, encoder)
+        evaluate(protocol, params, manifest, args.shards, name, encoder, args.baseline, outputs,
+                 feature_cache=None if cache == "none" else cache)
     finally:
         dist.shutdown()
-
-
-def _evaluate(args, protocol, params, manifest, encoder) -> None:
-    if args.baseline:
-        name, encoder = args.baseline, baseline_encoder(params, args.baseline, manifest)
-        featurizer = baseline_featurizer(params, args.baseline, args.shards)  # None: the encoder's features
-    else:
-        name, featurizer = Path(args.encoder).parent.name, None
-    cache = args.feature_cache or str(Path(args.shards).resolve().parent / "features")
-    ctx = EvalContext(name, encoder, args.baseline is None, args.shards, manifest, params, pick_device(), featurizer=featurizer,
-                      feature_cache=None if cache == "none" else cache)
-    check_scale(protocol.name, params, manifest, feature_dim(ctx, params, manifest), ctx.device, ctx.feature_cache)
-    with StagedOutputs() as staged:  # metrics and details appear together, or not at all
-        # under DDP every rank runs the protocol (training is split between them); rank 0 writes
-        paths = (staged.file(args.metrics), staged.file(args.details)) if dist.is_main() else None
-        pred_path = staged.file(args.predictions) if dist.is_main() and args.predictions else None
-        reason = protocol.not_applicable(ctx)
-        if reason:
-            headline, result = {}, {"not_applicable": reason}
-        else:
-            headline, result = run_protocol(protocol, ctx)
-        if paths:
-            write_json(paths[0], headline)
-            write_json(paths[1], result)
-        if pred_path:
-            write_bytes(pred_path, predictions.to_bytes(ctx.predictions))
-    if dist.is_main():
-        print(f"{protocol.name}@{name}: {reason or protocol.summary_line(headline)}")
-
-
-def feature_dim(ctx: EvalContext, params, manifest: dict) -> int:
-    """The width of the context's frozen features, known before any featurizing."""
-    if ctx.featurizer is None:
-        return ctx.encoder.feature_dim
-    return ctx.modality.baseline_dim(manifest, params)  # a features-only baseline's (at most)
 
 
 if __name__ == "__main__":

@@ -153,15 +153,11 @@ def test_live_curves_are_written_during_training_and_resume(tiny_shards, tmp_pat
 
 def test_live_curves_grow_while_fit_runs(tmp_path):
     """Each epoch's point is on disk when the next epoch starts, not replayed at the end."""
-    import importlib.util
-
     from pipeline.config import OptimParams
+    from pipeline.train.live import LiveCurves
     from pipeline.train.loop import TrainJob, fit
 
-    spec = importlib.util.spec_from_file_location("pretrain_stage", REPO / "stages" / "pretrain.py")
-    stage = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stage)
-    curves = stage.LiveCurves(tmp_path / "live", steps_per_epoch=2)
+    curves = LiveCurves(tmp_path / "live", steps_per_epoch=2)
     seen = []
 
     def batches(epoch):

@@ -37,11 +37,6 @@ from pipeline.modalities.base import Modality, modality_of, modality_of_source
 from pipeline.models.encoder import Encoder
 from pipeline.registry import PROTOCOLS
 
-def seed_everything(seed: int) -> None:
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 @dataclass
 class EvalContext:
     """One encoder, or a features-only baseline (``encoder`` None, ``featurizer`` its features:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 
-from pipeline.eval.protocol import EvalContext, Protocol, seed_everything
+from pipeline.eval.protocol import EvalContext, Protocol
+from pipeline.train.seed import seed_everything
 
 
 def run_protocol(protocol: Protocol, ctx: EvalContext) -> tuple[dict, dict]:

@@ -21,7 +21,7 @@ from pipeline import dist
 from pipeline.config import OptimParams
 from pipeline.errors import UserError
 from pipeline.train import checkpoint as ckpt
-from pipeline.train.device import AUTOCAST_DTYPES, pick_device, resolve_precision  # noqa: F401 (pick_device: the stages')
+from pipeline.train.device import AUTOCAST_DTYPES, resolve_precision
 from pipeline.train.optim import build_optimizer
 from pipeline.train.schedule import warmup_cosine
 

@@ -95,7 +95,7 @@ def _target_modules(method: Method) -> dict[str, torch.nn.Module]:
 
 
 def _assert_targets_move_only_by_ema(method: Method, batch: torch.Tensor) -> None:
-    """Build the optimizer as stages/pretrain.py does, then check by identity that no target
+    """Build the optimizer as pipeline/train/pretrain.py does, then check by identity that no target
     parameter is in it, and that an optimizer step (with the EMA hook skipped) leaves them."""
     opt = torch.optim.SGD(param_groups(method, params=method.optimized_parameters()), lr=1.0)
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
