@@ -275,10 +275,12 @@ def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
     unknown = [p for p in params.protocols if p not in PROTOCOLS.names()]
     if unknown:
         raise UserError(f"{source}: protocols: unknown protocol(s) {unknown}; valid protocols are {PROTOCOLS.names()}")
-    valid_baselines = ["raw_pixels", "tfidf", "random_init"] + [f"random_init_{m}" for m in METHODS.names()]
+    features_only = {m.baseline.name: name for name, m in MODALITIES.items()}  # each modality's features-only baseline
+    valid_baselines = [*features_only, "random_init"] + [f"random_init_{m}" for m in METHODS.names()]
     unknown = [b for b in params.baselines if b not in valid_baselines]
     if unknown:
-        raise UserError(f"{source}: baselines: unknown baseline(s) {unknown}; valid: raw_pixels, tfidf (text), random_init, "
+        listed = ", ".join(f"{b} ({m})" for b, m in features_only.items())
+        raise UserError(f"{source}: baselines: unknown baseline(s) {unknown}; valid: {listed}, random_init, "
                         "random_init_<method> (that method's own encoder)")
     protocol_params = {}
     for name in PROTOCOLS.names():

@@ -41,7 +41,6 @@ class Modality:
     noun: ClassVar[str]  # one sample: "image", "entry"
     nouns: ClassVar[str]  # "images", "entries"
     content: ClassVar[str]  # what shards of it hold, in messages: "images", "text"
-    shard_stage: ClassVar[str]  # the DVC stage that writes its shards (error messages name it)
     encoder_archs: ClassVar[tuple[str, ...]]  # encoder.arch values that encode it
     arch_hint: ClassVar[str]  # those, as an error message suggests them: "'resnet' or 'vit'"
     baseline: ClassVar[FeatureBaseline]  # its features-only baseline

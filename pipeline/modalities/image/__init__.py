@@ -27,7 +27,6 @@ STATS_TOLERANCE = 0.02
 class ImageModality(Modality):
     name = "image"
     noun, nouns, content = "image", "images", "images"
-    shard_stage = "shard"
     encoder_archs = ("resnet", "vit", *STANDARD)
     arch_hint = "'resnet' or 'vit'"
     baseline = FeatureBaseline("raw_pixels", "raw pixels (baseline)", "raw pixels", "raw pixels")

@@ -24,7 +24,6 @@ TEXT_BATCH = 128  # entries per forward pass, of similar lengths (benchmarks/tex
 class TextModality(Modality):
     name = "text"
     noun, nouns, content = "entry", "entries", "text"
-    shard_stage = "text-shard"
     encoder_archs = ("transformer",)
     arch_hint = "'transformer'"
     baseline = FeatureBaseline("tfidf", "TF-IDF (baseline)", "TF-IDF", "TF-IDF features")
