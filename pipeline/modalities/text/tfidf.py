@@ -20,7 +20,7 @@ from tokenizers import Tokenizer
 
 from pipeline.shards.read import load_split
 from pipeline.modalities.text.tokenizer import load_tokenizer
-from pipeline.eval.features import Featurizer
+from pipeline.modalities.base import Featurizer
 
 
 def decode_packed(tok: Tokenizer, x: torch.Tensor) -> list[str]:
