@@ -19,7 +19,7 @@ import torch
 
 from pipeline.config import AugmentParams, EncoderParams
 from pipeline.methods.simclr import SimCLR
-from pipeline.models.encoder import build_encoder
+from pipeline.modalities.encoders import build_encoder
 from record import recorded  # benchmarks/record.py: keeps the printed tables in results/
 
 

@@ -26,18 +26,18 @@ sys.path.insert(0, str(REPO))
 
 def main() -> None:
     from pipeline.config import load_params
-    from pipeline.data.shards import load_split
+    from pipeline.shards.read import load_split
     from pipeline.dist import default_workers
     from pipeline.eval.features import encoder_features
     from pipeline.eval.algorithms.few_shot import few_shot
-    from pipeline.models.encoder import load_encoder
+    from pipeline.modalities.encoders import load_encoder
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=default_workers(None))
     args = ap.parse_args()
     params = load_params(REPO / "params.yaml")
-    fs = params.few_shot
+    fs = params.protocol_params["few_shot"]
     images, labels = load_split(REPO / "data" / "shards", "test")
     features = encoder_features(load_encoder(REPO / "models" / "simclr" / "encoder.pt"), torch.device("cpu"))(images)
     labels = labels.numpy()

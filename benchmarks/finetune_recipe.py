@@ -29,10 +29,10 @@ sys.path.insert(0, str(REPO))
 
 def main(args: argparse.Namespace) -> None:
     from pipeline.config import load_params
-    from pipeline.data.shards import read_manifest
+    from pipeline.shards.manifest import read_manifest
     from pipeline.eval.algorithms.finetune import top1, train_classifier
     from pipeline.eval.protocol import EvalContext
-    from pipeline.models.encoder import load_encoder
+    from pipeline.modalities.encoders import load_encoder
 
     variants = json.loads(args.variants)
     params = load_params(REPO / "params.yaml", preset=args.preset)
@@ -45,7 +45,7 @@ def main(args: argparse.Namespace) -> None:
     accuracy: dict[int, float] = {}
     for _ in range(args.rounds):
         for i, update in enumerate(variants):
-            cfg = params.finetune.model_copy(update=update)
+            cfg = params.protocol_params["finetune"].model_copy(update=update)
             t0 = time.time()
             encoder = load_encoder(REPO / args.encoder).train()
             with contextlib.redirect_stdout(sys.stderr):  # the training log: progress, not the result table

@@ -150,9 +150,10 @@ def bench(method_name: str, arch: str, params_raw: dict, shards: Path, device: t
     from pipeline import dist
     from pipeline.config import parse_params
     from pipeline.data.loader import EpochLoader, loader_workers
-    from pipeline.data.shards import read_manifest, stream_batches
+    from pipeline.shards.manifest import read_manifest
+    from pipeline.shards.read import stream_batches
     from pipeline.registry import METHODS
-    from pipeline.models.encoder import build_encoder
+    from pipeline.modalities.encoders import build_encoder
     from pipeline.train.loop import TrainJob, fit
     from pipeline.train.optim import param_groups
     from tests.sync_counter import SyncCounter

@@ -105,7 +105,7 @@ def run_size(n: int, base: Path, work: Path, args: argparse.Namespace) -> tuple[
     """Generate, shard, pretrain and evaluate at size ``n``: ``({stage: measurements}, manifest)``."""
     from shard import generate  # benchmarks/shard.py: the photo generator
 
-    from pipeline.eval.checks import smallest_fraction
+    from pipeline.eval.algorithms.label_fractions import smallest_fraction
 
     root = base / f"imagenet-sim-{n}"
     if not (root / "done").exists():
@@ -138,7 +138,7 @@ def run_size(n: int, base: Path, work: Path, args: argparse.Namespace) -> tuple[
 
 
 def _feature_dim(path: Path) -> int:
-    from pipeline.models.encoder import load_encoder
+    from pipeline.modalities.encoders import load_encoder
 
     return load_encoder(str(path)).feature_dim
 

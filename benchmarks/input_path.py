@@ -43,9 +43,9 @@ def _rate(batches, steps: int, step_fn) -> float:
 def main() -> None:
     from pipeline.config import load_params
     from pipeline.data.loader import epoch_batches
-    from pipeline.data.shards import read_manifest
+    from pipeline.shards.manifest import read_manifest
     from pipeline.registry import METHODS
-    from pipeline.models.encoder import build_encoder
+    from pipeline.modalities.encoders import build_encoder
     from pipeline.train.optim import build_optimizer, param_groups
 
     ap = argparse.ArgumentParser(description=__doc__)

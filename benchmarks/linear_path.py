@@ -45,24 +45,24 @@ def cold_probe(train, val, test, c_grid: list[float], max_iter: int) -> dict:
 def feature_sets() -> dict[str, tuple[list, list[float], int]]:
     """name -> ([train, val, test] as (features, labels)), c_grid, max_iter)."""
     from pipeline.config import load_params
-    from pipeline.data.shards import load_split
+    from pipeline.shards.read import load_split
     from pipeline.eval.features import encoder_features
     from pipeline.modalities.text.tfidf import tfidf_featurizer
-    from pipeline.models.encoder import load_encoder
+    from pipeline.modalities.encoders import load_encoder
 
     out = {}
     text = load_params(REPO / "params.yaml", preset="text")
     shards = REPO / "text" / "data" / "shards"
     featurize = tfidf_featurizer(shards, text.text.tfidf_max_features)
     splits = [load_split(shards, s) for s in ("train", "val", "test")]
-    out["TF-IDF, text default"] = ([(featurize(x), y.numpy()) for x, y in splits], text.linear_eval.c_grid,
-                                   text.linear_eval.max_iter)
+    out["TF-IDF, text default"] = ([(featurize(x), y.numpy()) for x, y in splits], text.protocol_params["linear_eval"].c_grid,
+                                   text.protocol_params["linear_eval"].max_iter)
     image = load_params(REPO / "params.yaml")
     shards = REPO / "data" / "shards"
     featurize = encoder_features(load_encoder(REPO / "models" / "simclr" / "encoder.pt"), torch.device("cpu"))
     splits = [load_split(shards, s) for s in ("train", "val", "test")]
-    out["SimCLR, image default"] = ([(featurize(x), y.numpy()) for x, y in splits], image.linear_eval.c_grid,
-                                    image.linear_eval.max_iter)
+    out["SimCLR, image default"] = ([(featurize(x), y.numpy()) for x, y in splits], image.protocol_params["linear_eval"].c_grid,
+                                    image.protocol_params["linear_eval"].max_iter)
     return out
 
 

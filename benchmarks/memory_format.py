@@ -33,9 +33,10 @@ sys.path.insert(0, str(REPO))
 
 def main() -> None:
     from pipeline.config import load_params
-    from pipeline.data.shards import read_manifest, stream_batches
+    from pipeline.shards.manifest import read_manifest
+    from pipeline.shards.read import stream_batches
     from pipeline.registry import METHODS
-    from pipeline.models.encoder import build_encoder
+    from pipeline.modalities.encoders import build_encoder
     from pipeline.models.resnet import SmallResNet
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -40,16 +40,17 @@ def pretrain(params_file: Path, method: str, out: Path) -> float:
 
 def val_probe(encoder_file: Path, params) -> float:
     """Best val top-1 over ``linear_eval.c_grid`` of the probe fitted on the train split."""
-    from pipeline.data.shards import load_split
+    from pipeline.shards.read import load_split
     from pipeline.eval.features import encoder_features
     from pipeline.eval.algorithms.linear import linear_probe
-    from pipeline.models.encoder import load_encoder
+    from pipeline.modalities.encoders import load_encoder
 
     featurize = encoder_features(load_encoder(encoder_file), torch.device("cpu"))
     (xtr, ytr), (xva, yva) = load_split(REPO / "data/shards", "train"), load_split(REPO / "data/shards", "val")
     train, val = (featurize(xtr), ytr.numpy()), (featurize(xva), yva.numpy())
+    le = params.protocol_params["linear_eval"]
     with contextlib.redirect_stdout(sys.stderr):
-        result = linear_probe(train, val, val, params.linear_eval.c_grid, params.linear_eval.max_iter)
+        result = linear_probe(train, val, val, le.c_grid, le.max_iter)
     return max(result["val_top1_by_c"].values())
 
 

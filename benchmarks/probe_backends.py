@@ -27,9 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.config import load_params  # noqa: E402
-from pipeline.data.shards import read_manifest  # noqa: E402
+from pipeline.shards.manifest import read_manifest  # noqa: E402
 from pipeline.eval.baselines import baseline_encoder  # noqa: E402
-from pipeline.eval.features import pixel_features  # noqa: E402
+from pipeline.modalities.image.baseline import pixel_features  # noqa: E402
 from pipeline.eval.algorithms.knn import knn_accuracies, knn_accuracy  # noqa: E402
 from pipeline.eval.algorithms.linear import linear_probe  # noqa: E402
 from pipeline.eval.protocol import EvalContext  # noqa: E402
@@ -42,7 +42,7 @@ def compare(shards: str, params, repeats: int, c_grid=None, max_iter=None, names
     """One row per baseline: both probes' top-1, chosen C and median seconds; kNN per k both ways
     (``report(row)`` is called as each row is done)."""
     manifest = read_manifest(shards)
-    le = params.linear_eval
+    le = params.protocol_params["linear_eval"]
     c_grid, max_iter = c_grid or le.c_grid, max_iter or le.max_iter
     rows = []
     for name in names:
@@ -55,9 +55,10 @@ def compare(shards: str, params, repeats: int, c_grid=None, max_iter=None, names
                 start = time.perf_counter()
                 res[backend] = linear_probe(train, val, test, c_grid, max_iter, backend=backend, seed=params.seed)
                 secs[backend].append(time.perf_counter() - start)
-        ks = [k for k in params.knn.ks if k <= len(train[1])]
-        one = knn_accuracies(*train, *test, ks, params.knn.temperature, CPU)
-        per_k = {k: knn_accuracy(*train, *test, k, params.knn.temperature) for k in ks}
+        knn = params.protocol_params["knn"]
+        ks = [k for k in knn.ks if k <= len(train[1])]
+        one = knn_accuracies(*train, *test, ks, knn.temperature, CPU)
+        per_k = {k: knn_accuracy(*train, *test, k, knn.temperature) for k in ks}
         rows.append({"baseline": name, "dim": train[0].shape[1], "res": res,
                      "secs": {b: statistics.median(s) for b, s in secs.items()}, "knn_one": one, "knn_per_k": per_k})
         if report:

@@ -27,9 +27,9 @@ sys.path.insert(0, str(REPO))
 
 
 def main() -> None:
-    from pipeline.data.shards import load_split
+    from pipeline.shards.read import load_split
     from pipeline.eval.features import BATCH, encoder_features
-    from pipeline.models.encoder import load_encoder
+    from pipeline.modalities.encoders import load_encoder
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shards", default="text/data/shards")

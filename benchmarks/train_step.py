@@ -49,9 +49,10 @@ def main(args: argparse.Namespace) -> None:
     import torchvision.transforms.v2.functional as TF
 
     from pipeline.config import load_params
-    from pipeline.data.shards import read_manifest, stream_batches
+    from pipeline.shards.manifest import read_manifest
+    from pipeline.shards.read import stream_batches
     from pipeline.registry import METHODS
-    from pipeline.models.encoder import build_encoder
+    from pipeline.modalities.encoders import build_encoder
 
     params = load_params(REPO / "params.yaml")
     manifest = read_manifest(args.shards)

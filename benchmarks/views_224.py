@@ -74,7 +74,7 @@ def main() -> None:
     from pipeline.config import load_params
     from pipeline.modalities.image.views import ViewMaker
     from pipeline.data.loader import epoch_batches
-    from pipeline.data.shards import shard_paths
+    from pipeline.shards.verify import shard_paths
     from shard import generate, run_stage
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

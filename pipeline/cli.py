@@ -39,7 +39,7 @@ def info(args: argparse.Namespace) -> None:
 
 def export(args: argparse.Namespace) -> None:
     from pipeline.export import check_exportable, data_card, export_encoder, headline_metrics
-    from pipeline.models.encoder import load_encoder
+    from pipeline.modalities.encoders import load_encoder
 
     encoder = load_encoder(args.encoder)
     check_exportable(encoder)  # before anything is read or written
@@ -70,7 +70,8 @@ def embed(args: argparse.Namespace) -> None:
     import torch
 
     from pipeline.export import featurise_folder
-    from pipeline.models.encoder import TextEncoder, load_encoder
+    from pipeline.modalities.encoders import load_encoder
+    from pipeline.modalities.text.encoder import TextEncoder
 
     encoder = load_encoder(args.encoder)
     if isinstance(encoder, TextEncoder):

@@ -4,19 +4,20 @@
 an unknown key, a wrong type or an out-of-range value raises ``UserError`` naming the key
 and what is allowed. Models are frozen, so a stage cannot change its params by accident.
 Each method's own section (e.g. ``simclr:``) is validated by the params class that the
-method registers (see ``pipeline.methods``).
+method registers (see ``pipeline.methods``), each protocol's (e.g. ``knn:``) by its
+protocol's (``pipeline/eval/protocols/<name>.py``): read it as ``params.protocol_params[name]``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import UserError
-from pipeline.registry import METHODS, PROTOCOLS
+from pipeline.registry import METHODS, MODALITIES, PROTOCOLS, SOURCES
 
 
 class Strict(BaseModel):
@@ -28,7 +29,9 @@ class Strict(BaseModel):
 class DataParams(Strict):
     """Where images come from and how they are split into shards."""
 
-    source: Literal["fashion-mnist", "imagefolder", "torchvision", "fortunes"] = "fashion-mnist"  # fortunes: text (section text)
+    # a registered data source (pipeline/modalities/<modality>/: fashion-mnist, imagefolder, torchvision;
+    # fortunes: text, section text); its modality decides how the shards are written and read
+    source: str = "fashion-mnist"
     root: str = "/usr/share/datasets/fashion-mnist"
     torchvision_name: Optional[str] = None  # e.g. CIFAR10, when source is torchvision
     download: bool = False  # torchvision/Fashion-MNIST download fallback (needs network)
@@ -52,7 +55,7 @@ class DataParams(Strict):
     # Processes decoding/resizing/encoding (None: os.cpu_count(), at most 8); the output
     # bytes are the same for any count, so it is left out of the manifest.
     workers: Optional[int] = Field(None, ge=1, le=64)
-    # Virtual streams (pipeline/data/streams.py): 1 (every rank reads the one seeded stream);
+    # Virtual streams (pipeline/shards/streams.py): 1 (every rank reads the one seeded stream);
     # S > 1: each split in a multiple of S shards, and each rank x loader worker reads only
     # its streams' shards (S a multiple of the process count; e.g. 64 or 256 at ImageNet scale).
     streams: int = Field(1, ge=1, le=4096)
@@ -62,6 +65,14 @@ class DataParams(Strict):
     # An image file with more pixels is refused from its header (a decompression bomb); PIL's
     # own limit by default. None: no limit. Left out of the manifest (no accepted image changes).
     max_image_pixels: Optional[int] = Field(89478485, ge=1)
+
+
+    @field_validator("source")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        if v not in SOURCES:
+            raise ValueError(f"unknown data source; valid: {', '.join(SOURCES.names())}")
+        return v
 
 
 class EncoderParams(Strict):
@@ -191,101 +202,6 @@ class PretrainParams(OptimParams):
     sync_batchnorm: Literal["auto"] | bool = "auto"
 
 
-class KnnParams(Strict):
-    ks: list[int] = Field(default_factory=lambda: [20, 200], min_length=1)
-    temperature: float = Field(0.07, gt=0)
-
-
-class LinearParams(Strict):
-    """Logistic regression (L-BFGS) on frozen features, L2 strength swept on val."""
-
-    c_grid: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0], min_length=1)
-    max_iter: int = Field(200, ge=10)
-    # (a)'s solver: scikit-learn (float64, CPU) or torch L-BFGS on the device; auto: torch on CUDA, on the CPU
-    # scikit-learn up to pipeline.eval.algorithms.linear.SKLEARN_MAX_ELEMENTS train feature values, torch above
-    backend: Literal["auto", "sklearn", "torch"] = "auto"
-    sweep_size: int = Field(50000, ge=100)  # (a): the C sweep fits a seeded subsample of at most this many train samples
-    # protocol (b), ImageNet-style: SGD on features of augmented images; 0 epochs switches it off
-    sgd_epochs: int = Field(10, ge=0)
-    sgd_batch_size: int = Field(256, ge=2)
-    sgd_lr: float = Field(0.1, gt=0)  # per 256 images
-    sgd_crop_scale: list[float] = Field(default_factory=lambda: [0.5, 1.0], min_length=2, max_length=2)
-    sgd_shuffle_buffer: int = Field(5000, ge=1)  # protocol (b): samples shuffled as they stream from the shards
-    amp: bool = True  # protocol (b): bfloat16 autocast on CUDA; ignored on CPU
-    nproc_per_node: int = Field(1, ge=1)  # >1: the stage runs under torchrun, protocol (b) with DDP
-
-
-class FinetuneParams(OptimParams):
-    weight_decay: float = Field(5e-4, ge=0)
-    encoder_lr_mult: float = Field(1.0, ge=0, le=1)  # encoder lr = lr * this (a random init trains at the full lr)
-    crop_scale: list[float] = Field(default_factory=lambda: [0.5, 1.0], min_length=2, max_length=2)  # training views
-    hflip: float = Field(0.5, ge=0, le=1)
-    shuffle_buffer: int = Field(5000, ge=1)  # images: samples shuffled as they stream from the shards
-    # text: batches of similar lengths, sorted in windows of this many batches (1: random batches); images ignore it
-    length_group: int = Field(50, ge=1)
-    amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
-    nproc_per_node: int = Field(1, ge=1)  # >1: the finetune stage runs under torchrun with DDP
-
-
-class FewShotParams(Strict):
-    ways: list[Union[int, Literal["all"]]] = Field(default_factory=lambda: [5, "all"], min_length=1)
-    shots: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
-    queries: int = Field(15, ge=1)
-    episodes: int = Field(600, ge=1)
-    max_ways: int = Field(100, ge=2)  # "all"-way episodes draw at most this many classes (1000-way: 100 sampled per episode)
-    classifiers: list[Literal["prototype", "logreg"]] = Field(default_factory=lambda: ["prototype", "logreg"], min_length=1)
-
-
-class LabelEfficiencyParams(Strict):
-    """Linear probe and fine-tuning on class-balanced label fractions (their own recipes:
-    params.yaml aliases them to the linear_eval and finetune sections)."""
-
-    fractions: list[float] = Field(default_factory=lambda: [0.01, 0.1], min_length=1)  # below 1: 100% is linear-eval/finetune
-    min_steps: int = Field(100, ge=1)  # small fractions train for more epochs, at least this many steps
-    c_grid: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0], min_length=1)
-    max_iter: int = Field(200, ge=10)
-    finetune: "FinetuneParams"
-
-    @field_validator("fractions")
-    @classmethod
-    def _fractions(cls, v: list[float]) -> list[float]:
-        if any(not 0 < f < 1 for f in v):
-            raise ValueError("every fraction must be in (0, 1): the 100% results are the linear-eval and finetune protocols'")
-        return v
-
-
-class DiagnosticsParams(Strict):
-    images: int = Field(2000, ge=10)  # test images for the diagnostics and the 2-D map
-    tsne: bool = True
-    collapse_threshold: float = Field(0.1, gt=0)  # std * sqrt(dim) below this = collapsed
-    augment: AugmentParams  # the views of the alignment/uniformity measures (params.yaml: the pretraining ones)
-
-
-class TransferParams(Strict):
-    datasets: list[Literal["digits", "mnist-sample", "cifar10", "cifar100", "stl10", "food101", "fortunes-language"]] = Field(
-        default_factory=lambda: ["digits", "mnist-sample"], min_length=1
-    )
-    test_fraction: float = Field(0.3, gt=0, lt=1)  # for datasets without a test split
-    val_fraction: float = Field(0.2, gt=0, lt=1)  # of the train part: picks the probe's L2 strength
-    root: str = "data/transfer"  # torchvision download root for networked presets
-    c_grid: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0], min_length=1)  # the linear probe's
-    max_iter: int = Field(200, ge=10)
-
-
-class TextParams(Strict):
-    """The text modality (``data.source: fortunes``): tokenizer, entry length, labels,
-    text views, the language-ID transfer set and the TF-IDF baseline. Images ignore it."""
-
-    vocab_size: int = Field(4096, ge=64, le=1_000_000)  # BPE vocabulary learned on the pretrain split
-    max_length: int = Field(64, ge=4, le=4096)  # tokens per entry incl. [CLS]/[SEP]; longer entries are truncated
-    min_class_count: int = Field(200, ge=1)  # categories with fewer entries are merged into "other"
-    view_mask_p: float = Field(0.15, ge=0, le=1)  # text views (diagnostics): each real token -> [MASK]
-    transfer_per_language: int = Field(1000, ge=10)  # language-ID transfer set: entries per language
-    transfer_languages: list[Literal["en", "de", "es", "it"]] = Field(
-        default_factory=lambda: ["en", "de", "es", "it"], min_length=2)
-    tfidf_max_features: int = Field(10000, ge=1)  # TF-IDF baseline: word 1-2-grams, fitted on the pretrain split
-
-
 class Params(Strict):
     """All of params.yaml except the per-method and per-protocol sections."""
 
@@ -297,41 +213,14 @@ class Params(Strict):
     encoder: EncoderParams
     augment: AugmentParams
     pretrain: PretrainParams
-    text: TextParams = Field(default_factory=TextParams)
     # filled by parse_params from the per-method and per-protocol sections:
     method_params: dict[str, Any] = Field(default_factory=dict)
     method_pretrain: dict[str, PretrainParams] = Field(default_factory=dict)
     method_encoder: dict[str, EncoderParams] = Field(default_factory=dict)
+    # every registered protocol's section, validated by its own Params (pipeline/eval/protocols/<name>.py),
+    # whether or not it is in ``protocols`` (the pretrain stage's kNN monitor reads knn's temperature)
     protocol_params: dict[str, Any] = Field(default_factory=dict)
-
-    # the built-in protocols' sections, typed (any protocol's: ``protocol_params[name]``)
-    @property
-    def knn(self) -> KnnParams:
-        return self.protocol_params["knn"]
-
-    @property
-    def linear_eval(self) -> LinearParams:
-        return self.protocol_params["linear_eval"]
-
-    @property
-    def finetune(self) -> FinetuneParams:
-        return self.protocol_params["finetune"]
-
-    @property
-    def few_shot(self) -> FewShotParams:
-        return self.protocol_params["few_shot"]
-
-    @property
-    def transfer(self) -> TransferParams:
-        return self.protocol_params["transfer"]
-
-    @property
-    def label_efficiency(self) -> LabelEfficiencyParams:
-        return self.protocol_params["label_efficiency"]
-
-    @property
-    def diagnostics(self) -> DiagnosticsParams:
-        return self.protocol_params["diagnostics"]
+    modality_params: dict[str, Any] = Field(default_factory=dict)  # a modality's own section (text:), by modality name
 
     def pretrain_for(self, method: str) -> PretrainParams:
         """The pretrain section with the method's own ``pretrain:`` overrides applied."""
@@ -372,7 +261,8 @@ def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
     raw = dict(raw)
     method_sections = {name: raw.pop(name) for name in list(raw) if name in METHODS.names()}
     protocol_sections = {name: raw.pop(name) for name in list(raw) if name in PROTOCOLS.names()}
-    _check_sections_are_mappings(method_sections | protocol_sections, source)
+    modality_sections = {name: raw.pop(name) for name, m in MODALITIES.items() if m.Params is not None and name in raw}
+    _check_sections_are_mappings(method_sections | protocol_sections | modality_sections, source)
     try:
         params = Params.model_validate(raw)
     except ValidationError as err:
@@ -385,10 +275,12 @@ def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
     unknown = [p for p in params.protocols if p not in PROTOCOLS.names()]
     if unknown:
         raise UserError(f"{source}: protocols: unknown protocol(s) {unknown}; valid protocols are {PROTOCOLS.names()}")
-    valid_baselines = ["raw_pixels", "tfidf", "random_init"] + [f"random_init_{m}" for m in METHODS.names()]
+    features_only = {m.baseline.name: name for name, m in MODALITIES.items()}  # each modality's features-only baseline
+    valid_baselines = [*features_only, "random_init"] + [f"random_init_{m}" for m in METHODS.names()]
     unknown = [b for b in params.baselines if b not in valid_baselines]
     if unknown:
-        raise UserError(f"{source}: baselines: unknown baseline(s) {unknown}; valid: raw_pixels, tfidf (text), random_init, "
+        listed = ", ".join(f"{b} ({m})" for b, m in features_only.items())
+        raise UserError(f"{source}: baselines: unknown baseline(s) {unknown}; valid: {listed}, random_init, "
                         "random_init_<method> (that method's own encoder)")
     protocol_params = {}
     for name in PROTOCOLS.names():
@@ -396,6 +288,13 @@ def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
             protocol_params[name] = PROTOCOLS.get(name).Params.model_validate(protocol_sections.get(name) or {})
         except ValidationError as err:
             raise UserError(_describe(err, f"{source} (section '{name}')")) from None
+    modality_params = {}
+    for name, modality in MODALITIES.items():  # every modality's section, at its defaults when absent
+        if modality.Params is not None:
+            try:
+                modality_params[name] = modality.Params.model_validate(modality_sections.get(name) or {})
+            except ValidationError as err:
+                raise UserError(_describe(err, f"{source} (section '{name}')")) from None
     validated, pretrain, encoder = {}, {}, {}
     for name in METHODS.names():
         section = dict(method_sections.get(name) or {})
@@ -412,7 +311,7 @@ def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
         except ValidationError as err:
             raise UserError(_describe(err, f"{source} (section '{name}')")) from None
     return params.model_copy(update={"method_params": validated, "method_pretrain": pretrain, "method_encoder": encoder,
-                                     "protocol_params": protocol_params})
+                                     "protocol_params": protocol_params, "modality_params": modality_params})
 
 
 PRESETS = Path(__file__).resolve().parent.parent / "presets"

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from pipeline.errors import UserError
-from pipeline.models.encoder import Encoder, encoder_input
+from pipeline.modalities.encoders import encoder_input
+from pipeline.models.encoder import Encoder
 from pipeline.models.standard import IN_CHANNELS, RESNETS, STANDARD, VITS, library_state_dict
 
 WEIGHTS, CARD = "model.safetensors", "model_card.json"
@@ -84,7 +85,7 @@ def check_exportable(encoder) -> None:
     if not isinstance(encoder, Encoder) or arch not in STANDARD:
         raise UserError(f"encoder.arch {arch!r} is this package's own model, which no library model takes: export "
                         f"needs one of {STANDARD} (set encoder.arch in params.yaml and re-run pretraining); "
-                        "pipeline.models.encoder.load_encoder loads it in Python")
+                        "pipeline.modalities.encoders.load_encoder loads it in Python")
 
 
 def export_encoder(encoder: Encoder, out_dir: Path, card: dict) -> tuple[Path, Path]:
@@ -144,6 +145,6 @@ def featurise_folder(encoder: Encoder, folder: str | Path, batch_size: int = 256
     for start in range(0, len(paths), batch_size):
         idx = range(start, min(start + batch_size, len(paths)))
         batch = np.stack([load_image(reader, i, encoder.image_size, encoder.channels, store_size=encoder.image_size) for i in idx])
-        x = encoder_input(torch.from_numpy(batch).permute(0, 3, 1, 2).to(device))  # uint8 -> [0, 1]
+        x = encoder_input(torch.from_numpy(batch).permute(0, 3, 1, 2).to(device), encoder)  # uint8 -> [0, 1]
         out[start:start + len(idx)] = encoder(x).float().cpu().numpy()
     return out, [str(p.relative_to(folder)) for p in paths]

@@ -123,3 +123,25 @@ def replace_atomically(path: str | Path, write) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_resumable(out: str, write) -> dict:
+    """``write(folder)`` into ``<out>.tmp``, then renamed to ``out``: the shard folder appears
+    whole (manifest included) or not at all. Unlike ``StagedOutputs`` the staging folder
+    outlives a killed run (SIGKILL, out of memory, a pre-empted host, a power cut): the next
+    run keeps the shards it finished (``pipeline.shards.write.Journal``: same inputs, same bytes) and writes
+    the rest. An error or Ctrl-C removes it, as ``StagedOutputs`` does."""
+    final = Path(out)
+    tmp = final.with_name(final.name + TMP_SUFFIX)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        manifest = write(tmp)
+    except BaseException:  # an error or Ctrl-C: nothing half-written (only a killed process leaves shards to resume)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.is_dir():
+        shutil.rmtree(final)
+    elif final.exists():
+        final.unlink()
+    os.replace(tmp, final)
+    return manifest

@@ -2,8 +2,8 @@
 sources, transfer sets and baselines.
 
 A registry names the package its entries live in; on the first lookup it imports every
-module of that package (and of its sub-packages), and each module registers its entries
-with ``@REGISTRY.register``. So adding a method, a protocol, a source or a modality is adding
+module and sub-package in that package, and each registers its entries with
+``@REGISTRY.register`` (a modality folder's ``__init__`` imports the modules it registers). So adding a method, a protocol, a source or a modality is adding
 a module (or a folder): no list to edit. The import is by name (``importlib``), so a low
 layer (``pipeline.config``) can look entries up without importing the layers above it.
 """
@@ -20,13 +20,12 @@ T = TypeVar("T")
 
 
 def import_package(package: str) -> None:
-    """Import ``package`` and every module below it whose name does not start with ``_``."""
+    """Import ``package`` and every module and sub-package directly in it whose name does not
+    start with ``_`` (a sub-package's ``__init__`` imports what it registers)."""
     pkg = importlib.import_module(package)
     for info in sorted(pkgutil.iter_modules(getattr(pkg, "__path__", [])), key=lambda m: m.name):
         if not info.name.startswith("_"):
             importlib.import_module(f"{package}.{info.name}")
-            if info.ispkg:
-                import_package(f"{package}.{info.name}")
 
 
 class Registry(Generic[T]):
@@ -84,3 +83,12 @@ METHODS: Registry[type] = Registry("method", ["pipeline.methods"])  # classes (p
 # instances (pipeline/eval/protocols/<name>.py), in report order
 PROTOCOLS: Registry = Registry("evaluation protocol", ["pipeline.eval.protocols"], order=lambda name, p: p.order,
                                plural="protocols")
+# Modality instances (pipeline/modalities/<name>/__init__.py), and what each modality folder registers
+# from its datasets/ modules: data sources (data.source) and transfer sets (transfer.datasets)
+MODALITIES: Registry = Registry("modality", ["pipeline.modalities"], plural="modalities")
+SOURCES: Registry = Registry("data source", ["pipeline.modalities"])
+TRANSFER_SETS: Registry = Registry("transfer dataset", ["pipeline.modalities"])
+# Shard codecs by the manifest's modality name ("image" when a manifest has none, "text"):
+# classes with of(shard_dir, manifest) -> codec (pipeline/modalities/<name>/codec.py), looked
+# up by the shard readers (pipeline.shards.read.codec_for), which sit below the modalities.
+CODECS: Registry[type] = Registry("shard modality", ["pipeline.modalities"], plural="modalities")

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from pipeline import dist
 from pipeline.config import load_params
-from pipeline.data.shards import read_manifest
+from pipeline.shards.manifest import read_manifest
 from pipeline.errors import UserError, exit_on_user_error, output_lock
 from pipeline.eval.checks import check_classes
 from pipeline.eval.evaluate import EvalOutputs, evaluate
-from pipeline.models.encoder import load_encoder
+from pipeline.modalities.encoders import load_encoder
 from pipeline.registry import PROTOCOLS
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pipeline import dist
 from pipeline.config import load_params
-from pipeline.data.shards import read_manifest
+from pipeline.shards.manifest import read_manifest
 from pipeline.errors import exit_on_user_error, output_lock
 from pipeline.eval.monitor import KnnMonitor
 from pipeline.registry import METHODS
@@ -48,7 +48,7 @@ def _run(run: PretrainRun, params, method_cls, manifest: dict) -> None:
     dist.init_from_env()
     try:
         run_pretraining(run, params, method_cls, manifest,
-                        make_monitor=lambda device: KnnMonitor(run.shards, p, params.knn.temperature, device))
+                        make_monitor=lambda device: KnnMonitor(run.shards, p, params.protocol_params["knn"].temperature, device))
     finally:
         dist.shutdown()
 

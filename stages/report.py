@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from pipeline.config import load_params
-from pipeline.data.shards import read_manifest
+from pipeline.shards.manifest import read_manifest
 from pipeline.errors import exit_on_user_error, output_lock
 from pipeline.outputs import StagedOutputs
 from pipeline.report.markdown import build_report

@@ -11,9 +11,9 @@ import yaml
 from threadpoolctl import threadpool_limits
 
 from pipeline.config import DataParams, parse_params
-from pipeline.data.shards import write_shards
+from pipeline.modalities.image.codec import write_image_shards
 from pipeline.modalities.image.sources import ImageSet, fashion_mnist
-from pipeline.data.splits import make_splits
+from pipeline.shards.splits import make_splits
 
 REPO = Path(__file__).resolve().parents[1]
 FMNIST_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -42,7 +42,7 @@ def tiny_shards(fmnist_small, tmp_path_factory) -> Path:
     train, test = fmnist_small
     splits = make_splits(train, test, DataParams(val_size=200, shard_size=150, pretrain_size=None, train_size=None), seed=0)
     out = tmp_path_factory.mktemp("shards")
-    write_shards(splits, out, 150, source={"test": True})
+    write_image_shards(splits, out, 150, source={"test": True})
     return out
 
 

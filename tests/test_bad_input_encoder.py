@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from pipeline.config import DataParams, EncoderParams
-from pipeline.data.shards import read_manifest, write_shards
+from pipeline.modalities.image.codec import write_image_shards
+from pipeline.shards.manifest import read_manifest
 from pipeline.modalities.image.sources import ImageSet
-from pipeline.data.splits import make_splits
+from pipeline.shards.splits import make_splits
 from pipeline.errors import UserError
-from pipeline.models.encoder import build_encoder, load_encoder, save_encoder
+from pipeline.modalities.encoders import build_encoder, load_encoder, save_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = {"modality": "text", "vocab_size": 64, "max_length": 16}
@@ -37,7 +38,7 @@ def rgb_shards(fmnist_small, tmp_path_factory) -> Path:
     rgb = lambda s: ImageSet(np.repeat(s.images, 3, axis=3), s.labels, s.classes)  # noqa: E731
     splits = make_splits(rgb(train), rgb(test), DataParams(val_size=200, shard_size=150, pretrain_size=None, train_size=None), 0)
     out = tmp_path_factory.mktemp("rgb_shards")
-    write_shards(splits, out, 150, source={"test": True})
+    write_image_shards(splits, out, 150, source={"test": True})
     return out
 
 

@@ -14,8 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def encoder_path(tiny_shards, tmp_path_factory) -> Path:
     from pipeline.config import EncoderParams
-    from pipeline.data.shards import read_manifest
-    from pipeline.models.encoder import build_encoder, save_encoder
+    from pipeline.shards.manifest import read_manifest
+    from pipeline.modalities.encoders import build_encoder, save_encoder
 
     path = tmp_path_factory.mktemp("encoder") / "enc.pt"
     save_encoder(build_encoder(EncoderParams(width=8), read_manifest(tiny_shards)), path)

@@ -79,7 +79,7 @@ def test_legitimate_inputs_16_bit_png_and_links(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["classes"] == ["bird", "cat", "dog"]
     assert sum(manifest["splits"][s]["count"] for s in ("train", "val", "test")) == 12 + 1 + 3 + 1  # each file once
-    from pipeline.data.shards import load_split
+    from pipeline.shards.read import load_split
 
     expected = (ramp.astype(np.int64) * 255 + 32767) // 65535  # round(v * 255 / 65535)
     found = [im for s in ("train", "val", "test") for im in load_split(out, s)[0] if np.array_equal(im[0].numpy(), expected)]

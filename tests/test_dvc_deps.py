@@ -1,7 +1,7 @@
 """Every DVC stage depends on all the repository code its command can execute.
 
 A stage whose ``deps`` miss a file that shapes its outputs gives stale results without DVC
-noticing: edit ``pipeline/data/shards.py`` (batch order) and ``dvc repro`` would happily keep
+noticing: edit ``pipeline/shards/read.py`` (batch order) and ``dvc repro`` would happily keep
 the old ``pretrain`` models. This test finds, for every stage of ``dvc.yaml``, the repository
 source files its ``cmd`` can run, and fails naming those no dep covers (a dep covers a file
 when it is that file or a directory above it); and, the other way, a code dep that covers

@@ -19,7 +19,8 @@ from PIL import Image
 from pipeline.config import EncoderParams
 from pipeline.errors import UserError
 from pipeline.export import export_encoder, featurise_folder
-from pipeline.models.encoder import Encoder, load_encoder, save_encoder
+from pipeline.modalities.encoders import load_encoder, save_encoder
+from pipeline.models.encoder import Encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHS = ["resnet50", "vit_small_patch16_224"]  # the two targets

@@ -58,8 +58,9 @@ def test_gpu_preset_is_the_documented_recipe():
     assert list(merged.encoder.layers) == [2, 2, 2, 2] and merged.encoder.width == 64
     assert merged.pretrain.epochs == 500
     # the label-efficiency arms follow the finetune and linear_eval recipes
-    assert merged.label_efficiency.finetune == merged.finetune
-    assert merged.label_efficiency.c_grid == merged.linear_eval.c_grid == merged.transfer.c_grid
+    sections = merged.protocol_params
+    assert sections["label_efficiency"].finetune == sections["finetune"]
+    assert sections["label_efficiency"].c_grid == sections["linear_eval"].c_grid == sections["transfer"].c_grid
 
 
 def test_cli_merges_in_place_keeping_comments_and_refuses_unknown_presets(tmp_path):
@@ -83,7 +84,8 @@ def test_stages_load_a_preset_as_the_cli_would_write_it():
     loaded = load_params(ROOT / "params.yaml", "text")
     assert loaded == written
     assert loaded.data.source == "fortunes" and loaded.encoder.arch == "transformer"
-    assert loaded.label_efficiency.finetune == loaded.finetune  # the alias still feeds both sections
+    sections = loaded.protocol_params
+    assert sections["label_efficiency"].finetune == sections["finetune"]  # the alias still feeds both sections
 
 
 def test_an_unknown_preset_is_refused_naming_the_valid_ones():

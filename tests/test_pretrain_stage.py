@@ -100,7 +100,7 @@ def test_two_processes_under_torchrun(tiny_shards, tmp_path):
     """`pretrain.nproc_per_node: 2` on a CPU: the stage starts itself under torchrun (gloo,
     no SyncBatchNorm), both ranks train, rank 0 alone writes, and what it wrote loads: the
     encoder, and a checkpoint holding each rank's own RNG state."""
-    from pipeline.models.encoder import load_encoder
+    from pipeline.modalities.encoders import load_encoder
 
     res = _pretrain(tmp_path, tiny_shards, _params(tmp_path, nproc_per_node=2, epochs=2))
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]

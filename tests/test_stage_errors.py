@@ -48,8 +48,8 @@ def test_missing_dataset_names_the_fix(tmp_path):
 
 def test_corrupt_shard_fails_evaluation_without_metrics(tiny_shards, tmp_path):
     from pipeline.config import EncoderParams
-    from pipeline.data.shards import read_manifest
-    from pipeline.models.encoder import build_encoder, save_encoder
+    from pipeline.shards.manifest import read_manifest
+    from pipeline.modalities.encoders import build_encoder, save_encoder
 
     shards = tmp_path / "shards"
     shutil.copytree(tiny_shards, shards)
@@ -73,8 +73,8 @@ def test_wrong_type_in_params_exits_2_and_writes_nothing(tmp_path):
 
 def test_finetune_batch_larger_than_the_train_split_names_the_key(tiny_shards, tmp_path):
     from pipeline.config import EncoderParams
-    from pipeline.data.shards import read_manifest
-    from pipeline.models.encoder import build_encoder, save_encoder
+    from pipeline.shards.manifest import read_manifest
+    from pipeline.modalities.encoders import build_encoder, save_encoder
 
     save_encoder(build_encoder(EncoderParams(width=8), read_manifest(tiny_shards)), tmp_path / "enc.pt")
     path = _params(tmp_path, lambda r: r["finetune"].update(batch_size=4096))

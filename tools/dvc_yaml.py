@@ -1,7 +1,8 @@
 """dvc.yaml, generated: one template of the stages (shard -> pretrain@<method> ->
 evaluate@<method>-<protocol> and baseline@<baseline>-<protocol> -> report), rendered for the
-default params and for each preset in ``PIPELINES``, which runs beside it as ``<preset>-*``
-stages with ``--preset <preset>``, its outputs under ``<preset>/`` and ``reports/<preset>/``.
+default params and for each preset whose methods train on another modality (``pipelines()``:
+presets/text.yaml), which runs beside it as ``<preset>-*`` stages with ``--preset <preset>``, its
+outputs under ``<preset>/`` and ``reports/<preset>/``: one pipeline per modality.
 
     python -m tools.dvc_yaml            # print it
     python -m tools.dvc_yaml --write    # write dvc.yaml (tests/tools/test_dvc_yaml.py: the committed file is this)
@@ -13,7 +14,8 @@ What the template does not hold is read from ``params.yaml`` and the preset:
   the process counts (``RUNTIME``: the same bytes for any; tests/test_dvc_params.py);
 - the methods with their own encoder (a ``<method>.encoder`` section) of the pipeline's modality:
   the random inits (``random_init_<method>``) and the report read them;
-- the sections only one modality reads (``MODALITY_SECTIONS``).
+- the modality's own section (a ``Modality`` with a ``Params`` model: ``text``), tracked by each of
+  its stages, and ``VIEWS``: the core sections only one modality's pretraining reads.
 Each stage's code deps (``CODE``) are the directories and files its script imports, with the
 registries it looks entries up in; tests/test_dvc_deps.py checks them both ways.
 """
@@ -29,27 +31,24 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PIPELINES = ("text",)  # presets run beside the default (presets/<name>.yaml)
 STAGES = ("shard", "pretrain", "evaluate", "baseline", "report")
 RUNTIME = {"data": ("workers", "max_image_pixels"), "pretrain": ("loader_workers", "nproc_per_node")}
-# params sections that only one modality's code reads, by stage
-MODALITY_SECTIONS = {
-    "image": {"pretrain": ["augment"]},  # the pretraining views (the diagnostics read their own copy)
-    "text": dict.fromkeys(STAGES, ["text"]),  # tokenizer and entry length (shards), text views, TF-IDF
-}
+# core params sections that only one modality's pretraining reads
+VIEWS = {"image": ["augment"]}  # the pretraining views (the diagnostics read their own copy, diagnostics.augment)
 
 CORE = ["pipeline/__init__.py", "pipeline/config.py", "pipeline/registry.py", "pipeline/dist.py", "pipeline/errors.py",
         "pipeline/outputs.py"]
 CODE = {
-    "shard": ["stages/shard.py", *CORE, "pipeline/data", "pipeline/modalities"],
+    # the data source and shard writer come from the modality (whose encoders import pipeline/models)
+    "shard": ["stages/shard.py", *CORE, "pipeline/shards", "pipeline/modalities", "pipeline/models"],
     # the method registry (every method) and the kNN monitor (pipeline/eval/monitor.py); no protocol
-    "pretrain": ["stages/pretrain.py", *CORE, "pipeline/data", "pipeline/methods", "pipeline/modalities", "pipeline/models",
+    "pretrain": ["stages/pretrain.py", *CORE, "pipeline/data", "pipeline/shards", "pipeline/methods", "pipeline/modalities", "pipeline/models",
                  "pipeline/provenance.py", "pipeline/train", "pipeline/eval/__init__.py", "pipeline/eval/monitor.py",
                  "pipeline/eval/features.py", "pipeline/eval/algorithms/knn.py"],
     # the protocol registry (every protocol; fine-tuning trains with pipeline/train); no method
-    "evaluate": ["stages/evaluate.py", *CORE, "pipeline/data", "pipeline/eval", "pipeline/modalities", "pipeline/models",
+    "evaluate": ["stages/evaluate.py", *CORE, "pipeline/data", "pipeline/shards", "pipeline/eval", "pipeline/modalities", "pipeline/models",
                  "pipeline/train"],
-    "report": ["stages/report.py", *CORE, "pipeline/data", "pipeline/eval", "pipeline/modalities", "pipeline/models",
+    "report": ["stages/report.py", *CORE, "pipeline/data", "pipeline/shards", "pipeline/eval", "pipeline/modalities", "pipeline/models",
                "pipeline/train", "pipeline/report"],
 }
 CODE["baseline"] = CODE["evaluate"]
@@ -200,6 +199,19 @@ def _modality(methods: list[str]) -> str:
     return kinds.pop()
 
 
+def _modality_params(modality: str):
+    from pipeline.registry import MODALITIES
+
+    return MODALITIES.get(modality).Params
+
+
+def pipelines() -> list[str]:
+    """The presets that run beside the default: those whose ``methods`` train on another modality."""
+    default = _modality(_read(ROOT / "params.yaml")["methods"])
+    return [p.stem for p in sorted((ROOT / "presets").glob("*.yaml"))
+            if "methods" in (preset := _read(p)) and _modality(preset["methods"]) != default]
+
+
 def _own_encoders(params: dict, modality: str) -> list[str]:
     """``<method>.encoder`` of every method of ``modality`` whose section overrides the encoder (params order)."""
     from pipeline.registry import METHODS
@@ -241,7 +253,8 @@ def render_pipeline(name: str | None, params: dict) -> str:
     preset = _read(ROOT / "presets" / f"{name}.yaml") if name else {}
     merged = _merge(params, preset)
     modality = _modality(merged["methods"])
-    sections = {stage: MODALITY_SECTIONS.get(modality, {}).get(stage, []) for stage in STAGES}
+    own_section = [modality] if _modality_params(modality) else []  # e.g. text: (vocabulary, entry length, TF-IDF)
+    sections = {stage: own_section + (VIEWS.get(modality, []) if stage == "pretrain" else []) for stage in STAGES}
     own = _own_encoders(merged, modality)
     root = f"{name}/" if name else ""
     preset_file = [f"presets/{name}.yaml"] if name else []
@@ -275,9 +288,9 @@ def render_pipeline(name: str | None, params: dict) -> str:
 
 def render() -> str:
     params = _read(ROOT / "params.yaml")
-    pipelines = [None, *PIPELINES]
-    body = "\n".join(render_pipeline(name, params) for name in pipelines)
-    plots = "".join(f"  - reports/{name + '/' if name else ''}figures\n" for name in pipelines)
+    names = [None, *pipelines()]
+    body = "\n".join(render_pipeline(name, params) for name in names)
+    plots = "".join(f"  - reports/{name + '/' if name else ''}figures\n" for name in names)
     return HEADER + body + FOOTER + plots
 
 

@@ -23,8 +23,9 @@ import torch
 from pipeline import dist
 from pipeline.modalities.text.length_groups import length_grouped
 from pipeline.data.loader import EpochLoader
-from pipeline.data.shards import epoch_steps, read_manifest, write_subset
-from pipeline.models.encoder import text_lengths
+from pipeline.shards.manifest import read_manifest
+from pipeline.shards.read import epoch_steps
+from pipeline.shards.write import write_subset
 
 Batches = Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]  # epoch -> (x, labels int64 [B]) on the CPU
 
@@ -75,11 +76,10 @@ def streamed(shard_dir, splits: tuple[str, ...], shuffle_buffer: int, workers: i
     return LabelledSet(count, batches_for, scratch, (str(shard_dir), tuple(splits)))
 
 
-def in_memory(x: torch.Tensor, labels: torch.Tensor, window_batches: int = 1) -> LabelledSet:
-    """Samples held as tensors: uint8 images ``[N, C, H, W]`` or packed int64 text ``[N, 2, L]``
-    (then batches of similar lengths, sorted in windows of ``window_batches`` batches:
-    ``in_memory_batches``), labels ``[N]``."""
-    lengths = text_lengths(x) if x.dtype == torch.int64 else None
+def in_memory(x: torch.Tensor, labels: torch.Tensor, window_batches: int = 1, lengths: torch.Tensor | None = None) -> LabelledSet:
+    """Samples held as tensors: uint8 images ``[N, C, H, W]`` or packed int64 text ``[N, 2, L]``,
+    labels ``[N]``; with ``lengths`` ``[N]`` (``Modality.sample_lengths``: text), batches of similar
+    lengths, sorted in windows of ``window_batches`` batches (``in_memory_batches``)."""
     return LabelledSet(len(x), lambda batch_size, seed: in_memory_batches(x, labels, batch_size, seed, lengths, window_batches))
 
 

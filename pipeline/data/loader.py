@@ -1,7 +1,7 @@
 """Training batches decoded by ``DataLoader`` worker processes, in the order one process
 reads them.
 
-A shard folder of virtual streams (``data.streams`` > 1, ``pipeline/data/streams.py``): each
+A shard folder of virtual streams (``data.streams`` > 1, ``pipeline/shards/streams.py``): each
 worker opens only its streams of the rank's streams, so it parses about
 1 / (ranks x workers) of the data. A folder of one stream (the default): every worker reads
 the rank's seeded stream and decodes only every ``workers``-th batch. Either way a worker
@@ -22,8 +22,10 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline import dist
-from pipeline.data import shards
 from pipeline.errors import UserError
+from pipeline.shards.manifest import read_manifest
+from pipeline.shards.read import codec_for, stream_batches
+from pipeline.shards.verify import shard_paths
 
 
 class _Failure:
@@ -45,8 +47,8 @@ class EpochBatches(IterableDataset):
         self.args = dict(shard_dir=shard_dir, split=split, batch_size=batch_size, shuffle_buffer=shuffle_buffer,
                          rank=dist.rank(), world_size=dist.world_size())
         for name in (split,) if isinstance(split, str) else split:
-            shards.shard_paths(shard_dir, name, verify=False)
-        shards.sample_codec(shard_dir, shards.read_manifest(shard_dir))  # a text folder's tokenizer checked here too
+            shard_paths(shard_dir, name, verify=False)
+        codec_for(shard_dir, read_manifest(shard_dir))  # a text folder's tokenizer checked here too
         # seed, skip_batches; no lock (a semaphore needs /dev/shm): written only between epochs
         self.epoch = mp.RawArray("q", 2)
 
@@ -57,11 +59,11 @@ class EpochBatches(IterableDataset):
         seed, skip = self.epoch[:]
         info = get_worker_info()
         if info is None:
-            yield from shards.stream_batches(**self.args, seed=seed, skip_batches=skip)
+            yield from stream_batches(**self.args, seed=seed, skip_batches=skip)
             return
         try:
-            yield from shards.stream_batches(**self.args, seed=seed, skip_batches=skip,
-                                             batch_slice=(info.id, info.num_workers), indexed=True)
+            yield from stream_batches(**self.args, seed=seed, skip_batches=skip,
+                                      batch_slice=(info.id, info.num_workers), indexed=True)
         except UserError as err:
             yield _Failure(str(err))
 
@@ -69,7 +71,7 @@ class EpochBatches(IterableDataset):
 class EpochLoader:
     """Epochs of a rank's batches decoded by ``workers`` persistent processes (0: in this one),
     in pinned memory when the batches go to a GPU (``non_blocking`` copies). ``split``: one
-    split or several, as ``shards.stream_batches`` takes it."""
+    split or several, as ``stream_batches`` takes it."""
 
     def __init__(self, shard_dir, split: str | tuple[str, ...], batch_size: int, shuffle_buffer: int, workers: int,
                  device: torch.device):

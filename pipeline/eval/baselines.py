@@ -1,35 +1,28 @@
 """The baselines every method is measured against, by the same protocols on the same splits
-(params.yaml ``baselines:``): the features-only ones, ``raw_pixels`` (images) and ``tfidf``
-(text: ``pipeline.modalities.text.tfidf``); ``random_init``, the shared encoder section's architecture at
+(params.yaml ``baselines:``): each modality's features-only one (``Modality.baseline``:
+``raw_pixels`` for images, ``tfidf`` for text); ``random_init``, the shared encoder section's architecture at
 the initialisation pretraining starts from (same seed); and ``random_init_<method>``, a
 method's own encoder (e.g. MAE's ViT) at its initialisation. Fine-tuning a random init is
 supervised training from scratch."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
+from torch import nn
 
 from pipeline.config import Params
-from pipeline.data.shards import read_manifest
 from pipeline.errors import UserError
-from pipeline.eval.features import Featurizer, pixel_features
-from pipeline.models.encoder import Encoder, build_encoder
+from pipeline.modalities.base import FeatureBaseline, Featurizer, modality_of
+from pipeline.modalities.encoders import build_encoder
+from pipeline.registry import MODALITIES
+from pipeline.shards.manifest import read_manifest
 
-RAW_PIXELS = "raw_pixels"
-TFIDF = "tfidf"
 RANDOM_INIT = "random_init"
 
 
-class FeatureBaseline(NamedTuple):
-    label: str  # its row in the report
-    short: str  # in the report's verdicts: "beats raw pixels 83.9%"
-    noun: str  # in a not-applicable note: "... through an encoder; raw pixels have none"
-
-
-FEATURE_BASELINES = {RAW_PIXELS: FeatureBaseline("raw pixels (baseline)", "raw pixels", "raw pixels"),
-                     TFIDF: FeatureBaseline("TF-IDF (baseline)", "TF-IDF", "TF-IDF features")}
+def feature_baselines() -> dict[str, FeatureBaseline]:
+    """Every modality's features-only baseline, by its params name."""
+    return {m.baseline.name: m.baseline for _, m in MODALITIES.items()}
 
 
 def baseline_method(name: str) -> str | None:
@@ -37,11 +30,11 @@ def baseline_method(name: str) -> str | None:
     return name.removeprefix(f"{RANDOM_INIT}_") if name.startswith(f"{RANDOM_INIT}_") else None
 
 
-def baseline_encoder(params: Params, name: str, manifest: dict) -> Encoder | None:
+def baseline_encoder(params: Params, name: str, manifest: dict) -> nn.Module | None:
     """The encoder of baseline ``name`` (``None`` for a features-only baseline), built under
     ``torch.manual_seed(params.seed)`` in a forked RNG (the global one is left alone), as
     pretraining builds its encoder."""
-    if name in FEATURE_BASELINES:
+    if name in feature_baselines():
         return None
     method = baseline_method(name)
     enc = params.encoder_for(method) if method else params.encoder
@@ -52,22 +45,16 @@ def baseline_encoder(params: Params, name: str, manifest: dict) -> Encoder | Non
 
 def baseline_featurizer(params: Params, name: str, shards: str) -> Featurizer | None:
     """The featurizer of a features-only baseline (``None`` for an encoder baseline: its
-    encoder's features). ``raw_pixels``: flattened pixels; ``tfidf``: TF-IDF fitted on the
-    pretrain split of ``shards`` (on first use). A baseline of the other modality than the
-    shards' is refused (``UserError``) before any work."""
-    if name in FEATURE_BASELINES:
-        text = read_manifest(shards).get("modality") == "text"
-        if (name == TFIDF) != text:
-            fits = "tfidf" if text else "raw_pixels"
-            raise UserError(f"baseline {name!r} cannot measure {'text' if text else 'image'} shards ({shards}); "
-                            f"use {fits!r} in baselines:")
-    if name == RAW_PIXELS:
-        return pixel_features
-    if name == TFIDF:
-        from pipeline.modalities.text.tfidf import tfidf_featurizer  # scikit-learn's text module: only when asked for
-
-        return tfidf_featurizer(shards, params.text.tfidf_max_features)
-    return None
+    encoder's features), from the shards' modality: raw pixels, or TF-IDF fitted on the
+    pretrain split of ``shards`` (on first use). Another modality's baseline is refused
+    (``UserError``) before any work."""
+    if name not in feature_baselines():
+        return None
+    modality = modality_of(read_manifest(shards))
+    if name != modality.baseline.name:
+        raise UserError(f"baseline {name!r} cannot measure {modality.name} shards ({shards}); "
+                        f"use {modality.baseline.name!r} in baselines:")
+    return modality.baseline_featurizer(shards, params)
 
 
 def matching_random_init(params: Params, method: str) -> str | None:
@@ -85,12 +72,12 @@ def matching_random_init(params: Params, method: str) -> str | None:
 def features_baseline(params: Params) -> str | None:
     """The listed features-only baseline the report's verdicts compare against (tfidf for text,
     raw_pixels for images), if any."""
-    return next((b for b in params.baselines if b in FEATURE_BASELINES), None)
+    return next((b for b in params.baselines if b in feature_baselines()), None)
 
 
 def label(name: str) -> str:
     """How the report names a baseline."""
-    if name in FEATURE_BASELINES:
-        return FEATURE_BASELINES[name].label
+    if name in feature_baselines():
+        return feature_baselines()[name].label
     method = baseline_method(name)
     return f"random init, {method}'s encoder (baseline)" if method else "random init (baseline)"

@@ -12,11 +12,10 @@ from pipeline import dist
 from pipeline.config import Params
 from pipeline.eval import predictions
 from pipeline.eval.baselines import baseline_encoder, baseline_featurizer
-from pipeline.eval.features import pixel_dim, pixel_features
 from pipeline.eval.protocol import EvalContext, Protocol
 from pipeline.eval.run import run_protocol
 from pipeline.eval.scale import check_scale
-from pipeline.models.encoder import Encoder
+from torch import nn
 from pipeline.outputs import StagedOutputs, write_bytes, write_json
 from pipeline.train.device import pick_device
 
@@ -28,7 +27,7 @@ class EvalOutputs:
     predictions: str | None = None  # per-example test predictions (the review's significance tests); None: not written
 
 
-def evaluate(protocol: Protocol, params: Params, manifest: dict, shards: str, name: str, encoder: Encoder | None,
+def evaluate(protocol: Protocol, params: Params, manifest: dict, shards: str, name: str, encoder: nn.Module | None,
              baseline: str | None, outputs: EvalOutputs, feature_cache: str | None) -> None:
     """Run ``protocol`` on ``encoder`` (a pretrained one, named ``name``) or on ``baseline``
     (``encoder`` None: it is built here), write ``outputs`` and print the summary line.
@@ -63,6 +62,4 @@ def feature_dim(ctx: EvalContext, params: Params, manifest: dict) -> int:
     """The width of the context's frozen features, known before any featurizing."""
     if ctx.featurizer is None:
         return ctx.encoder.feature_dim
-    if ctx.featurizer is pixel_features:
-        return pixel_dim(manifest["channels"], manifest["image_size"])
-    return params.text.tfidf_max_features  # TF-IDF: at most this many terms
+    return ctx.modality.baseline_dim(manifest, params)  # a features-only baseline's (at most)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from pipeline.config import PretrainParams
-from pipeline.data.shards import first_samples
+from pipeline.shards.read import first_samples
 from pipeline.eval.algorithms.knn import knn_accuracy
 from pipeline.eval.features import encoder_features
 

@@ -7,14 +7,18 @@ images ``[B, C, H, W]``, or packed int64 text ``[B, 2, L]``) and as training set
 features (computed once per split and shared by everything in the stage), the encoder when
 there is one, and the params. It returns its full results
 (the details file); ``headline`` picks the few numbers a reviewer compares (the DVC metrics
-file); ``summary`` gives its columns of the report's method-by-metric table and ``section``
-its own part of the report. Every method and every baseline goes through the same code.
+file); ``summary`` gives its columns of the report's method-by-metric table, ``verdict`` its
+number in the report's verdicts, ``section`` its own part of the report and ``figures`` that
+part's figures. Every method and every baseline goes through the same code. A protocol's
+file holds all of it, its ``Params`` and its ``check`` too: adding one touches that file and
+``params.yaml`` only.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
 import numpy as np
@@ -24,11 +28,12 @@ from tqdm import tqdm
 from pipeline.config import Params
 from pipeline.data.labelled import LabelledSet, in_memory, streamed
 from pipeline.data.loader import loader_workers
-from pipeline.data.shards import first_samples, load_split, split_batches
-from pipeline.eval.baselines import FEATURE_BASELINES
+from pipeline.shards.read import first_samples, load_split, split_batches
+from pipeline.eval.baselines import feature_baselines
 from pipeline.eval.feature_cache import cache_key, cached_features, encoder_id, feature_dtype
 from pipeline.eval.features import BATCH, Featurizer, encoder_features
 from pipeline.eval.predictions import record
+from pipeline.modalities.base import Modality, modality_of, modality_of_source
 from pipeline.models.encoder import Encoder
 from pipeline.registry import PROTOCOLS
 
@@ -62,9 +67,9 @@ class EvalContext:
         return len(self.manifest["classes"])
 
     @property
-    def is_text(self) -> bool:
-        """Text shards (packed int64 ``[N, 2, L]`` samples) rather than images."""
-        return is_text_manifest(self.manifest)
+    def modality(self) -> Modality:
+        """What the shards hold (``pipeline/modalities/``): images, text."""
+        return modality_of(self.manifest)
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, labels int64 [N])`` of a whole labelled split, read once and held: x uint8 images
@@ -91,9 +96,10 @@ class EvalContext:
         through a ``shuffle_buffer`` (never a split in memory, whatever its size; decoded by the
         loader workers a GPU host gets); text from memory, in batches of similar lengths sorted
         in windows of ``window_batches`` batches over the whole epoch."""
-        if self.is_text:
+        if self.modality.train_in_memory:
             parts = [self.split(s) if keep is None else tuple(t[torch.as_tensor(keep[s])] for t in self.split(s)) for s in splits]
-            return in_memory(torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts]), window_batches)
+            x = torch.cat([x for x, _ in parts])
+            return in_memory(x, torch.cat([y for _, y in parts]), window_batches, self.modality.sample_lengths(x))
         return streamed(self.shards, splits, shuffle_buffer, loader_workers(None, self.device), self.device, keep)
 
     def featurize(self, x: torch.Tensor) -> np.ndarray:
@@ -158,19 +164,22 @@ class Protocol:
     """Base class of evaluation protocols; subclasses register with ``@register``."""
 
     name: ClassVar[str]  # its params section, stage and metrics folder: metrics/<name>/<method>.json
-    Params: ClassVar[type]  # the pydantic model of its params section (everything it reads, nothing else)
+    # the pydantic model of its params section (everything it reads, nothing else), a ``Strict``
+    # subclass; validated by pipeline.config, read as ``params.protocol_params[name]``
+    Params: ClassVar[type]
     order: ClassVar[int]  # position in the report
     needs_encoder: ClassVar[bool] = False  # trains or augments through the encoder: not applicable to features-only baselines
 
     def not_applicable(self, ctx: "EvalContext") -> str | None:
         """Why this protocol cannot measure ``ctx`` (its details say so), or ``None``."""
         if self.needs_encoder and ctx.encoder is None:
-            what = FEATURE_BASELINES[ctx.name].noun if ctx.name in FEATURE_BASELINES else ctx.name
+            what = feature_baselines()[ctx.name].noun if ctx.name in feature_baselines() else ctx.name
             return f"{self.name} trains or augments through an encoder; {what} have none"
         return None
 
     def check(self, params: Params, manifest: dict) -> None:
-        """Refuse params that do not fit the shards (``UserError``), before any work."""
+        """Refuse params that do not fit the shards (``UserError``), before any work (the classes
+        every protocol needs are checked before it: ``pipeline.eval.checks.check_classes``)."""
 
     def run(self, ctx: EvalContext) -> dict[str, Any]:
         """Full results (the details file)."""
@@ -190,24 +199,27 @@ class Protocol:
         ``baseline_of`` maps each method's label to its random-init baseline's label."""
         return []
 
+    def verdict(self, result: dict[str, Any]) -> tuple[str, float] | None:
+        """``(label, accuracy)`` that the report's verdicts compare with the baselines' (e.g.
+        ``("linear top-1", 0.81)``), or ``None``: not in the verdicts. The first protocol in report
+        order that gives one is each verdict's claim; later ones are compared with the random init."""
+        return None
+
+    def figures(self, results: dict[str, dict[str, dict]], baseline_of: dict[str, str], params: Params,
+                manifest: dict, out_dir: Path) -> None:
+        """Draw the figures its ``section`` links (``figures/<file>.png``) into ``out_dir``
+        (``results`` and ``baseline_of`` as for ``section``); none by default."""
+
     def summary_line(self, headline: dict[str, float]) -> str:
         """One line for the terminal at the end of the stage."""
         return ", ".join(f"{k} {_fmt(v)}" for k, v in headline.items())
 
 
-TEXT_SOURCES = ("fortunes",)  # data.source values whose shards hold text
-
-
-def is_text_manifest(manifest: dict) -> bool:
-    """A text shard folder's manifest (``"modality": "text"``); image manifests have no such key."""
-    return manifest.get("modality", "image") == "text"
-
-
 def sample_noun(params: Params, plural: bool = True) -> str:
-    """What the report calls the samples of ``params.data.source``: "entries" (text) or "images"
-    (``plural=False``: "entry", "image")."""
-    text = params.data.source in TEXT_SOURCES
-    return ("entries" if text else "images") if plural else ("entry" if text else "image")
+    """What the report calls the samples of ``params.data.source``: "images", "entries" (text)
+    (``plural=False``: "image", "entry")."""
+    modality = modality_of_source(params.data.source)
+    return modality.nouns if plural else modality.noun
 
 
 def _fmt(v: float) -> str:

@@ -73,12 +73,13 @@ def check_scale(protocol: str, params: Params, manifest: dict, dim: int, device:
         _refuse(f"knn: the bank of [{n:,}, {dim}] normalised features on {device.type}", n * dim * bytes_per / GIB,
                 device_memory(device) / GIB, "GiB", "lower data.train_size (the bank is the train split)")
     if protocol in ("linear_eval", "label_efficiency"):
-        cfg = params.linear_eval if protocol == "linear_eval" else params.label_efficiency
-        backend = params.linear_eval.backend if protocol == "linear_eval" else "auto"
+        linear_eval = params.protocol_params["linear_eval"]
+        cfg = params.protocol_params[protocol]  # c_grid and max_iter: each protocol's own
+        backend = linear_eval.backend if protocol == "linear_eval" else "auto"
         n_fit = _count(manifest, "train", "val")
         if protocol == "label_efficiency":
-            n_fit = int(n_fit * max(params.label_efficiency.fractions)) + 1
-        n_sweep = min(_count(manifest, "train"), params.linear_eval.sweep_size)
+            n_fit = int(n_fit * max(cfg.fractions)) + 1
+        n_sweep = min(_count(manifest, "train"), linear_eval.sweep_size)
         if resolve_backend(backend, n_fit, dim, device) == "sklearn":
             # StandardScaler's float64 copy, the solver's float64 copy and its [N, K] probabilities
             _refuse(f"{protocol}: scikit-learn's float64 probe on [{n_fit:,}, {dim}]", (2 * n_fit * dim + 2 * n_fit * n_classes) * 8 / GIB,
@@ -94,8 +95,8 @@ def check_scale(protocol: str, params: Params, manifest: dict, dim: int, device:
             _refuse(f"{protocol}: the torch probe on [{n_fit:,}, {dim}] float32 features on {device.type}",
                     (n_fit * dim + 3 * n_fit * n_classes) * 4 / GIB, device_memory(device) / GIB, "GiB",
                     "lower data.train_size (the final fit holds train + val on the device)")
-    if protocol == "few_shot" and "logreg" in params.few_shot.classifiers:
-        fs = params.few_shot
+    if protocol == "few_shot" and "logreg" in params.protocol_params["few_shot"].classifiers:
+        fs = params.protocol_params["few_shot"]
         ways = [min(n_classes, fs.max_ways) if w == "all" else w for w in fs.ways]
         # one float64 L-BFGS fit per episode: ~100 iterations over [ways x shots, dim] x ways classes
         flops = sum(fs.episodes * 100 * 4 * (w * k) * dim * w for w in ways for k in fs.shots)

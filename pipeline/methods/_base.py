@@ -27,7 +27,8 @@ from torch.optim.swa_utils import update_bn
 from pipeline.config import AugmentParams, Strict
 from pipeline.modalities.image.views import ViewMaker, to_float
 from pipeline.errors import UserError
-from pipeline.models.encoder import Encoder, TextEncoder
+from pipeline.modalities.text.encoder import TextEncoder
+from pipeline.models.encoder import Encoder
 
 
 BN_CHUNK = 256  # images per forward when BatchNorm statistics are re-estimated

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from pipeline.config import Strict
 from pipeline.methods._base import Batches, TextMethod
 from pipeline.registry import METHODS
-from pipeline.models.encoder import unpack_text
+from pipeline.modalities.text.encoder import unpack_text
 from pipeline.modalities.text.objectives import IGNORE, next_token_targets, token_loss, unigram_nll
 
 

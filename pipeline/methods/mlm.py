@@ -19,7 +19,7 @@ from pipeline.config import Strict
 from pipeline.modalities.text.tokenizer import SPECIALS
 from pipeline.methods._base import Batches, TextMethod
 from pipeline.registry import METHODS
-from pipeline.models.encoder import unpack_text
+from pipeline.modalities.text.encoder import unpack_text
 from pipeline.modalities.text.objectives import IGNORE, mask_tokens, token_loss
 
 SPECIAL_IDS = list(range(len(SPECIALS)))  # [PAD] [UNK] [CLS] [SEP] [MASK]: never chosen, never a random replacement

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from pipeline.config import Params
 from pipeline.registry import PROTOCOLS
-from pipeline.eval.baselines import FEATURE_BASELINES, RAW_PIXELS, TFIDF, features_baseline
-from pipeline.eval.protocol import is_text_manifest, sample_noun
+from pipeline.eval.baselines import feature_baselines, features_baseline
+from pipeline.eval.protocol import sample_noun
+from pipeline.modalities.base import modality_of
 from pipeline.outputs import write_bytes
 from pipeline.report import figures
 from pipeline.report.tables import load_results, summary_table, to_markdown
@@ -23,30 +24,34 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
-def verdicts(results: dict[str, dict], baseline_of: dict[str, str], features: str = RAW_PIXELS) -> list[str]:
-    """One line per method: does its linear probe (and kNN-20) beat the features-only baseline
-    ``features`` (``raw_pixels``; ``tfidf`` for text) and its own architecture at random init?"""
-    features_label, features_name = FEATURE_BASELINES[features].label, FEATURE_BASELINES[features].short
+def verdicts(results: dict[str, dict], baseline_of: dict[str, str], features: str = "raw_pixels") -> list[str]:
+    """One line per method: does its first verdict number (``Protocol.verdict``, in report order:
+    the linear probe's top-1) beat the features-only baseline ``features`` (``raw_pixels``;
+    ``tfidf`` for text) and its own architecture at random init, and do the later ones (kNN-20)
+    beat the random init too?"""
+    features_label, features_name = feature_baselines()[features].label, feature_baselines()[features].short
 
-    def top1(name: str) -> float | None:
-        return results.get(name, {}).get("linear_eval", {}).get("linear", {}).get("top1")
-
-    def knn(name: str) -> float | None:
-        return results.get(name, {}).get("knn", {}).get("knn20_top1")
+    def scores(name: str) -> dict[str, float]:
+        """``{label: accuracy}`` of encoder ``name``'s verdict numbers, in report order."""
+        by_protocol = results.get(name, {})
+        found = (PROTOCOLS.get(p).verdict(by_protocol[p]) for p in PROTOCOLS.names() if p in by_protocol)
+        return dict(v for v in found if v is not None)
 
     lines = []
     for m in (m for m in results if not m.endswith("(baseline)")):
         base = baseline_of.get(m, "")
-        ours, raw, rnd = top1(m), top1(features_label), top1(base)
-        if ours is None:
+        own, raw_scores, rnd_scores = scores(m), scores(features_label), scores(base)
+        if not own:
             continue
+        claim, *others = own
+        ours, raw, rnd = own[claim], raw_scores.get(claim), rnd_scores.get(claim)
         beats = all(b is None or ours > b for b in (raw, rnd))
         parts = [f"{features_name} {_pct(raw)}%", f"its own architecture at random init {_pct(rnd)}%" if rnd is not None else
                  "its own architecture at random init (not measured: add its random_init baseline to params.yaml)"]
-        if knn(m) is not None and knn(base) is not None:
-            parts[-1] += f" (kNN-20 {_pct(knn(base))}% vs {_pct(knn(m))}%)"
-            beats = beats and knn(m) > knn(base)
-        lines.append(f"- **{m}** linear top-1 {_pct(ours)}% {'beats' if beats else 'does NOT beat'} " + " and ".join(parts) + ".")
+        for key in (k for k in others if k in rnd_scores):
+            parts[-1] += f" ({key} {_pct(rnd_scores[key])}% vs {_pct(own[key])}%)"
+            beats = beats and own[key] > rnd_scores[key]
+        lines.append(f"- **{m}** {claim} {_pct(ours)}% {'beats' if beats else 'does NOT beat'} " + " and ".join(parts) + ".")
     return lines
 
 
@@ -101,31 +106,6 @@ def language_modelling_table(results: dict, params: Params) -> list[str]:
                     "model's target tokens (what a model that ignores context scores).", ""]
 
 
-def _label_efficiency_curves(results: dict, baseline_of: dict) -> dict:
-    """``{method: {fraction: {supervised, linear, finetune}}}`` with the 100% point from
-    linear-eval and finetune, supervised from the method's random-init baseline."""
-    out = {}
-    for m, base in baseline_of.items():
-        own, scratch = results[m], results.get(base, {})
-        needed = ("label_efficiency", "linear_eval", "finetune")
-        if any(p not in own for p in needed) or any(p not in scratch for p in ("label_efficiency", "finetune")):
-            continue
-        curve = {f: {"supervised": scratch["label_efficiency"][f]["finetune"], "linear": r["linear"], "finetune": r["finetune"]}
-                 for f, r in own["label_efficiency"].items()}
-        curve["1.0"] = {"supervised": scratch["finetune"]["top1"], "linear": own["linear_eval"]["linear"]["top1"],
-                        "finetune": own["finetune"]["top1"]}
-        out[m] = curve
-    return out
-
-
-def _data_line(params: Params, manifest: dict) -> str:
-    """What the encoders saw: image size and channels, or for text the tokenizer and entry length."""
-    if is_text_manifest(manifest):
-        return (f"`{params.data.source}` text entries, BPE vocabulary {manifest['vocab_size']:,}, "
-                f"max {manifest['max_length']} tokens")
-    return f"`{params.data.source}` at {manifest['image_size']}x{manifest['image_size']}x{manifest['channels']}"
-
-
 def build_report(params: Params, manifest: dict, metrics_dir: Path, live_root: Path, out: Path, fig_dir: Path) -> str:
     """Write the report to ``out`` and its figures to ``fig_dir``; returns the markdown."""
     results, baseline_of = load_results(metrics_dir, params)
@@ -133,20 +113,17 @@ def build_report(params: Params, manifest: dict, metrics_dir: Path, live_root: P
     fig_dir.mkdir(parents=True, exist_ok=True)
     figures.training_curves({m: live_root / m for m in params.methods}, fig_dir / "training_curves.png")
     figures.method_by_metric(df, fig_dir / "method_by_metric.png")
-    fs = {name: r["few_shot"]["prototype"] for name, r in results.items() if "prototype" in r.get("few_shot", {})}
-    figures.few_shot_curve(fs, fig_dir / "few_shot.png")
-    le = _label_efficiency_curves(results, baseline_of)
+    protocols = [PROTOCOLS.get(name) for name in PROTOCOLS.names() if name in params.protocols]  # report order
+    for protocol in protocols:
+        protocol.figures(results, baseline_of, params, manifest, fig_dir)
     noun = sample_noun(params)
-    if le:
-        figures.label_efficiency(le, fig_dir / "label_efficiency.png", noun)
 
     counts = {s: v["count"] for s, v in manifest["splits"].items()}
     n_labels = counts.get("train", 0) + counts.get("val", 0)
-    text = is_text_manifest(manifest)
-    features = features_baseline(params) or (TFIDF if text else RAW_PIXELS)  # listed, or the modality's (not measured)
+    features = features_baseline(params) or modality_of(manifest).baseline.name  # listed, or the modality's (not measured)
     lines = [
         "# Self-supervised pretraining report", "",
-        f"Data: {_data_line(params, manifest)}, splits {counts} (pretraining uses no labels).", "",
+        f"Data: {modality_of(manifest).describe_data(params.data.source, manifest)}, splits {counts} (pretraining uses no labels).", "",
         "## Method by metric (top-1 %, test split)", "",
         "Baselines use the same splits and protocols. Every classifier saw the same labels: the "
         f"{n_labels:,} train+val {noun} (the linear probe picks its L2 strength on val, then refits on both). The random-init "
@@ -156,12 +133,8 @@ def build_report(params: Params, manifest: dict, metrics_dir: Path, live_root: P
         *_pretraining_table(results, params, metrics_dir), *language_modelling_table(results, params),
         "![method by metric](figures/method_by_metric.png)", "",
     ]
-    for name in (n for n in PROTOCOLS.names() if n in params.protocols):
-        lines += PROTOCOLS.get(name).section(results, baseline_of, params)
-    maps = {m: r["diagnostics"]["embedding_map"] for m, r in results.items() if "embedding_map" in r.get("diagnostics", {})}
-    if maps:
-        figures.embedding_maps(maps, manifest["classes"], fig_dir / "embedding_map.png")
-        lines += ["## 2-D map of test embeddings", "", "![embedding map](figures/embedding_map.png)", ""]
+    for protocol in protocols:
+        lines += protocol.section(results, baseline_of, params)
     text = "\n".join(lines)
     write_bytes(out, text.encode())
     return text

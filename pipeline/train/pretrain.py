@@ -20,9 +20,10 @@ from torch import nn
 from pipeline import dist
 from pipeline.config import Params, PretrainParams
 from pipeline.data.loader import EpochLoader, loader_workers
-from pipeline.data.shards import epoch_steps, split_batches, stream_batches
+from pipeline.shards.read import epoch_steps, split_batches, stream_batches
 from pipeline.errors import UserError
-from pipeline.models.encoder import build_encoder, save_encoder
+from pipeline.modalities.base import modality_of
+from pipeline.modalities.encoders import build_encoder, save_encoder
 from pipeline.outputs import StagedOutputs, write_json
 from pipeline.provenance import code_fingerprint, device_info, provenance
 from pipeline.train.checkpoint import fingerprint
@@ -56,10 +57,10 @@ class PretrainRun:
 
 def check_modality(method_cls, shards: str, manifest: dict) -> None:
     """A text method on image shards (or the reverse) is refused before any work."""
-    data = manifest.get("modality", "image")
-    if method_cls.modality != data:
-        raise UserError(f"method {method_cls.name!r} trains on {method_cls.modality} but {shards} holds {data}; run it on "
-                        f"{method_cls.modality} shards ({'the text-* stages: --preset text' if data == 'image' else 'the image stages'})")
+    data = modality_of(manifest)
+    if method_cls.modality != data.name:
+        raise UserError(f"method {method_cls.name!r} trains on {method_cls.modality} but {shards} holds {data.name}; run it on "
+                        f"{method_cls.modality} shards ({'the text-* stages: --preset text' if data.name == 'image' else 'the image stages'})")
 
 
 def check_world(p: PretrainParams, run: PretrainRun, manifest: dict, world: int) -> None:

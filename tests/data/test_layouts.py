@@ -14,8 +14,8 @@ from PIL import Image
 
 from pipeline.config import DataParams
 from pipeline.modalities.image import sources
-from pipeline.data.shards import read_manifest
-from pipeline.data.splits import make_splits
+from pipeline.shards.manifest import read_manifest
+from pipeline.shards.splits import make_splits
 from pipeline.errors import UserError
 from stages import shard as shard_stage
 
@@ -106,13 +106,15 @@ def test_store_aspect_keeps_the_photo_and_reads_the_centre_square(tmp_path):
     import io
     import tarfile
 
-    from pipeline.data.shards import SampleFormat, load_split, write_shards
+    from pipeline.modalities.image.codec import SampleFormat, write_image_shards
+
+    from pipeline.shards.read import load_split
     from pipeline.modalities.image.sources import SampleRefs, load_image
 
     folder = _tree(tmp_path / "d", {"cat": 6, "dog": 6})  # 10x8 photos
     train, test = sources.image_folder_refs(str(folder), 0.2, 0)
     splits = make_splits(train, test, DataParams(val_size=2, pretrain_size=None, train_size=None), 0)
-    m = write_shards(splits, tmp_path / "s", 100, source={}, fmt=SampleFormat(6, 3, store_size=6, store_aspect=True))
+    m = write_image_shards(splits, tmp_path / "s", 100, source={}, fmt=SampleFormat(6, 3, store_size=6, store_aspect=True))
     assert m["store_aspect"] is True and m["image_size"] == 6
     with tarfile.open(tmp_path / "s" / "test-000000.tar") as tar:
         png = tar.extractfile(next(t for t in tar.getmembers() if t.name.endswith(".png"))).read()

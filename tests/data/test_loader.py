@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from pipeline import dist
-from pipeline.data import shards
+from pipeline.shards import verify
+from pipeline.shards.read import stream_batches
 from pipeline.data.loader import epoch_batches, loader_workers
 from pipeline.errors import UserError
 
@@ -31,7 +32,7 @@ def test_workers_give_the_one_process_batches_in_order(tiny_shards, workers):
     """400 images, batch 50: 8 batches, dealt 3-3-2 over 3 workers (uneven), and from a
     resume position (batch 3 on)."""
     whole = _epoch(tiny_shards, 0)
-    assert len(whole) == 8 and _same(whole, list(shards.stream_batches(tiny_shards, "train", 50, 1000, 3)))
+    assert len(whole) == 8 and _same(whole, list(stream_batches(tiny_shards, "train", 50, 1000, 3)))
     assert _same(_epoch(tiny_shards, workers), whole)
     assert _same(_epoch(tiny_shards, workers, skip=3), whole[3:])
 
@@ -40,12 +41,12 @@ def test_workers_serve_this_processes_rank(tiny_shards, monkeypatch):
     """The rank is taken in the training process (a worker has no process group)."""
     monkeypatch.setattr(dist, "world_size", lambda: 2)
     monkeypatch.setattr(dist, "rank", lambda: 1)
-    want = list(shards.stream_batches(tiny_shards, "train", 50, 1000, 3, rank=1, world_size=2))
+    want = list(stream_batches(tiny_shards, "train", 50, 1000, 3, rank=1, world_size=2))
     assert len(want) == 4 and _same(_epoch(tiny_shards, 2), want)
 
 
 def test_a_workers_data_error_is_the_one_line_error(tiny_shards, tmp_path, monkeypatch):
-    monkeypatch.setattr(shards, "_VERIFIED", set())
+    monkeypatch.setattr(verify, "_VERIFIED", set())
     copy = tmp_path / "shards"
     shutil.copytree(tiny_shards, copy)
     manifest = json.loads((copy / "manifest.json").read_text())

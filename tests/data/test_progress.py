@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from pipeline.config import parse_params
-from pipeline.data.shards import read_manifest, write_shards
+from pipeline.modalities.image.codec import write_image_shards
+from pipeline.shards.manifest import read_manifest
 from pipeline.modalities.image.sources import ImageSet
 from pipeline.eval.baselines import baseline_featurizer
 from pipeline.eval.protocol import EvalContext
@@ -34,7 +35,7 @@ def _splits():
 def test_shard_bar_only_on_a_terminal(tmp_path, monkeypatch, tty):
     err = _Stderr(tty)
     monkeypatch.setattr(sys, "stderr", err)
-    write_shards(_splits(), tmp_path / "s", 8, source={"test": True})
+    write_image_shards(_splits(), tmp_path / "s", 8, source={"test": True})
     shown = err.getvalue()
     assert ("shard: 100%" in shown and "42/42" in shown) if tty else shown == ""
 

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.data import shards
-from pipeline.data.shards import Journal, write_shards
+from pipeline.shards import pool
+from pipeline.modalities.image.codec import write_image_shards
+from pipeline.shards.write import Journal
 from pipeline.modalities.image.sources import ImageSet
 from stages import shard as shard_stage
 from tests.data.test_shard_streaming import _files, _mixed_folder
@@ -24,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 # worker: the tasks run in the stage's own process, where the patch applies).
 _SLOW_STAGE = """
 import runpy, sys, time
-import pipeline.data.shards as s
+import pipeline.shards.pool as s
 real = s.encode_chunk
 s.encode_chunk = lambda *a: (time.sleep(0.15), real(*a))[1]
 sys.argv = ["stages/shard.py", *sys.argv[1:]]
@@ -90,7 +91,7 @@ def _tiny_splits(seed: int = 0) -> dict:
 
 def _interrupted(splits: dict, out: Path, monkeypatch, after: int) -> None:
     """A run that dies while encoding the shard after ``after`` finished ones (one task per shard here)."""
-    real, calls = shards.encode_chunk, []
+    real, calls = pool.encode_chunk, []
 
     def encode(*args):
         calls.append(1)
@@ -98,28 +99,28 @@ def _interrupted(splits: dict, out: Path, monkeypatch, after: int) -> None:
             raise RuntimeError("killed")
         return real(*args)
 
-    monkeypatch.setattr(shards, "encode_chunk", encode)
+    monkeypatch.setattr(pool, "encode_chunk", encode)
     with pytest.raises(RuntimeError, match="killed"):
-        write_shards(splits, out, 4, source={}, resume=True)
-    monkeypatch.setattr(shards, "encode_chunk", real)
+        write_image_shards(splits, out, 4, source={}, resume=True)
+    monkeypatch.setattr(pool, "encode_chunk", real)
 
 
 def test_resume_keeps_only_matching_verified_shards(tmp_path, monkeypatch):
     """A kept shard must be this run's: a damaged one, or one from other inputs, is rewritten."""
     splits, out = _tiny_splits(), tmp_path / "out"
-    want = write_shards(splits, tmp_path / "want", 4, source={})
+    want = write_image_shards(splits, tmp_path / "want", 4, source={})
     _interrupted(splits, out, monkeypatch, after=5)  # pretrain 0-2 and train 0-1 finished
     assert len((out / Journal.NAME).read_text().splitlines()) == 1 + 5 and not (out / "manifest.json").exists()
     (out / "train-000001.tar").write_bytes(b"damaged")
     encoded = []
-    real = shards.encode_chunk
-    monkeypatch.setattr(shards, "encode_chunk", lambda r, i, *a: encoded.append(len(i)) or real(r, i, *a))
-    got = write_shards(splits, out, 4, source={}, resume=True)
+    real = pool.encode_chunk
+    monkeypatch.setattr(pool, "encode_chunk", lambda r, i, *a: encoded.append(len(i)) or real(r, i, *a))
+    got = write_image_shards(splits, out, 4, source={}, resume=True)
     assert got == want and _files(out) == _files(tmp_path / "want")  # pixel stats from the journal: same manifest
     assert encoded == [4, 4, 4, 4]  # train-000001 (damaged), train-000002, val, test
 
     _interrupted(splits, out, monkeypatch, after=5)
     encoded.clear()
-    monkeypatch.setattr(shards, "encode_chunk", lambda r, i, *a: encoded.append(len(i)) or real(r, i, *a))
-    write_shards(_tiny_splits(seed=1), out, 4, source={}, resume=True)  # other inputs: nothing kept
+    monkeypatch.setattr(pool, "encode_chunk", lambda r, i, *a: encoded.append(len(i)) or real(r, i, *a))
+    write_image_shards(_tiny_splits(seed=1), out, 4, source={}, resume=True)  # other inputs: nothing kept
     assert sum(encoded) == 32

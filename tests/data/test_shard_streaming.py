@@ -19,10 +19,12 @@ import yaml
 from PIL import Image
 
 from pipeline.config import DataParams
-from pipeline.data import shards
+from pipeline.shards import pool as encoding
 from pipeline.modalities.image import sources
-from pipeline.data.shards import SampleFormat, load_split, read_manifest, stream_batches, write_shards
-from pipeline.data.splits import make_splits
+from pipeline.modalities.image.codec import SampleFormat, write_image_shards
+from pipeline.shards.manifest import read_manifest
+from pipeline.shards.read import load_split, stream_batches
+from pipeline.shards.splits import make_splits
 from pipeline.errors import UserError
 from tests.data.test_sources import _write_idx
 
@@ -50,7 +52,7 @@ def _mixed_folder(root: Path, n_per_class: int = 9) -> Path:
 def _folder_shards(folder: Path, out: Path, fmt: SampleFormat, workers: int, shard_size: int = 5) -> dict:
     train, test = sources.image_folder_refs(str(folder), test_fraction=0.3, seed=0)
     splits = make_splits(train, test, DataParams(val_size=4, pretrain_size=None, train_size=None), seed=0)
-    return write_shards(splits, out, shard_size, source={"test": True}, fmt=fmt, workers=workers)
+    return write_image_shards(splits, out, shard_size, source={"test": True}, fmt=fmt, workers=workers)
 
 
 def _files(d: Path) -> dict[str, bytes]:
@@ -64,12 +66,12 @@ def _files(d: Path) -> dict[str, bytes]:
 def test_output_bytes_do_not_depend_on_the_worker_count(tmp_path, monkeypatch, fmt):
     folder = _mixed_folder(tmp_path / "imgs")
     one = _folder_shards(folder, tmp_path / "w1", fmt, workers=1)
-    monkeypatch.setattr(shards, "CHUNK", 2)  # many small tasks, so both workers share every split
+    monkeypatch.setattr(encoding, "CHUNK", 2)  # many small tasks, so both workers share every split
     two = _folder_shards(folder, tmp_path / "w2", fmt, workers=2)
     assert one == two
     a, b = _files(tmp_path / "w1"), _files(tmp_path / "w2")
     assert a == b and len(a) > 6  # several shards per split, and the manifest
-    assert one["splits"]["pretrain"]["count"] > 2 * shards.CHUNK * 2
+    assert one["splits"]["pretrain"]["count"] > 2 * encoding.CHUNK * 2
 
 
 def _shard_stage(tmp_path: Path, name: str, **data) -> Path:
@@ -167,7 +169,7 @@ def test_jpeg_option(tmp_path):
     # the stats are those of the stored pixels before JPEG encoding: the PNG run's
     assert jpg["mean"] == png["mean"] and jpg["std"] == png["std"]
     # the readers decode the jpg samples: the split's images as stored, close to the PNG run's
-    from pipeline.data.shards import load_split
+    from pipeline.shards.read import load_split
 
     x_png, y_png = load_split(tmp_path / "png", "train")
     x_jpg, y_jpg = load_split(tmp_path / "jpg", "train")
@@ -192,9 +194,9 @@ def test_fashion_mnist_refs_write_the_same_bytes_as_the_array_path(fake_idx_root
     params = DataParams(root=str(fake_idx_root), image_size=size, channels=channels, val_size=50, pretrain_size=200,
                         train_size=120, shard_size=70)
     train, test = sources.fashion_mnist(str(fake_idx_root), size, channels, download=False)  # arrays, as before
-    old = write_shards(make_splits(train, test, params, seed=3), tmp_path / "old", 70, source={"x": 1})
+    old = write_image_shards(make_splits(train, test, params, seed=3), tmp_path / "old", 70, source={"x": 1})
     train_r, test_r = sources.fashion_mnist_refs(str(fake_idx_root), download=False)
-    new = write_shards(make_splits(train_r, test_r, params, seed=3), tmp_path / "new", 70, source={"x": 1},
+    new = write_image_shards(make_splits(train_r, test_r, params, seed=3), tmp_path / "new", 70, source={"x": 1},
                        fmt=SampleFormat(size, channels), workers=2)
     assert new == old and _files(tmp_path / "new") == _files(tmp_path / "old")
     assert {k: v["count"] for k, v in new["splits"].items()} == {"pretrain": 200, "train": 120, "val": 50, "test": 60}
@@ -204,7 +206,7 @@ def test_stats_match_numpy_float64(fake_idx_root, tmp_path):
     """The exact integer sums give the mean/std the float64 copy of the pretrain split gave."""
     train, test = sources.fashion_mnist(str(fake_idx_root), 28, 1, download=False)
     splits = make_splits(train, test, DataParams(val_size=50, pretrain_size=None, train_size=None), seed=0)
-    m = write_shards(splits, tmp_path, 1000, source={})
+    m = write_image_shards(splits, tmp_path, 1000, source={})
     pre = splits["pretrain"].images.astype(np.float64) / 255.0
     assert m["mean"] == [round(float(x), 6) for x in pre.mean(axis=(0, 1, 2))]
     assert m["std"] == [round(float(x), 6) for x in pre.std(axis=(0, 1, 2))]
@@ -261,16 +263,16 @@ class _FakePool:
 
     def apply_async(self, fn, args):
         self.log.append("submit")
-        return _FakeResult(shards._encode_task(*args), self.log)
+        return _FakeResult(encoding._encode_task(*args), self.log)
 
 
 def test_tasks_in_flight_are_bounded():
     reader = sources.ArrayReader(np.zeros((1000, 8, 8, 1), np.uint8))
-    shards._init_worker([reader], SampleFormat(8, 1))
+    encoding._init_worker([reader], SampleFormat(8, 1))
     tasks = [(0, np.arange(i, i + 10), False) for i in range(0, 1000, 10)]
     pool = _FakePool()
     consumed, peak = 0, 0
-    for _ in shards._encoded(tasks, [reader], SampleFormat(8, 1), pool, window=3):
+    for _ in encoding.encoded(tasks, [reader], SampleFormat(8, 1), pool, window=3):
         consumed += 1
         submitted = pool.log.count("submit")
         peak = max(peak, submitted * 10 - consumed)  # samples encoded or queued, not yet consumed

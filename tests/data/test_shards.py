@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from pipeline.config import DataParams
-from pipeline.data.shards import load_split, read_manifest, stream_batches, write_shards
+from pipeline.modalities.image.codec import write_image_shards
+from pipeline.shards.manifest import read_manifest
+from pipeline.shards.read import load_split, stream_batches
 from pipeline.modalities.image.sources import ImageSet
-from pipeline.data.splits import make_splits
+from pipeline.shards.splits import make_splits
 from pipeline.errors import UserError
 
 
@@ -20,9 +22,9 @@ def test_same_input_gives_byte_identical_shards(fmnist_small, tmp_path):
     train, test = fmnist_small
     params = DataParams(val_size=100, shard_size=128, pretrain_size=None, train_size=None)
     for d in ("a", "b"):
-        write_shards(make_splits(train, test, params, seed=0), tmp_path / d, 128, source={})
+        write_image_shards(make_splits(train, test, params, seed=0), tmp_path / d, 128, source={})
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
-    write_shards(make_splits(train, test, params, seed=1), tmp_path / "c", 128, source={})
+    write_image_shards(make_splits(train, test, params, seed=1), tmp_path / "c", 128, source={})
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
 
 
@@ -131,6 +133,6 @@ def test_skipped_source_files_reach_the_manifest(tmp_path):
     train = _data([0, 1, 2] * 5, skipped=["a/notes.txt", "b/.DS_Store"])
     splits = make_splits(train, _data([0, 1, 2], skipped=["test/c/x.md"]), DataParams(val_size=3, pretrain_size=None, train_size=None), seed=0)
     assert all(s.skipped == train.skipped for k, s in splits.items() if k != "test")
-    m = write_shards(splits, tmp_path, 8, source={})
+    m = write_image_shards(splits, tmp_path, 8, source={})
     assert m["skipped_files"] == {"count": 3, "examples": ["a/notes.txt", "b/.DS_Store", "test/c/x.md"]}
     assert read_manifest(tmp_path)["skipped_files"]["count"] == 3

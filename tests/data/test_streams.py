@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data import shards, streams
+from pipeline.shards import streams, verify
 from pipeline.data.loader import EpochLoader
-from pipeline.data.shards import epoch_steps, read_manifest, stream_batches, write_shards
+from pipeline.modalities.image.codec import write_image_shards
+from pipeline.shards.manifest import read_manifest
+from pipeline.shards.read import epoch_steps, stream_batches
 from pipeline.modalities.image.sources import ImageSet
 from pipeline.errors import UserError
 
@@ -31,7 +33,7 @@ def _ids(x: torch.Tensor) -> list[int]:
 def _folder(tmp_path: Path, n: int, n_streams: int, shard_size: int, name: str = "s") -> Path:
     out = tmp_path / name
     small = _numbered(n_streams)  # train/val/test: one sample per stream
-    write_shards({"pretrain": _numbered(n), "train": small, "val": small, "test": small}, out, shard_size, source={},
+    write_image_shards({"pretrain": _numbered(n), "train": small, "val": small, "test": small}, out, shard_size, source={},
                  n_streams=n_streams)
     return out
 
@@ -58,10 +60,10 @@ def test_16_ranks_x_8_workers_parse_their_share_once(folder_128):
     for rank in range(ranks):
         rank_batches = []
         for worker in range(workers):
-            shards.IO.clear()
+            verify.IO.clear()
             rank_batches += list(stream_batches(folder_128, "pretrain", 2, 64, seed=5, rank=rank, world_size=ranks,
                                                 batch_slice=(worker, workers), indexed=True))
-            assert shards.IO["samples"] <= 1.1 * total / (ranks * workers)
+            assert verify.IO["samples"] <= 1.1 * total / (ranks * workers)
         steps.append(len(rank_batches))
         assert sorted(k for k, _ in rank_batches) == list(range(len(rank_batches)))  # the rank's epoch, no gap
         seen += [i for _, (x, _) in rank_batches for i in _ids(x)]
@@ -102,9 +104,9 @@ def test_bytes_read_before_the_first_batch_do_not_grow_with_the_data(tmp_path, n
     read = []
     for n in (256, 1024):
         folder = _folder(tmp_path, n, n_streams, 16, name=f"n{n}")
-        shards.IO.clear()
+        verify.IO.clear()
         next(EpochLoader(folder, "pretrain", 8, 32, workers=0, device=CPU).epoch(seed=0))
-        read.append(shards.IO["bytes"])
+        read.append(verify.IO["bytes"])
     assert 0 < read[1] <= 1.1 * read[0]
 
 

@@ -11,8 +11,11 @@ import tarfile
 import numpy as np
 import pytest
 
-from pipeline.data import shards
-from pipeline.data.shards import load_split, read_manifest, stream_batches, write_shards
+from pipeline.modalities.image import codec
+from pipeline.shards import verify
+from pipeline.modalities.image.codec import write_image_shards
+from pipeline.shards.manifest import read_manifest
+from pipeline.shards.read import load_split, stream_batches
 from pipeline.modalities.image.sources import ImageSet
 from pipeline.errors import UserError
 
@@ -27,7 +30,7 @@ def copy(tiny_shards, tmp_path):
 
 @pytest.fixture(autouse=True)
 def fresh_cache(monkeypatch):
-    monkeypatch.setattr(shards, "_VERIFIED", set())
+    monkeypatch.setattr(verify, "_VERIFIED", set())
 
 
 def _edit_manifest(folder, edit):
@@ -76,8 +79,8 @@ def test_each_shard_hashed_once_per_process(copy, monkeypatch):
     """load_split hashes up front, once per process; streaming hashes as it reads (no
     up-front pass) and counts as verified for the up-front readers."""
     calls = []
-    real = shards.sha256
-    monkeypatch.setattr(shards, "sha256", lambda p: calls.append(p.name) or real(p))
+    real = verify.sha256
+    monkeypatch.setattr(verify, "sha256", lambda p: calls.append(p.name) or real(p))
     for _ in range(2):
         load_split(copy, "val")
     assert sorted(calls) == ["val-000000.tar", "val-000001.tar"]
@@ -146,11 +149,11 @@ def garbage_sample_shards(tmp_path, monkeypatch):
     images = rng.integers(1, 256, (12, 28, 28, 1), dtype=np.uint8)
     images[5] = 0
     data = ImageSet(images, np.arange(12) % 2, ["a", "b"])
-    real = shards._png
-    monkeypatch.setattr(shards, "_png", lambda im: b"not a png at all" if not im.any() else real(im))
+    real = codec._png
+    monkeypatch.setattr(codec, "_png", lambda im: b"not a png at all" if not im.any() else real(im))
     out = tmp_path / "garbage"
-    write_shards({s: data for s in ("pretrain", "train", "val", "test")}, out, 8, source={})
-    monkeypatch.setattr(shards, "_png", real)
+    write_image_shards({s: data for s in ("pretrain", "train", "val", "test")}, out, 8, source={})
+    monkeypatch.setattr(codec, "_png", real)
     return out
 
 
@@ -166,10 +169,10 @@ def test_corrupt_sample_names_shard_and_key(garbage_sample_shards, split):
 def test_sample_of_wrong_size_is_named(tmp_path, monkeypatch):
     images = np.full((4, 28, 28, 1), 7, dtype=np.uint8)
     images[2] = 0
-    real = shards._png
+    real = codec._png
     odd = real(np.zeros((30, 30, 1), np.uint8))
-    monkeypatch.setattr(shards, "_png", lambda im: odd if not im.any() else real(im))
-    write_shards({s: ImageSet(images, np.arange(4) % 2, ["a", "b"]) for s in ("pretrain", "train", "val", "test")},
+    monkeypatch.setattr(codec, "_png", lambda im: odd if not im.any() else real(im))
+    write_image_shards({s: ImageSet(images, np.arange(4) % 2, ["a", "b"]) for s in ("pretrain", "train", "val", "test")},
                  tmp_path, 8, source={})
     with pytest.raises(UserError, match="sample 'val_00000002' .*image is 30x30, manifest.json says 28x28"):
         load_split(tmp_path, "val")

@@ -110,7 +110,7 @@ def _images(epoch: int, step: int) -> torch.Tensor:
 
 def _method(name: str, seed: int, views: str):
     from pipeline.registry import METHODS
-    from pipeline.models.encoder import build_encoder
+    from pipeline.modalities.encoders import build_encoder
 
     params = _params(name)
     torch.manual_seed(0)  # the same initial weights in every process
@@ -202,7 +202,8 @@ def _channels_last_rank(rank: int, out: str) -> dict:
 
 
 def _uneven_rank(rank: int, out: str, shards: str) -> dict:
-    from pipeline.data.shards import read_manifest, stream_batches
+    from pipeline.shards.manifest import read_manifest
+    from pipeline.shards.read import stream_batches
     from pipeline.train.loop import fit
 
     job, method = _job("simclr", rank, WORLD, "real", epochs=2)

@@ -36,8 +36,8 @@ def test_ranks_take_their_slice_of_each_global_batch(monkeypatch):
 
 def test_finetune_stage_under_torchrun(tiny_shards, tmp_path):
     from pipeline.config import EncoderParams
-    from pipeline.data.shards import read_manifest
-    from pipeline.models.encoder import build_encoder, save_encoder
+    from pipeline.shards.manifest import read_manifest
+    from pipeline.modalities.encoders import build_encoder, save_encoder
 
     torch.manual_seed(0)
     encoder = tmp_path / "models" / "tiny" / "encoder.pt"

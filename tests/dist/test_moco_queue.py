@@ -19,7 +19,7 @@ MARK = 7.0
 def _rank(rank: int, out: str) -> dict:
     from pipeline.config import parse_params
     from pipeline.registry import METHODS
-    from pipeline.models.encoder import build_encoder
+    from pipeline.modalities.encoders import build_encoder
     from pipeline.train.loop import TrainJob, fit
     from pipeline.train.optim import param_groups
     from tests.conftest import random_images

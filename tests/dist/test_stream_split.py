@@ -8,8 +8,9 @@ import shutil
 import pytest
 import torch
 
-from pipeline.data import shards
-from pipeline.data.shards import stream_batches
+from pipeline.shards import read, verify
+from pipeline.shards.manifest import read_manifest
+from pipeline.shards.read import stream_batches
 from pipeline.errors import UserError
 
 
@@ -45,10 +46,10 @@ def test_one_process_stream_is_the_whole_split(tiny_shards):
 def test_every_rank_checks_every_shard(tiny_shards, tmp_path, monkeypatch):
     """Each rank reads all shards (decoding only its own samples), so a shard with fewer
     samples than the manifest says fails on every rank, not only on the rank it was given."""
-    monkeypatch.setattr(shards, "_VERIFIED", set())
+    monkeypatch.setattr(verify, "_VERIFIED", set())
     copy = tmp_path / "shards"
     shutil.copytree(tiny_shards, copy)
-    manifest = shards.read_manifest(copy)
+    manifest = read_manifest(copy)
     name = sorted(manifest["splits"]["train"]["shard_counts"])[1]
     manifest["splits"]["train"]["shard_counts"][name] += 1  # as if a sample went missing
     (copy / "manifest.json").write_text(__import__("json").dumps(manifest))
@@ -64,10 +65,10 @@ def test_skipping_batches_gives_the_rest_of_the_epoch(tiny_shards, world, monkey
     for rank in range(world):
         whole = _epoch(tiny_shards, rank, world)
         decoded = []
-        real = shards._decode
-        monkeypatch.setattr(shards, "_decode", lambda *a: decoded.append(1) or real(*a))
+        real = read._decode
+        monkeypatch.setattr(read, "_decode", lambda *a: decoded.append(1) or real(*a))
         rest = list(stream_batches(tiny_shards, "train", 50, 1000, 3, rank=rank, world_size=world, skip_batches=2))
-        monkeypatch.setattr(shards, "_decode", real)
+        monkeypatch.setattr(read, "_decode", real)
         assert len(rest) == len(whole) - 2
         assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(rest, whole[2:]))
         assert len(decoded) == sum(1 for i in range(400) if i % world == rank) - 2 * 50

@@ -8,7 +8,7 @@ import torch
 
 from pipeline import dist
 from pipeline.data.loader import EpochLoader
-from pipeline.data.shards import stream_batches
+from pipeline.shards.read import stream_batches
 from tests.data.test_streams import _folder, _ids
 from tests.dist.group import WORLD, spawn
 

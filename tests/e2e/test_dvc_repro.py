@@ -88,10 +88,10 @@ TEXT_STAGES = ({"text-shard", "text-report"} | {f"text-pretrain@{m}" for m in TE
 
 
 def test_params_run_every_registered_protocol():
-    from pipeline.registry import PROTOCOLS
+    from pipeline.registry import PROTOCOLS as REGISTERED
 
     assert tuple(yaml.safe_load((REPO / "params.yaml").read_text())["protocols"]) == PROTOCOLS
-    assert sorted(PROTOCOLS.names()) == sorted(PROTOCOLS)
+    assert sorted(REGISTERED.names()) == sorted(PROTOCOLS)
 
 
 def test_repro_writes_every_metric_and_the_report(repo_copy):
@@ -295,19 +295,24 @@ TOY_PROTOCOL = '''"""A toy protocol for the extension test: nearest class mean o
 import numpy as np
 from pydantic import Field
 
+from pipeline import config
 from pipeline.config import Strict
+from pipeline.errors import UserError
 from pipeline.eval.protocol import EvalContext, Protocol, register
-
-
-class Params(Strict):
-    normalise: bool = Field(True)
 
 
 @register
 class NearestMean(Protocol):
     name = "nearest_mean"
-    Params = Params
     order = 100
+
+    class Params(Strict):
+        normalise: bool = Field(True)
+
+    def check(self, params: config.Params, manifest: dict) -> None:
+        empty = [c for c, n in manifest["splits"]["train"]["per_class"].items() if n == 0]
+        if empty:
+            raise UserError(f"nearest_mean: the train split has no images of {empty}, so no class mean")
 
     def run(self, ctx: EvalContext) -> dict:
         (xtr, ytr), (xte, yte) = ctx.features("train"), ctx.features("test")

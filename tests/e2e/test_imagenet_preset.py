@@ -127,7 +127,7 @@ def test_the_imagenet_preset_runs_scaled_down_through_dvc_repro(imagenet_copy):
     from safetensors.torch import load_file
     from torchvision.models import resnet50
 
-    from pipeline.models.encoder import load_encoder
+    from pipeline.modalities.encoders import load_encoder
 
     net = resnet50()
     net.fc = torch.nn.Identity()

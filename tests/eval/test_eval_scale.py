@@ -14,14 +14,14 @@ import yaml
 
 from pipeline.config import EncoderParams, parse_params
 from pipeline.modalities.image.views import to_float
-from pipeline.data.shards import read_manifest
+from pipeline.shards.manifest import read_manifest
 from pipeline.registry import PROTOCOLS
 from pipeline.eval.feature_cache import cache_key, cached_features
-from pipeline.eval.features import PIXEL_BUDGET, pixel_dim, pixel_features
+from pipeline.modalities.image.baseline import PIXEL_BUDGET, pixel_dim, pixel_features
 from pipeline.eval.algorithms.knn import knn_accuracies, knn_accuracy, knn_topk
 from pipeline.eval.algorithms.linear import linear_probe
 from pipeline.eval.protocol import EvalContext
-from pipeline.models.encoder import build_encoder
+from pipeline.modalities.encoders import build_encoder
 from tests.conftest import REPO, random_images
 
 CPU = torch.device("cpu")

@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import EncoderParams, FinetuneParams
+from pipeline.config import EncoderParams
 from pipeline.data.labelled import in_memory
-from pipeline.eval.algorithms.finetune import train_classifier
-from pipeline.eval.algorithms.label_fractions import balanced_subset, per_class_count
-from pipeline.models.encoder import Encoder, TextEncoder
+from pipeline.eval.algorithms.finetune import FinetuneParams, train_classifier
+from pipeline.eval.algorithms.label_fractions import balanced_subset, per_class_count, rounded_count, smallest_fraction
+from pipeline.modalities.text.encoder import TextEncoder
+from pipeline.models.encoder import Encoder
 
 CPU = torch.device("cpu")
 
@@ -81,8 +82,15 @@ def test_train_classifier_batches_text_by_length(length_group):
     seen = []
     enc.register_forward_pre_hook(lambda _, args: seen.append(args[0][:, 1].sum(1)) if enc.training else None)
     cfg = FinetuneParams(epochs=1, batch_size=16, lr=0.01, optimizer="adamw", length_group=length_group)
-    train_classifier(enc, in_memory(x, labels, cfg.length_group), 3, cfg, 1.0, seed=0, device=CPU, desc="t")
+    train_classifier(enc, in_memory(x, labels, cfg.length_group, lengths), 3, cfg, 1.0, seed=0, device=CPU, desc="t")
     assert len(seen) == n // 16
     spans = sorted((int(s.min()), int(s.max())) for s in seen)
     disjoint = all(hi <= lo for (_, hi), (lo, _) in zip(spans, spans[1:]))
     assert disjoint == (length_group > 1)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 17, 24, 470, 500, 999, 1000, 12345])
+def test_smallest_fraction_keeps_one_image(count):
+    f = smallest_fraction(count)
+    assert f * count + 0.5 >= 1 and (f * 0.95) * count + 0.5 < 1.05  # keeps 1 image, and is about the least that does
+    assert rounded_count(f, count) >= 1 and per_class_count(f, count) == rounded_count(f, count)  # the sampler's rounding

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import EncoderParams, FinetuneParams
+from pipeline.config import EncoderParams
 from pipeline.data.labelled import streamed
-from pipeline.data.shards import write_shards
+from pipeline.modalities.image.codec import write_image_shards
 from pipeline.modalities.image.sources import ImageSet
 from pipeline.eval.algorithms import finetune, linear_sgd
+from pipeline.eval.algorithms.finetune import FinetuneParams
 from pipeline.models.encoder import Encoder
 
 CPU = torch.device("cpu")
@@ -29,7 +30,7 @@ def test_steps_are_the_batches_an_epoch_yields_in_finetune_and_the_sgd_probe(tmp
     4 batches, not 10 // 2 = 5 (one stream: 5); both trainers schedule that many steps."""
     images = ImageSet(np.zeros((10, 8, 8, 1), np.uint8), np.arange(10) % 2, ["a", "b"])
     small = ImageSet(images.images[:n_streams], images.labels[:n_streams], images.classes)
-    write_shards({"pretrain": small, "train": images, "val": small, "test": small}, tmp_path, 1000, source={},
+    write_image_shards({"pretrain": small, "train": images, "val": small, "test": small}, tmp_path, 1000, source={},
                  n_streams=n_streams)
     data = streamed(tmp_path, ("train",), shuffle_buffer=4, workers=0, device=CPU)
     yielded = sum(1 for _ in data.batches_for(2, 0)(0))

@@ -12,11 +12,13 @@ import torch
 import yaml
 
 from pipeline.config import EncoderParams, parse_params
-from pipeline.data.shards import load_split, read_manifest
-from pipeline.eval import predictions, registry
+from pipeline.shards.manifest import read_manifest
+from pipeline.shards.read import load_split
+from pipeline.eval import predictions
 from pipeline.eval.protocol import EvalContext
 from pipeline.eval.run import run_protocol
-from pipeline.models.encoder import build_encoder
+from pipeline.modalities.encoders import build_encoder
+from pipeline.registry import PROTOCOLS
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -40,7 +42,7 @@ def test_recorded_predictions_reproduce_the_headline(tiny_shards, small_params, 
     torch.manual_seed(0)
     enc = build_encoder(EncoderParams(width=8, layers=[1, 1]), read_manifest(tiny_shards))
     ctx = EvalContext("enc", enc, True, str(tiny_shards), read_manifest(tiny_shards), small_params, torch.device("cpu"))
-    headline, details = run_protocol(registry.get(protocol), ctx)
+    headline, details = run_protocol(PROTOCOLS.get(protocol), ctx)
     labels = load_split(str(tiny_shards), "test")[1].numpy()
     assert sorted(ctx.predictions["predictions"]) == sorted(keys)
     assert np.array_equal(ctx.predictions["labels"], labels)  # the whole test split, in shard order

@@ -11,13 +11,14 @@ import torch
 import yaml
 
 from pipeline.config import EncoderParams, parse_params
-from pipeline.data.shards import load_split, read_manifest
+from pipeline.shards.manifest import read_manifest
+from pipeline.shards.read import load_split
 from pipeline.registry import PROTOCOLS
 from pipeline.eval.baselines import baseline_encoder, baseline_featurizer, matching_random_init
 from pipeline.eval.algorithms.label_fractions import balanced_subset
 from pipeline.eval.protocol import EvalContext, Protocol
 from pipeline.eval.run import run_protocol
-from pipeline.models.encoder import build_encoder
+from pipeline.modalities.encoders import build_encoder
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -93,7 +94,7 @@ def test_finetune_trains_a_copy_on_train_plus_val(tiny_shards, small):
     ssl = PROTOCOLS.get("finetune").run(ctx_for(tiny_shards, small, enc, pretrained=True))
     scratch = PROTOCOLS.get("finetune").run(ctx_for(tiny_shards, small, enc, pretrained=False))
     assert ssl["n_labels"] == 600  # 400 train + 200 val
-    assert ssl["encoder_lr_mult"] == small.finetune.encoder_lr_mult and scratch["encoder_lr_mult"] == 1.0
+    assert ssl["encoder_lr_mult"] == small.protocol_params["finetune"].encoder_lr_mult and scratch["encoder_lr_mult"] == 1.0
     assert scratch["top1"] > 0.35  # chance 0.10: supervised from scratch learns
     assert all(torch.equal(before[k], v) for k, v in enc.state_dict().items())  # the context's encoder is untouched
 
@@ -193,7 +194,7 @@ def test_image_protocols_never_hold_a_whole_split(tiny_shards, small, monkeypatc
         raise AssertionError(f"load_split{args}: an image split held whole")
 
     monkeypatch.setattr(protocol_module, "load_split", refuse)
-    sgd = small.linear_eval.model_copy(update={"sgd_epochs": 4, "sgd_batch_size": 50, "sgd_lr": 1.0})  # 32 steps, not 1
+    sgd = small.protocol_params["linear_eval"].model_copy(update={"sgd_epochs": 4, "sgd_batch_size": 50, "sgd_lr": 1.0})  # 32 steps, not 1
     params = small.model_copy(update={"protocol_params": small.protocol_params | {"linear_eval": sgd}})
     ctx = ctx_for(tiny_shards, params, encoder(tiny_shards))
     ran = {name: PROTOCOLS.get(name).run(ctx) for name in ("finetune", "linear_eval", "label_efficiency", "diagnostics")}

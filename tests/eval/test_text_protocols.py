@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from pipeline.config import parse_params
-from pipeline.data.shards import load_split, read_manifest
+from pipeline.shards.manifest import read_manifest
+from pipeline.shards.read import load_split
 from pipeline.modalities.text.sources import TextSet
-from pipeline.modalities.text.shards import write_text_shards
+from pipeline.modalities.text.codec import write_text_shards
 from pipeline.modalities.text.views import FIRST_REGULAR_ID, MASK_ID, TextViews
 from pipeline.modalities.text.tokenizer import encode_packed, load_tokenizer
 from pipeline.errors import UserError
@@ -20,8 +21,9 @@ from pipeline.eval.baselines import baseline_encoder, baseline_featurizer, label
 from pipeline.eval.protocol import EvalContext
 from pipeline.eval.run import run_protocol
 from pipeline.modalities.text.tfidf import TfidfFeaturizer, decode_packed, tfidf_featurizer
-from pipeline.eval.transfer import language_sample
-from pipeline.models.encoder import TextEncoder, build_encoder
+from pipeline.modalities.text.datasets.transfer import language_sample
+from pipeline.modalities.encoders import build_encoder
+from pipeline.modalities.text.encoder import TextEncoder
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -278,8 +280,8 @@ def _with_transfer(p, transfer):
 
 def test_transfer_refuses_datasets_of_the_other_modality(text_shards, text_params, tiny_shards, params):
     with pytest.raises(UserError, match=r"\['digits', 'mnist-sample'\] do not fit text shards"):
-        PROTOCOLS.get("transfer").check(_with_transfer(text_params, params.transfer), read_manifest(text_shards))
-    image = _with_transfer(params, text_params.transfer)
+        PROTOCOLS.get("transfer").check(_with_transfer(text_params, params.protocol_params["transfer"]), read_manifest(text_shards))
+    image = _with_transfer(params, text_params.protocol_params["transfer"])
     with pytest.raises(UserError, match="do not fit image shards"):
         PROTOCOLS.get("transfer").check(image, read_manifest(tiny_shards))
     PROTOCOLS.get("transfer").check(params, read_manifest(tiny_shards))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.eval.transfer import TORCHVISION_PRESETS, load_transfer
+from pipeline.modalities.image.datasets.transfer import TORCHVISION_PRESETS, load_transfer
 
 
 def _md5(path) -> str:

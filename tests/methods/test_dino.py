@@ -164,7 +164,7 @@ def test_finalize_reestimates_batchnorm_on_whole_images(images, whole_image_bn):
 def _dino_from_params(default_params_dict, dino_section: dict, shared_encoder: dict | None = None) -> DINO:
     """DINO as pretrain.py builds it, from the repo's params.yaml with overrides."""
     from pipeline.config import parse_params
-    from pipeline.models.encoder import build_encoder
+    from pipeline.modalities.encoders import build_encoder
 
     raw = {**default_params_dict, "dino": {**default_params_dict["dino"], **dino_section}}
     if shared_encoder:

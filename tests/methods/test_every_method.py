@@ -10,19 +10,19 @@ import pytest
 import torch
 
 from pipeline.config import parse_params
-from pipeline.registry import METHODS
+from pipeline.registry import METHODS as REGISTRY
 from pipeline.methods._base import Method
 from pipeline.methods.byol import BYOL
 from pipeline.methods._ema import MomentumMethod
-from pipeline.models.encoder import build_encoder
+from pipeline.modalities.encoders import build_encoder
 from pipeline.train.optim import param_groups
 
-METHODS = [n for n in METHODS.names() if METHODS.get(n).modality == "image"]
+METHODS = [n for n in REGISTRY.names() if REGISTRY.get(n).modality == "image"]
 
 
 def test_every_method_is_tested_for_its_modality():
     # image methods here, text methods in test_text_methods.py: none falls through the gap
-    assert METHODS and all(METHODS.get(n).modality in ("image", "text") for n in METHODS.names())
+    assert METHODS and all(REGISTRY.get(n).modality in ("image", "text") for n in REGISTRY.names())
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +51,13 @@ def _build(name: str, default_params_dict, seed: int = 0) -> Method:
     manifest = {"channels": 1, "image_size": 28, "mean": [0.286], "std": [0.353]}
     torch.manual_seed(seed)
     encoder = build_encoder(params.encoder_for(name), manifest)
-    method = METHODS.get(name)(encoder, params.method_params[name], params.augment, seed, torch.device("cpu"))
+    method = REGISTRY.get(name)(encoder, params.method_params[name], params.augment, seed, torch.device("cpu"))
     return method
 
 
 @pytest.mark.parametrize("name", METHODS)
 def test_registered_with_params_class(name):
-    cls = METHODS.get(name)
+    cls = REGISTRY.get(name)
     assert issubclass(cls, Method) and cls.name == name
     cls.Params()  # every hyperparameter has the paper's default
 
@@ -148,4 +148,4 @@ def test_unknown_method_lists_valid():
     from pipeline.errors import UserError
 
     with pytest.raises(UserError, match="valid methods are"):
-        METHODS.get("nope")
+        REGISTRY.get("nope")

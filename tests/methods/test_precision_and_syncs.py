@@ -23,7 +23,7 @@ from pipeline.config import EncoderParams, parse_params
 from pipeline.modalities.image.views import ViewMaker
 from pipeline.modalities.text.tokenizer import SPECIALS
 from pipeline.registry import METHODS
-from pipeline.models.encoder import build_encoder
+from pipeline.modalities.encoders import build_encoder
 from pipeline.train.optim import param_groups
 from tests.conftest import random_images
 from tests.sync_counter import SyncCounter

@@ -164,7 +164,7 @@ def test_codes_from_large_crops_only_and_queue_used_once_full(images, monkeypatc
 def _swav_from_params(default_params_dict, swav_section: dict, shared_encoder: dict | None = None) -> SwAV:
     """SwAV as pretrain.py builds it, from the repo's params.yaml with overrides."""
     from pipeline.config import parse_params
-    from pipeline.models.encoder import build_encoder
+    from pipeline.modalities.encoders import build_encoder
 
     raw = {**default_params_dict, "swav": {**default_params_dict["swav"], **swav_section}}
     if shared_encoder:

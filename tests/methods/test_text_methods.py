@@ -17,7 +17,8 @@ from pipeline.modalities.text.tokenizer import encode_packed, train_tokenizer
 from pipeline.errors import UserError
 from pipeline.registry import METHODS
 from pipeline.methods._base import Method
-from pipeline.models.encoder import TextEncoder, build_encoder, load_encoder, save_encoder, unpack_text
+from pipeline.modalities.encoders import build_encoder, load_encoder, save_encoder
+from pipeline.modalities.text.encoder import TextEncoder, unpack_text
 from pipeline.modalities.text.objectives import IGNORE, clm_loss, mask_tokens, mlm_loss
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.optim import param_groups

@@ -3,7 +3,8 @@ import copy
 import torch
 
 from pipeline.config import EncoderParams
-from pipeline.models.encoder import Encoder, load_encoder, save_encoder
+from pipeline.modalities.encoders import load_encoder, save_encoder
+from pipeline.models.encoder import Encoder
 from pipeline.models.heads import mlp
 from pipeline.models.resnet import SmallResNet
 

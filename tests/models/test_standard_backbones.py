@@ -13,7 +13,8 @@ import torch
 from pipeline.config import EncoderParams, parse_params
 from pipeline.errors import UserError
 from pipeline.registry import METHODS
-from pipeline.models.encoder import Encoder, build_encoder
+from pipeline.modalities.encoders import build_encoder
+from pipeline.models.encoder import Encoder
 from pipeline.models.vit import ViT
 from tests.conftest import random_images
 

@@ -7,7 +7,9 @@ import torch
 
 from pipeline.config import EncoderParams
 from pipeline.errors import UserError
-from pipeline.models.encoder import Encoder, TextEncoder, build_encoder, encoder_input, load_encoder, save_encoder, unpack_text
+from pipeline.modalities.encoders import build_encoder, encoder_input, load_encoder, save_encoder
+from pipeline.modalities.text.encoder import TextEncoder, unpack_text
+from pipeline.models.encoder import Encoder
 
 V, L = 60, 16
 TEXT = {"modality": "text", "vocab_size": V, "max_length": L}
@@ -31,10 +33,13 @@ def _encoder(causal: bool, seed: int = 0) -> TextEncoder:
 
 
 def test_encoder_input_floats_images_and_passes_text_through():
+    from pipeline.modalities.base import modality_named
+
     images = torch.tensor([[[[0, 255]]]], dtype=torch.uint8)
-    assert torch.equal(encoder_input(images), torch.tensor([[[[0.0, 1.0]]]]))
+    assert torch.equal(modality_named("image").encoder_input(images), torch.tensor([[[[0.0, 1.0]]]]))
     text = _packed([4, 6])
-    assert encoder_input(text) is text
+    assert modality_named("text").encoder_input(text) is text
+    assert encoder_input(text, _encoder(causal=False)) is text
 
 
 def test_unpack_trims_padding_beyond_the_longest_row():

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from pipeline.config import EncoderParams, parse_params
 from pipeline.errors import UserError
-from pipeline.models.encoder import Encoder, build_encoder, load_encoder, save_encoder
+from pipeline.modalities.encoders import build_encoder, load_encoder, save_encoder
+from pipeline.models.encoder import Encoder
 from pipeline.models.vit import patchify, sincos_pos_embed
 
 TINY = dict(arch="vit", patch_size=4, dim=32, depth=2, heads=2, mlp_ratio=2.0)

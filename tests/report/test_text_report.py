@@ -37,11 +37,12 @@ def _encoder(d, name, top1, encoder=True):
 @pytest.fixture
 def text_params(params):
     causal = params.encoder.model_copy(update={"arch": "transformer", "dim": 128, "depth": 2, "heads": 4, "causal": True})
+    few_shot = params.protocol_params["few_shot"].model_copy(update={"classifiers": ["prototype"]})
     return params.model_copy(update={
         "methods": ["mlm", "clm"], "baselines": ["tfidf", "random_init", "random_init_clm"], "protocols": PROTOCOLS,
         "data": params.data.model_copy(update={"source": "fortunes"}),
         "encoder": causal.model_copy(update={"causal": False}), "method_encoder": {"clm": causal},
-        "protocol_params": params.protocol_params | {"few_shot": params.few_shot.model_copy(update={"classifiers": ["prototype"]})},
+        "protocol_params": params.protocol_params | {"few_shot": few_shot},
     })
 
 

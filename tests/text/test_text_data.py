@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.modalities.text import sources as T
-from pipeline.modalities.image.sources import split_stratified
+from pipeline.shards.splits import split_stratified
 
 needs_fortunes = pytest.mark.skipif(shutil.which("dpkg") is None or not Path(T.FORTUNE_DIR, "people").exists(),
                                     reason="Debian fortunes not installed")

@@ -4,7 +4,6 @@ shard stage on text, and the errors for a bad tokenizer or sample."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import shutil
@@ -18,13 +17,16 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import DataParams, TextParams
-from pipeline.data import shards
+from pipeline.config import DataParams
+from pipeline.modalities.text.params import TextParams
+from pipeline.shards.manifest import read_manifest
+from pipeline.shards.read import load_split, stream_batches
+from pipeline.shards.verify import sha256
 from pipeline.data.loader import epoch_batches
-from pipeline.modalities.image.sources import split_stratified
-from pipeline.data.splits import make_splits
+from pipeline.shards.splits import split_stratified
+from pipeline.shards.splits import make_splits
 from pipeline.modalities.text.sources import FORTUNE_DIR, TextSet
-from pipeline.modalities.text.shards import write_text_shards
+from pipeline.modalities.text.codec import read_texts, write_text_shards
 from pipeline.modalities.text.tokenizer import SPECIALS, load_tokenizer, train_tokenizer
 from pipeline.errors import UserError
 
@@ -100,7 +102,7 @@ def test_identical_bytes_in_another_process(folder, tmp_path):
 
 
 def test_manifest(folder):
-    m = shards.read_manifest(folder)
+    m = read_manifest(folder)
     splits = text_splits()
     tok = train_tokenizer(list(splits["pretrain"].texts), 300)
     assert m["modality"] == "text" and m["max_length"] == MAX_LENGTH and m["classes"] == ["code", "food", "sea"]
@@ -108,17 +110,17 @@ def test_manifest(folder):
     # trained on the pretrain split's entries only, and stored as to_str() says
     assert (folder / "tokenizer.json").read_text() == tok.to_str()
     assert m["vocab_size"] == tok.get_vocab_size() <= 300
-    assert m["tokenizer"] == {"file": "tokenizer.json", "sha256": shards.sha256(folder / "tokenizer.json")}
+    assert m["tokenizer"] == {"file": "tokenizer.json", "sha256": sha256(folder / "tokenizer.json")}
     assert list(m["splits"]) == ["pretrain", "train", "val", "test"]
     for name, split in splits.items():
         info = m["splits"][name]
         assert info["count"] == len(split) == sum(info["shard_counts"].values())
-        assert info["shards"] == {n: shards.sha256(folder / n) for n in info["shard_counts"]}
+        assert info["shards"] == {n: sha256(folder / n) for n in info["shard_counts"]}
         assert max(info["shard_counts"].values()) <= DATA.shard_size
 
 
 def test_splits_are_stratified_and_pretrain_unlabelled(folder):
-    m = shards.read_manifest(folder)
+    m = read_manifest(folder)
     test, val, train = (m["splits"][s]["per_class"] for s in ("test", "val", "train"))
     assert test == {"code": 24, "food": 24, "sea": 24}  # a stratified 20% of 120 per class
     assert sum(val.values()) == 50 and sum(train.values()) == 200 and min(train.values()) > 50
@@ -148,7 +150,7 @@ def _decoded(folder: Path, x: torch.Tensor) -> list[str]:
 def test_load_split_packed_and_decodes_back(folder):
     splits = text_splits()
     for name in ("pretrain", "val", "test"):
-        x, y = shards.load_split(folder, name)
+        x, y = load_split(folder, name)
         assert x.dtype == torch.int64 and x.shape == (len(splits[name]), 2, MAX_LENGTH)
         want = torch.from_numpy(splits[name].labels) if name != "pretrain" else torch.full((len(x),), -1)
         assert torch.equal(y, want)
@@ -167,22 +169,22 @@ def test_load_split_packed_and_decodes_back(folder):
 
 def test_read_texts(folder):
     splits = text_splits()
-    texts, labels = shards.read_texts(folder, "val")
+    texts, labels = read_texts(folder, "val")
     assert texts == list(splits["val"].texts) and labels.dtype == torch.int64
     assert torch.equal(labels, torch.from_numpy(splits["val"].labels))
-    assert shards.read_texts(folder, "pretrain")[1].eq(-1).all()
+    assert read_texts(folder, "pretrain")[1].eq(-1).all()
 
 
 def test_read_texts_refuses_images(tiny_shards):
     with pytest.raises(UserError, match="image shards, not text"):
-        shards.read_texts(tiny_shards, "val")
+        read_texts(tiny_shards, "val")
 
 
 def test_stream_batches(folder):
-    x, y = shards.load_split(folder, "train")
-    ordered = list(shards.stream_batches(folder, "train", 32, 1, seed=0, ordered=True, drop_last=False))
+    x, y = load_split(folder, "train")
+    ordered = list(stream_batches(folder, "train", 32, 1, seed=0, ordered=True, drop_last=False))
     assert torch.equal(torch.cat([b[0] for b in ordered]), x) and torch.equal(torch.cat([b[1] for b in ordered]), y)
-    epoch = lambda seed: list(shards.stream_batches(folder, "train", 32, 100, seed))  # noqa: E731
+    epoch = lambda seed: list(stream_batches(folder, "train", 32, 100, seed))  # noqa: E731
     a, b, c = epoch(3), epoch(3), epoch(4)
     assert len(a) == 200 // 32 and all(bx.shape == (32, 2, MAX_LENGTH) and bx.dtype == torch.int64 for bx, _ in a)
     assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(a, b))
@@ -193,7 +195,7 @@ def test_stream_batches(folder):
 
 
 def test_dataloader_workers_give_the_same_batches(folder, capfd):
-    shards.load_split(folder, "val")  # the tokenizer's thread pool used in this process before the fork
+    load_split(folder, "val")  # the tokenizer's thread pool used in this process before the fork
     run = lambda workers: list(epoch_batches(folder, "train", 32, 100, 5, workers, torch.device("cpu")))  # noqa: E731
     one, two = run(0), run(2)
     assert len(one) == len(two) == 6
@@ -215,7 +217,7 @@ def copy(folder, tmp_path) -> Path:
 def test_bad_tokenizer_is_a_user_error(copy, damage):
     path = copy / "tokenizer.json"
     path.unlink() if damage == "missing" else path.write_text(path.read_text().replace("[MASK]", "[MASQ]"))
-    for read in (lambda: shards.load_split(copy, "val"), lambda: next(shards.stream_batches(copy, "val", 8, 1, 0)),
+    for read in (lambda: load_split(copy, "val"), lambda: next(stream_batches(copy, "val", 8, 1, 0)),
                  lambda: next(epoch_batches(copy, "val", 8, 1, 0, 2, torch.device("cpu"))),
                  lambda: load_tokenizer(copy)):
         with pytest.raises(UserError, match=r"tokenizer.json is missing or differs .*'dvc repro -f text-shard'"):
@@ -233,10 +235,10 @@ def test_undecodable_text_is_a_user_error(copy):
             m.size = len(data)
             tar.addfile(m, io.BytesIO(data))
     manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["splits"]["val"]["shards"][name] = shards.sha256(copy / name)
+    manifest["splits"]["val"]["shards"][name] = sha256(copy / name)
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UserError, match=r"cannot decode sample 'val_00000003' .*UnicodeDecodeError.*text-shard"):
-        shards.load_split(copy, "val")
+        load_split(copy, "val")
 
 
 def test_corrupt_text_shard_names_the_text_stage(copy):
@@ -244,31 +246,34 @@ def test_corrupt_text_shard_names_the_text_stage(copy):
         f.seek(600)
         f.write(b"X")
     with pytest.raises(UserError, match=r"test-000000.tar is corrupt .*'dvc repro -f text-shard'"):
-        shards.load_split(copy, "test")
+        load_split(copy, "test")
 
 
 # --- the shard stage -----------------------------------------------------------------------
 
 
-def _stage():
-    spec = importlib.util.spec_from_file_location("shard_stage", REPO / "stages" / "shard.py")
-    stage = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stage)
-    return stage
+def _write_text(p, out: str) -> dict:
+    """What the shard stage does for ``data.source: fortunes``: the source's (train, test), then
+    the text modality's writer."""
+    from pipeline.registry import MODALITIES, SOURCES
+
+    train, test = SOURCES.get("fortunes").load(p)
+    return MODALITIES.get("text").write_shards(p, train, test, out)
 
 
 def test_stage_writes_text_shards(monkeypatch, tmp_path):
     """``data.source: fortunes``: the entries' stratified test split, make_splits, the text
     writer, all inside the stage's all-or-nothing output folder."""
-    stage = _stage()
+    from pipeline.modalities.text import sources as text_sources
+
     data = synthetic()
-    monkeypatch.setattr(stage.text, "fortunes_by_category",
+    monkeypatch.setattr(text_sources, "fortunes_by_category",
                         lambda min_count: ([t for t in data.texts], [data.classes[i] for i in data.labels]))
-    # what write_text reads of the params
-    p = SimpleNamespace(seed=0, data=DATA, text=TextParams(vocab_size=300, max_length=MAX_LENGTH))
-    manifest = stage.write_text(p, str(tmp_path / "out"))
+    # what the source and the writer read of the params
+    p = SimpleNamespace(seed=0, data=DATA, modality_params={"text": TextParams(vocab_size=300, max_length=MAX_LENGTH)})
+    manifest = _write_text(p, str(tmp_path / "out"))
     assert (tmp_path / "out" / "manifest.json").is_file() and not (tmp_path / "out.tmp").exists()
-    assert shards.read_manifest(tmp_path / "out") == json.loads(json.dumps(manifest))
+    assert read_manifest(tmp_path / "out") == json.loads(json.dumps(manifest))
     assert manifest["source"]["source"] == "fortunes" and manifest["source"]["text"]["vocab_size"] == 300
     assert not {"image_size", "channels", "workers"} & set(manifest["source"])
     # the same splits as the writer's test fixture: the same bytes
@@ -282,10 +287,10 @@ def test_stage_writes_text_shards(monkeypatch, tmp_path):
 def test_stage_on_the_fortunes(tmp_path):
     data = DataParams(source="fortunes", root=FORTUNE_DIR, pretrain_size=None, train_size=None, val_size=1000,
                       test_fraction=0.2, shard_size=5000)
-    p = SimpleNamespace(seed=0, data=data, text=TextParams())  # the text preset's sizes
-    m = _stage().write_text(p, str(tmp_path / "out"))
+    p = SimpleNamespace(seed=0, data=data, modality_params={"text": TextParams()})  # the text preset's sizes
+    m = _write_text(p, str(tmp_path / "out"))
     counts = {s: v["count"] for s, v in m["splits"].items()}
     assert counts == {"pretrain": 10516, "train": 10516, "val": 1000, "test": 2880}
-    assert len(m["classes"]) == 23 and "other" in m["classes"] and m["vocab_size"] == p.text.vocab_size
-    x, y = shards.load_split(tmp_path / "out", "test")
-    assert x.shape == (2880, 2, p.text.max_length) and y.min() >= 0 and len(y.unique()) == 23
+    assert len(m["classes"]) == 23 and "other" in m["classes"] and m["vocab_size"] == p.modality_params['text'].vocab_size
+    x, y = load_split(tmp_path / "out", "test")
+    assert x.shape == (2880, 2, p.modality_params['text'].max_length) and y.min() >= 0 and len(y.unique()) == 23

@@ -46,8 +46,9 @@ def test_text_features_in_length_sorted_batches_equal_one_entry_at_a_time(causal
     """``encoder_features`` sorts entries by length and cuts each forward pass to its longest
     entry: every entry's features are still its own, in input order."""
     from pipeline.config import EncoderParams
-    from pipeline.eval.features import TEXT_BATCH, encoder_features
-    from pipeline.models.encoder import TextEncoder
+    from pipeline.eval.features import encoder_features
+    from pipeline.modalities.text import TEXT_BATCH
+    from pipeline.modalities.text.encoder import TextEncoder
 
     torch.manual_seed(0)
     enc = TextEncoder(EncoderParams(arch="transformer", dim=32, depth=2, heads=4, causal=causal), vocab_size=40, max_length=24).eval()

@@ -38,10 +38,10 @@ def test_encode_packed_is_encode_batch_padded_to_max_length():
 
 def test_load_tokenizer_cached_and_only_for_text(tmp_path, tiny_shards):
     from pipeline.config import DataParams
-    from pipeline.modalities.image.sources import split_stratified
-    from pipeline.data.splits import make_splits
+    from pipeline.shards.splits import split_stratified
+    from pipeline.shards.splits import make_splits
     from pipeline.modalities.text.sources import TextSet
-    from pipeline.modalities.text.shards import write_text_shards
+    from pipeline.modalities.text.codec import write_text_shards
 
     data = TextSet.from_names(TEXTS[:300], ["x", "y", "z"] * 100)
     params = DataParams(source="fortunes", val_size=30, pretrain_size=None, train_size=None, test_fraction=0.2)

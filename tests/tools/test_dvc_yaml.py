@@ -18,9 +18,11 @@ def test_committed_dvc_yaml_is_the_generators_output():
 
 def test_each_preset_pipeline_runs_the_default_stages_with_its_preset():
     stages = yaml.safe_load(dvc_yaml.render())["stages"]
-    default = [s for s in stages if not any(s.startswith(f"{p}-") for p in dvc_yaml.PIPELINES)]
+    pipelines = dvc_yaml.pipelines()
+    assert pipelines == ["text"]  # one per modality: gpu, imagenet and photos are image presets
+    default = [s for s in stages if not any(s.startswith(f"{p}-") for p in pipelines)]
     assert default == list(dvc_yaml.STAGES)
-    for name in dvc_yaml.PIPELINES:
+    for name in pipelines:
         assert [s for s in stages if s.startswith(f"{name}-")] == [f"{name}-{s}" for s in default]
         for stage in default:
             ours, theirs = stages[stage], stages[f"{name}-{stage}"]

@@ -34,18 +34,11 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
     (9, "stages", ("stages",)),                    # argparse and wiring: nothing imports them
 ]
 
-# Edges other branches of issue 24 remove; each is left out of the checks and named with its
-# owner. While any is still in the tree the tests xfail (strict=False); the lead empties this
-# at merge time (test_known_edges_are_still_there says which entries went stale).
+# Known violations another change is removing, each named with its owner: left out of the checks,
+# and the tests xfail (strict=False) while any is still in the tree. Empty since the shards and
+# modality moves; test_known_edges_are_still_there says when an entry went stale.
 KNOWN: dict[tuple[str, str], str] = {
-    # pipeline/data/shards.py becomes the pipeline/shards/ package (layer 1): these point down then
-    ("pipeline.modalities.text.shards", "pipeline.data.shards"): "shards helper: the shards package (also a cycle)",
-    ("pipeline.modalities.text.tfidf", "pipeline.data.shards"): "shards helper: the shards package",
-    ("pipeline.modalities.text.tokenizer", "pipeline.data.shards"): "shards helper: the shards package",
-    # what differs between images and text moves behind the Modality interface
-    ("pipeline.modalities.text.tfidf", "pipeline.eval.features"): "lead: modality interface (features-only baseline)",
-    ("pipeline.models.encoder", "pipeline.modalities.image.views"): "lead: modality interface (encoder input)",
-    ("pipeline.models.encoder", "pipeline.modalities.text.encoder"): "lead: modality interface (encoder build/load)",
+    # e.g. ("pipeline.models.encoder", "pipeline.modalities.text.encoder"): "lead: modality interface",
 }
 
 
@@ -202,7 +195,8 @@ def test_known_edges_are_still_there(tree):
     """An entry of KNOWN whose edge is gone is stale: remove it, so the list only shrinks."""
     _, graph = tree
     stale = sorted(k for k in KNOWN if k[1] not in graph.get(k[0], {}))
-    assert not stale, f"KNOWN lists edges no longer in the tree; remove them: {stale}"
+    if stale:
+        pytest.fail(f"KNOWN lists edges no longer in the tree; remove them: {stale}", pytrace=False)
 
 
 def test_the_graph_sees_lazy_and_relative_imports(tmp_path):

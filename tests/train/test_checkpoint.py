@@ -76,7 +76,7 @@ def test_every_methods_training_state_loads_weights_only(name, default_params_di
     history of every method survive ``torch.load(weights_only=True)``."""
     from pipeline.config import parse_params
     from pipeline.registry import METHODS
-    from pipeline.models.encoder import build_encoder
+    from pipeline.modalities.encoders import build_encoder
     from pipeline.train.optim import build_optimizer, param_groups
 
     params = parse_params(default_params_dict)

@@ -15,7 +15,7 @@ import torch
 
 from pipeline.config import OptimParams, parse_params
 from pipeline.registry import METHODS
-from pipeline.models.encoder import build_encoder
+from pipeline.modalities.encoders import build_encoder
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.loop import CHECK_EVERY, TrainJob, fit
 from pipeline.train.optim import param_groups

@@ -9,15 +9,32 @@ from typing import Iterable
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from pipeline import dist
-from pipeline.config import FinetuneParams
+from pipeline.config import OptimParams
+from pipeline.modalities.base import modality_of_encoder
 from pipeline.modalities.image.views import random_resized_crop, to_float
 from pipeline.data.labelled import LabelledSet
 from pipeline.eval.features import encoder_features
 from pipeline.train.loop import TrainJob, fit
 from pipeline.train.optim import param_groups
+
+
+class FinetuneParams(OptimParams):
+    """The fine-tuning recipe ``train_classifier`` takes: the ``finetune`` protocol's params
+    section, and ``label_efficiency.finetune`` (params.yaml aliases the two)."""
+
+    weight_decay: float = Field(5e-4, ge=0)
+    encoder_lr_mult: float = Field(1.0, ge=0, le=1)  # encoder lr = lr * this (a random init trains at the full lr)
+    crop_scale: list[float] = Field(default_factory=lambda: [0.5, 1.0], min_length=2, max_length=2)  # training views
+    hflip: float = Field(0.5, ge=0, le=1)
+    shuffle_buffer: int = Field(5000, ge=1)  # images: samples shuffled as they stream from the shards
+    # text: batches of similar lengths, sorted in windows of this many batches (1: random batches); images ignore it
+    length_group: int = Field(50, ge=1)
+    amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
+    nproc_per_node: int = Field(1, ge=1)  # >1: the finetune stage runs under torchrun with DDP
 
 
 class Classifier(nn.Module):
@@ -31,9 +48,10 @@ class Classifier(nn.Module):
         self.head = nn.Linear(encoder.feature_dim, num_classes)
         self.gen: torch.Generator | None = None
         self.seed, self.crop_scale, self.hflip = seed, crop_scale, hflip
+        self.random_views = modality_of_encoder(encoder).random_crops  # images: random resized crops; text: none
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        if x.dtype == torch.uint8:  # images: a random view; packed text trains as it is
+        if self.random_views:  # images: a random view; packed text trains as it is
             if self.gen is None or self.gen.device != x.device:
                 self.gen = torch.Generator(device=x.device)
                 self.gen.manual_seed(self.seed + dist.rank())  # each rank its own views (rank 0: as one process)

@@ -9,9 +9,26 @@ import numpy as np
 import torch
 
 
+def rounded_count(fraction: float, count: int) -> int:
+    """``round(fraction * count)``, halves rounded up: the images a class of ``count`` keeps at
+    ``fraction`` before ``per_class_count``'s floor of 1 (0: the fraction is too small for it)."""
+    return math.floor(fraction * count + 0.5)
+
+
 def per_class_count(fraction: float, count: int) -> int:
-    """``round(fraction * count)`` (halves rounded up), at least 1, at most ``count``."""
-    return int(min(count, max(1, math.floor(fraction * count + 0.5))))
+    """``rounded_count``, at least 1, at most ``count``."""
+    return int(min(count, max(1, rounded_count(fraction, count))))
+
+
+def smallest_fraction(count: int) -> float:
+    """The smallest fraction, rounded up to 2 significant digits, that keeps 1 of ``count``
+    images (``rounded_count`` rounds halves up): about 0.5 / count."""
+    exact = 0.5 / count
+    digits = 1 - math.floor(math.log10(exact))
+    fraction = math.ceil(exact * 10**digits) / 10**digits
+    while rounded_count(fraction, count) < 1:  # float rounding of the division, just in case
+        fraction += 10**-digits
+    return min(fraction, 1.0)
 
 
 def balanced_subset(labels: np.ndarray | torch.Tensor, fraction: float, seed: int) -> np.ndarray:

@@ -6,39 +6,46 @@ rank, collapse, an InfoNCE mutual-information bound; plus a 2-D map of the test 
 from __future__ import annotations
 
 import math
+from pathlib import Path
+
+from pydantic import Field
 
 from pipeline import config
-from pipeline.config import DiagnosticsParams
-from pipeline.modalities.image.views import ViewMaker
-from pipeline.modalities.text.views import TextViews
+from pipeline.config import AugmentParams, Strict
 from pipeline.eval.algorithms.diagnostics import diagnose
 from pipeline.eval.algorithms.embedding_map import embedding_map
 from pipeline.eval.protocol import EvalContext, Protocol, register, sample_noun
 
 
 def views_for(ctx: EvalContext):
-    """The two-view maker of the context's samples: image augmentations (``diagnostics.augment``),
-    or for text, random maskings at ``text.view_mask_p``; seeded with the run's seed."""
-    if ctx.is_text:
-        return TextViews(ctx.params.text.view_mask_p, ctx.seed, ctx.device)
-    return ViewMaker(ctx.params.diagnostics.augment, ctx.seed, ctx.device)
+    """The two-view maker of the context's samples (``Modality.views``): image augmentations
+    (``diagnostics.augment``), or for text, random maskings at ``text.view_mask_p``; seeded
+    with the run's seed."""
+    return ctx.modality.views(ctx.params, ctx.params.protocol_params["diagnostics"].augment, ctx.seed, ctx.device)
 
 
 @register
 class Diagnostics(Protocol):
     name = "diagnostics"
-    Params = DiagnosticsParams
     order = 60
     needs_encoder = True
 
+    class Params(Strict):
+        images: int = Field(2000, ge=10)  # test images for the diagnostics and the 2-D map
+        tsne: bool = True
+        collapse_threshold: float = Field(0.1, gt=0)  # std * sqrt(dim) below this = collapsed
+        augment: AugmentParams  # the views of the alignment/uniformity measures (params.yaml: the pretraining ones)
+
     def run(self, ctx: EvalContext) -> dict:
-        images, labels = ctx.first("test", ctx.params.diagnostics.images)
+        cfg = ctx.params.protocol_params[self.name]
+        images, labels = ctx.first("test", cfg.images)
         clean = ctx.featurize(images)  # the evaluations' features, for the diagnostics and the map
         result = diagnose(ctx.encoder, images, views_for(ctx), ctx.device,
-                          collapse_threshold=ctx.params.diagnostics.collapse_threshold, clean=clean)
-        if ctx.is_text:
-            result["views"] = f"two independent maskings: each real token -> [MASK] with p = {ctx.params.text.view_mask_p:g}"
-        if ctx.params.diagnostics.tsne:
+                          collapse_threshold=cfg.collapse_threshold, clean=clean)
+        note = ctx.modality.views_note(ctx.params)
+        if note:
+            result["views"] = note
+        if cfg.tsne:
             result["embedding_map"] = embedding_map(clean, labels.numpy(), ctx.seed)
         return result
 
@@ -65,4 +72,27 @@ class Diagnostics(Protocol):
             if d["collapsed"]:
                 lines.append(f"> **WARNING: {m} has collapsed**: the per-dimension std of its normalised embedding x sqrt(dim) "
                              f"is {d['std_sqrt_dim']:.3f} (about 1 when healthy). Its other numbers are not meaningful.")
-        return lines + [""]
+        lines.append("")
+        if any("embedding_map" in d for d in diag.values()):
+            lines += ["## 2-D map of test embeddings", "", "![embedding map](figures/embedding_map.png)", ""]
+        return lines
+
+    def figures(self, results: dict, baseline_of: dict, params: config.Params, manifest: dict, out_dir: Path) -> None:
+        maps = {m: r[self.name]["embedding_map"] for m, r in results.items() if "embedding_map" in r.get(self.name, {})}
+        if maps:
+            embedding_maps(maps, manifest["classes"], out_dir / "embedding_map.png")
+
+
+def embedding_maps(maps: dict[str, dict], classes: list[str], out: Path) -> None:
+    """One scatter per encoder of its 2-D map (``{"method", "x", "y", "label"}``), coloured by class."""
+    from pipeline.eval.plotting import plt, save
+
+    fig, axes = plt.subplots(1, len(maps), figsize=(4.5 * len(maps), 4.2), squeeze=False)
+    for ax, (name, m) in zip(axes[0], maps.items()):
+        sc = ax.scatter(m["x"], m["y"], c=m["label"], cmap="tab10", s=3)
+        ax.set_title(f"{name} ({m['method']})")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles = [plt.Line2D([], [], marker="o", ls="", color=sc.cmap(sc.norm(i))) for i in range(len(classes))]
+    fig.legend(handles, classes, loc="center right", fontsize=7)
+    save(fig, out, rect=(0, 0, 0.85, 1))

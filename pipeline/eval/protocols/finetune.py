@@ -5,43 +5,34 @@ random-init baseline the encoder trains at the full learning rate: supervised fr
 from __future__ import annotations
 
 from pipeline import config
-from pipeline.config import FinetuneParams
-from pipeline.data.labelled import LabelledSet
 from pipeline.errors import UserError
-from pipeline.eval.algorithms.finetune import top1, train_classifier
+from pipeline.eval.algorithms.finetune import FinetuneParams, top1, train_classifier
 from pipeline.eval.protocol import EvalContext, Protocol, register
 
 
 LABELLED = ("train", "val")  # every label a protocol may fit
 
 
-def labelled_set(ctx: EvalContext, cfg: FinetuneParams, keep: dict | None = None) -> LabelledSet:
-    """The train + val samples (or their ``keep`` indices) as ``cfg``'s fine-tuning trains on them."""
-    return ctx.training_set(LABELLED, cfg.shuffle_buffer, cfg.length_group, keep)
-
-
-def encoder_lr_mult(ctx: EvalContext) -> float:
-    """The SSL encoder trains at ``finetune.encoder_lr_mult`` times the lr; a random init at the full lr."""
-    return ctx.params.finetune.encoder_lr_mult if ctx.pretrained else 1.0
-
-
 @register
 class Finetune(Protocol):
     name = "finetune"
-    Params = FinetuneParams
     order = 20
     needs_encoder = True
 
+    # the fine-tuning recipe (pipeline/eval/algorithms/finetune.py), which label_efficiency.finetune shares
+    Params = FinetuneParams
+
     def check(self, params: config.Params, manifest: dict) -> None:
         n = sum(int(manifest["splits"][s]["count"]) for s in LABELLED)
-        if params.finetune.batch_size > n:
-            raise UserError(f"finetune.batch_size={params.finetune.batch_size} is larger than the images available: "
+        batch_size = params.protocol_params[self.name].batch_size
+        if batch_size > n:
+            raise UserError(f"finetune.batch_size={batch_size} is larger than the images available: "
                             f"{n} labelled train+val images; lower finetune.batch_size to at most {n}")
 
     def run(self, ctx: EvalContext) -> dict:
-        cfg = ctx.params.finetune
-        data = labelled_set(ctx, cfg)
-        mult = encoder_lr_mult(ctx)
+        cfg = ctx.params.protocol_params[self.name]
+        data = ctx.training_set(LABELLED, cfg.shuffle_buffer, cfg.length_group)
+        mult = cfg.encoder_lr_mult if ctx.pretrained else 1.0  # a random init trains at the full lr
         model, history = train_classifier(ctx.trainable_encoder(), data, ctx.num_classes, cfg, mult, ctx.seed,
                                           ctx.device, f"finetune {ctx.name}")
         kept: list = []

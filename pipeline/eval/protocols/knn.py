@@ -3,9 +3,11 @@ its k nearest train images (cosine similarity, weights exp(sim / temperature))."
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from pipeline import config
-from pipeline.config import KnnParams
-from pipeline.eval.checks import check_knn
+from pipeline.config import Strict
+from pipeline.errors import UserError
 from pipeline.eval.algorithms.knn import knn_predictions
 from pipeline.eval.protocol import EvalContext, Protocol, register
 
@@ -13,15 +15,27 @@ from pipeline.eval.protocol import EvalContext, Protocol, register
 @register
 class Knn(Protocol):
     name = "knn"
-    Params = KnnParams
     order = 15
 
+    class Params(Strict):
+        ks: list[int] = Field(default_factory=lambda: [20, 200], min_length=1)
+        temperature: float = Field(0.07, gt=0)  # also the pretrain stage's kNN monitor's
+
     def check(self, params: config.Params, manifest: dict) -> None:
-        check_knn(params, manifest)
+        """``knn.ks`` against the bank (the train split): kNN-k needs k bank images."""
+        bank = int(manifest["splits"]["train"]["count"])
+        for k in params.protocol_params[self.name].ks:
+            if k < 1:
+                raise UserError(f"knn.ks: k={k} is not a number of neighbours; use ks between 1 and {bank}")
+            if k > bank:
+                raise UserError(
+                    f"knn.ks: k={k} is larger than the kNN bank of {bank} train images: kNN would vote over all {bank} "
+                    f"but report knn{k}_top1; use ks of at most {bank}, or raise data.train_size"
+                )
 
     def run(self, ctx: EvalContext) -> dict:
         train, test = ctx.features("train"), ctx.features("test")
-        knn = ctx.params.knn
+        knn = ctx.params.protocol_params[self.name]
         predicted = knn_predictions(train[0], train[1], test[0], knn.ks, knn.temperature, ctx.device)  # one search, at the largest k
         out = {}
         for k, labels in predicted.items():
@@ -34,3 +48,6 @@ class Knn(Protocol):
 
     def summary(self, result: dict) -> dict:
         return {f"kNN-{k[3:-5]} top-1": v for k, v in result.items()}  # "knn20_top1" -> "kNN-20 top-1"
+
+    def verdict(self, result: dict) -> tuple[str, float] | None:
+        return ("kNN-20", result["knn20_top1"]) if "knn20_top1" in result else None

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.errors import UserError
+from pipeline.shards.splits import split_stratified
 
 PIL_MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # PIL's decompression-bomb limit: data.max_image_pixels' default
 
@@ -503,24 +504,6 @@ def image_folder(root: str, size: int, channels: int, test_fraction: float, seed
     """``image_folder_refs`` loaded into arrays."""
     train, test = image_folder_refs(root, test_fraction, seed)
     return materialize(train, size, channels), materialize(test, size, channels)
-
-
-def split_stratified(data, test_fraction: float, seed: int):
-    """Split an ``ImageSet`` or ``SampleRefs`` into (train, test) keeping class
-    proportions; deterministic for a seed (it depends on the labels only)."""
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(len(data))
-    try:
-        train_idx, test_idx = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=data.labels)
-    except ValueError as err:  # too few images in a class, or fewer test images than classes
-        counts = {c: int(n) for c, n in zip(data.classes, np.bincount(data.labels, minlength=len(data.classes)))}
-        raise UserError(
-            f"cannot hold out a stratified test_fraction={test_fraction} of {len(data)} images "
-            f"(per class: {counts}): {err}; add images (at least 2 per class) or change data.test_fraction"
-        ) from None
-    train_idx.sort(), test_idx.sort()
-    return data.take(train_idx), data.take(test_idx)
 
 
 _SPLIT_ARG = {"STL10": ("train", "test"), "SVHN": ("train", "test"), "Food101": ("train", "test")}

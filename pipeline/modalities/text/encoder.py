@@ -1,10 +1,13 @@
-"""A small Transformer over token ids: bidirectional (MLM) or causal (CLM), with a tied LM head."""
+"""The text encoder: a small Transformer over token ids, bidirectional (MLM) or causal (CLM), with a
+tied LM head (``TextTransformer``), and ``TextEncoder``, its pooled features of packed entries."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pipeline.config import EncoderParams
 
 
 class TextTransformer(nn.Module):
@@ -50,3 +53,36 @@ class TextTransformer(nn.Module):
             last = mask.long().sum(1) - 1
             return h[torch.arange(len(h)), last]
         return (h * m[..., None]).sum(1) / m.sum(1, keepdim=True)
+
+
+def text_lengths(x: torch.Tensor) -> torch.Tensor:
+    """Packed int64 text ``[N, 2, L]`` -> real tokens per entry ``[N]`` (the attention row's sum)."""
+    return x[:, 1].sum(1)
+
+
+def unpack_text(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed int64 ``[N, 2, L]`` -> ``(ids [N, T], attention [N, T])`` with the padding columns
+    beyond the longest real row cut off (T <= L), so compute follows the real lengths and not
+    the shards' fixed ``max_length``. Rows are right-padded, so no real token is lost."""
+    longest = max(int(text_lengths(x).max()), 1) if len(x) else 1  # one host sync per batch
+    return x[:, 0, :longest], x[:, 1, :longest]
+
+
+class TextEncoder(nn.Module):
+    """Packed int64 ``[N, 2, L]`` -> features ``[N, D]``: a ``TextTransformer`` (bidirectional or
+    causal, ``params.causal``) and its pooling (mean over real tokens, or the last real
+    token's state when causal). ``backbone`` gives the methods its hidden states and tied LM head."""
+
+    modality = "text"
+
+    def __init__(self, params: EncoderParams, vocab_size: int, max_length: int):
+        super().__init__()
+        self.params = params
+        self.vocab_size = vocab_size
+        self.max_length = max_length
+        self.backbone = TextTransformer(vocab_size, params.dim, params.depth, params.heads, max_length, params.causal,
+                                        mlp_ratio=params.mlp_ratio)
+        self.feature_dim = params.dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.features(*unpack_text(x))

@@ -4,7 +4,7 @@ baseline that text encoders must beat, as raw pixels are for images.
 The vectorizer is fitted on the pretrain split only (the texts the encoders pretrained on, no
 labels). It sees exactly what the encoders see: the packed entries decoded back to text with
 the shard folder's tokenizer, so truncation to ``max_length`` tokens applies to both. Fitting
-on the decoded packed pretrain split rather than its raw texts (``shards.read_texts``) keeps
+on the decoded packed pretrain split rather than its raw texts (``text.codec.read_texts``) keeps
 that true for the vocabulary and IDF weights too, and needs no second reader.
 """
 
@@ -18,9 +18,9 @@ import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 from tokenizers import Tokenizer
 
-from pipeline.data.shards import load_split
+from pipeline.shards.read import load_split
 from pipeline.modalities.text.tokenizer import load_tokenizer
-from pipeline.eval.features import Featurizer
+from pipeline.modalities.base import Featurizer
 
 
 def decode_packed(tok: Tokenizer, x: torch.Tensor) -> list[str]:

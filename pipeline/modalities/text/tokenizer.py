@@ -8,6 +8,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from pipeline.errors import UserError
+from pipeline.shards.manifest import read_manifest, recreate_hint
+from pipeline.shards.verify import sha256
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4, in this order
 
@@ -58,8 +60,6 @@ _LOADED: dict[tuple[str, str], Tokenizer] = {}
 def load_tokenizer(shard_dir: str | Path) -> Tokenizer:
     """The tokenizer a text shard folder was written with (``manifest["tokenizer"]``), its
     sha256 checked against the manifest; loaded once per process."""
-    from pipeline.data.shards import read_manifest, sha256
-
     manifest = read_manifest(shard_dir)
     info = manifest.get("tokenizer")
     if manifest.get("modality") != "text" or not info:
@@ -68,7 +68,6 @@ def load_tokenizer(shard_dir: str | Path) -> Tokenizer:
     key = (str(path.resolve()), info["sha256"])
     if key not in _LOADED:
         if not path.is_file() or sha256(path) != info["sha256"]:
-            raise UserError(f"{path} is missing or differs from its manifest (sha256); re-create the shards with "
-                            "'dvc repro -f text-shard'")
+            raise UserError(f"{path} is missing or differs from its manifest (sha256); {recreate_hint(manifest)}")
         _LOADED[key] = Tokenizer.from_file(str(path))
     return _LOADED[key]

@@ -1,4 +1,8 @@
-"""Carve the source's train/test sets into the pipeline's four splits.
+"""Carve a source's labelled samples into the pipeline's four splits (any modality: only labels
+and counts are read; samples are anything with ``len``, ``take(idx)``, ``labels`` int64 ``[N]``
+and ``classes``, as ``ImageSet``, ``SampleRefs`` and ``TextSet`` have).
+
+- ``split_stratified``: a seeded class-stratified (train, test) split, for sources without a test split.
 
 - ``val``: a held-out slice of the source's train set (model selection, L2 sweeps).
 - ``train``: labelled images for the evaluations (a prefix of the rest).
@@ -13,10 +17,27 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.config import DataParams
-from pipeline.modalities.image.sources import ImageSet, SampleRefs
 from pipeline.errors import UserError
 
 SPLITS = ("pretrain", "train", "val", "test")
+
+
+def split_stratified(data, test_fraction: float, seed: int):
+    """Split labelled samples (``ImageSet``, ``SampleRefs``, ``TextSet``) into (train, test) keeping
+    class proportions; deterministic for a seed (it depends on the labels only)."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(data))
+    try:
+        train_idx, test_idx = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=data.labels)
+    except ValueError as err:  # too few images in a class, or fewer test images than classes
+        counts = {c: int(n) for c, n in zip(data.classes, np.bincount(data.labels, minlength=len(data.classes)))}
+        raise UserError(
+            f"cannot hold out a stratified test_fraction={test_fraction} of {len(data)} images "
+            f"(per class: {counts}): {err}; add images (at least 2 per class) or change data.test_fraction"
+        ) from None
+    train_idx.sort(), test_idx.sort()
+    return data.take(train_idx), data.take(test_idx)
 
 
 # The data.* key that sizes each split, for error messages.
@@ -24,8 +45,7 @@ _SIZE_KEY = {"pretrain": "data.pretrain_size", "train": "data.train_size", "val"
              "test": "data.test_size (or data.test_fraction for an ImageFolder without a test folder)"}
 
 
-def make_splits(train: ImageSet | SampleRefs, test: ImageSet | SampleRefs, data: DataParams, seed: int,
-                pretrain: ImageSet | SampleRefs | None = None) -> dict:
+def make_splits(train, test, data: DataParams, seed: int, pretrain=None) -> dict:
     """Deterministic for a seed: one permutation of the source's train set. Works on
     labels and sizes only, so image arrays (``ImageSet``) and sample references
     (``SampleRefs``) of the same source give the same splits.

@@ -1,15 +1,16 @@
-"""Text shards: labelled text entries as WebDataset tars, their tokenizer, and how they read.
+"""Text shards: labelled text entries as WebDataset tars, their tokenizer, and how they read
+(``TextCodec``, registered as the ``text`` codec).
 
 A sample is ``{__key__, txt: the entry's UTF-8 bytes, cls}`` (pretrain shards carry no
-``cls``), written by the image writer's ``write_split`` (mtime 0, fixed owner: the bytes
+``cls``), written by ``pipeline.shards.write.write_split`` (mtime 0, fixed owner: the bytes
 depend only on the entries). ``tokenizer.json`` beside the shards is the BPE tokenizer
 trained on the pretrain split's entries only. ``manifest.json`` has the image manifest's
 ``splits`` layout plus ``"modality": "text"``, ``vocab_size`` (the tokenizer's actual size),
 ``max_length`` and the tokenizer file's sha256; no image size, channels or pixel stats.
 Shards, tokenizer and manifest are byte-identical for the same entries and params.
 
-Reading goes through ``pipeline.data.shards`` (``load_split``, ``stream_batches``,
-``read_texts``), which picks ``TextCodec`` for such a manifest.
+Reading goes through ``pipeline.shards.read`` (``load_split``, ``stream_batches``), whose
+``codec_for`` picks ``TextCodec`` for such a manifest; ``read_texts`` gives the raw entries.
 """
 
 from __future__ import annotations
@@ -20,9 +21,14 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from pipeline.data.shards import empty_dir, sha256, skipped_files, split_entry, write_manifest, write_split
+from pipeline.errors import UserError
 from pipeline.modalities.text.sources import TextSet
 from pipeline.modalities.text.tokenizer import encode_packed, load_tokenizer, train_tokenizer
+from pipeline.registry import CODECS
+from pipeline.shards.manifest import modality, read_manifest, write_manifest
+from pipeline.shards.read import read_in_order
+from pipeline.shards.verify import sha256
+from pipeline.shards.write import empty_dir, skipped_files, split_entry, write_split
 
 TOKENIZER = "tokenizer.json"
 
@@ -56,12 +62,11 @@ def write_text_shards(splits: dict[str, TextSet], out_dir: Path, shard_size: int
 
 @dataclass(frozen=True)
 class TextCodec:
-    """Text samples (``pipeline.data.shards.sample_codec``): ``txt`` bytes -> str; a batch is
+    """Text samples (``pipeline.shards.read.codec_for``): ``txt`` bytes -> str; a batch is
     ``encode_packed`` with the folder's tokenizer: int64 ``[B, 2, max_length]``."""
 
     max_length: int
     tok: Tokenizer | None = None  # None: decode only (``read_texts``)
-    recreate = "re-create the shards with 'dvc repro -f text-shard'"  # the fix named when a sample does not decode
 
     @classmethod
     def of(cls, shard_dir: str | Path, manifest: dict) -> "TextCodec":
@@ -74,3 +79,16 @@ class TextCodec:
 
     def batch(self, items: list[str]) -> torch.Tensor:
         return encode_packed(self.tok, items, self.max_length)
+
+
+CODECS.register(TextCodec, "text")
+
+
+def read_texts(shard_dir: str | Path, split: str) -> tuple[list[str], torch.Tensor]:
+    """A text split's raw entries in shard order and their labels int64 ``[N]`` (-1 if none),
+    untokenized (e.g. for the TF-IDF baseline)."""
+    manifest = read_manifest(shard_dir)
+    if modality(manifest) != "text":
+        raise UserError(f"{shard_dir} holds image shards, not text; point --shards at a text shard folder")
+    texts, labels = read_in_order(shard_dir, split, TextCodec(manifest["max_length"]))
+    return texts, torch.tensor(labels, dtype=torch.long)
