@@ -35,8 +35,13 @@ def feature_dtype(device: torch.device) -> np.dtype:
 
 
 def encoder_id(encoder: nn.Module) -> str:
-    """sha256 of the encoder's class and every parameter and buffer (names, dtypes, shapes, bytes)."""
+    """sha256 of the encoder's class, its architecture params and every parameter and buffer
+    (names, dtypes, shapes, bytes). The params matter beside the weights: a causal and a
+    bidirectional Transformer of one seed have the same weights and different features."""
     h = hashlib.sha256(f"{type(encoder).__module__}.{type(encoder).__qualname__}".encode())
+    params = getattr(encoder, "params", None)
+    if params is not None:
+        h.update(json.dumps(params.model_dump(), sort_keys=True).encode())
     for name, t in encoder.state_dict().items():
         t = t.detach().cpu().contiguous().reshape(-1)  # 0-d buffers (num_batches_tracked) as 1-d
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())

@@ -69,6 +69,22 @@ def test_feature_cache_float16_and_no_entry_after_a_failed_extraction(tiny_shard
     assert not list((tmp_path / "bad").iterdir())
 
 
+def test_encoder_id_tells_apart_encoders_of_equal_weights_and_other_architecture():
+    """A causal and a bidirectional Transformer of one seed share every weight; their cached
+    features must not (the text pipeline's random_init and random_init_clm baselines)."""
+    from pipeline.eval.feature_cache import encoder_id
+
+    manifest = {"modality": "text", "vocab_size": 50, "max_length": 8}
+    encoders = []
+    for causal in (False, True):
+        torch.manual_seed(0)
+        encoders.append(build_encoder(EncoderParams(arch="transformer", dim=16, depth=1, heads=2, causal=causal), manifest))
+    a, b = encoders
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert encoder_id(a) != encoder_id(b)
+    assert encoder_id(a) == encoder_id(copy.deepcopy(a))
+
+
 def test_knn_one_search_at_the_largest_k_matches_a_search_per_k():
     rng = np.random.default_rng(0)
     bank, queries = rng.normal(size=(300, 16)).astype(np.float32), rng.normal(size=(50, 16)).astype(np.float32)
