@@ -12,7 +12,8 @@ from threadpoolctl import threadpool_limits
 
 from pipeline.config import DataParams, parse_params
 from pipeline.modalities.image.codec import write_image_shards
-from pipeline.modalities.image.sources import ImageSet, fashion_mnist
+from pipeline.modalities.image.datasets.fashion_mnist import fashion_mnist
+from pipeline.modalities.image.sources import ImageSet
 from pipeline.shards.splits import make_splits
 
 REPO = Path(__file__).resolve().parents[1]

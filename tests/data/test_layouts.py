@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from pipeline.config import DataParams
-from pipeline.modalities.image import sources
+from pipeline.modalities.image.datasets.imagefolder import image_folder_refs, image_tree_refs
 from pipeline.shards.manifest import read_manifest
 from pipeline.shards.splits import make_splits
 from pipeline.errors import UserError
@@ -44,7 +44,7 @@ def _tree(root: Path, layout: dict[str, int]) -> Path:
     ({"train/cat": 5, "train/dog": 5}, 8, 2),
 ], ids=["train+val", "train+test", "train+val+test", "classes", "train-only"])
 def test_layouts(tmp_path, layout, n_train, n_test):
-    train, test = sources.image_folder_refs(str(_tree(tmp_path / "d", layout)), test_fraction=0.2, seed=0)
+    train, test = image_folder_refs(str(_tree(tmp_path / "d", layout)), test_fraction=0.2, seed=0)
     assert train.classes == test.classes == ["cat", "dog"]
     assert (len(train), len(test)) == (n_train, n_test)
 
@@ -56,15 +56,15 @@ def test_layouts(tmp_path, layout, n_train, n_test):
 ])
 def test_ambiguous_layout_names_the_folders(tmp_path, layout, named):
     with pytest.raises(UserError, match=re.escape(f"is ambiguous: split folder(s) {named}")):
-        sources.image_folder_refs(str(_tree(tmp_path / "d", layout)), 0.2, 0)
+        image_folder_refs(str(_tree(tmp_path / "d", layout)), 0.2, 0)
 
 
 def test_pretrain_root_makes_the_pretrain_split(tmp_path):
     labelled = _tree(tmp_path / "labelled", {"train/cat": 6, "train/dog": 6, "val/cat": 2, "val/dog": 2})
     unlabelled = _tree(tmp_path / "web", {"a": 3, "a/deeper": 4, "b": 5})
     (unlabelled / "b" / "notes.txt").write_text("not an image")
-    train, test = sources.image_folder_refs(str(labelled), 0.2, 0)
-    pretrain = sources.image_tree_refs(str(unlabelled), train.classes)
+    train, test = image_folder_refs(str(labelled), 0.2, 0)
+    pretrain = image_tree_refs(str(unlabelled), train.classes)
     assert len(pretrain) == 12 and all("web" in p for p in pretrain.reader.paths)
     splits = make_splits(train, test, DataParams(val_size=2, pretrain_size=None, train_size=None), 0, pretrain)
     assert len(splits["pretrain"]) == 12 and len(splits["train"]) == 10 and len(splits["test"]) == 4
@@ -72,7 +72,7 @@ def test_pretrain_root_makes_the_pretrain_split(tmp_path):
     assert len(some) == 5 and list(some.index) == sorted(some.index)
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     with pytest.raises(UserError, match="data.pretrain_root .* holds no images"):
-        sources.image_tree_refs(str(tmp_path / "empty"), ["a"])
+        image_tree_refs(str(tmp_path / "empty"), ["a"])
 
 
 def _params(tmp_path: Path, **data) -> Path:
@@ -112,7 +112,7 @@ def test_store_aspect_keeps_the_photo_and_reads_the_centre_square(tmp_path):
     from pipeline.modalities.image.sources import SampleRefs, load_image
 
     folder = _tree(tmp_path / "d", {"cat": 6, "dog": 6})  # 10x8 photos
-    train, test = sources.image_folder_refs(str(folder), 0.2, 0)
+    train, test = image_folder_refs(str(folder), 0.2, 0)
     splits = make_splits(train, test, DataParams(val_size=2, pretrain_size=None, train_size=None), 0)
     m = write_image_shards(splits, tmp_path / "s", 100, source={}, fmt=SampleFormat(6, 3, store_size=6, store_aspect=True))
     assert m["store_aspect"] is True and m["image_size"] == 6

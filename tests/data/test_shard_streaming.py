@@ -21,6 +21,8 @@ from PIL import Image
 from pipeline.config import DataParams
 from pipeline.shards import pool as encoding
 from pipeline.modalities.image import sources
+from pipeline.modalities.image.datasets.fashion_mnist import fashion_mnist, fashion_mnist_refs
+from pipeline.modalities.image.datasets.imagefolder import image_folder_refs
 from pipeline.modalities.image.codec import SampleFormat, write_image_shards
 from pipeline.shards.manifest import read_manifest
 from pipeline.shards.read import load_split, stream_batches
@@ -50,7 +52,7 @@ def _mixed_folder(root: Path, n_per_class: int = 9) -> Path:
 
 
 def _folder_shards(folder: Path, out: Path, fmt: SampleFormat, workers: int, shard_size: int = 5) -> dict:
-    train, test = sources.image_folder_refs(str(folder), test_fraction=0.3, seed=0)
+    train, test = image_folder_refs(str(folder), test_fraction=0.3, seed=0)
     splits = make_splits(train, test, DataParams(val_size=4, pretrain_size=None, train_size=None), seed=0)
     return write_image_shards(splits, out, shard_size, source={"test": True}, fmt=fmt, workers=workers)
 
@@ -193,9 +195,9 @@ def fake_idx_root(tmp_path):
 def test_fashion_mnist_refs_write_the_same_bytes_as_the_array_path(fake_idx_root, tmp_path, size, channels):
     params = DataParams(root=str(fake_idx_root), image_size=size, channels=channels, val_size=50, pretrain_size=200,
                         train_size=120, shard_size=70)
-    train, test = sources.fashion_mnist(str(fake_idx_root), size, channels, download=False)  # arrays, as before
+    train, test = fashion_mnist(str(fake_idx_root), size, channels, download=False)  # arrays, as before
     old = write_image_shards(make_splits(train, test, params, seed=3), tmp_path / "old", 70, source={"x": 1})
-    train_r, test_r = sources.fashion_mnist_refs(str(fake_idx_root), download=False)
+    train_r, test_r = fashion_mnist_refs(str(fake_idx_root), download=False)
     new = write_image_shards(make_splits(train_r, test_r, params, seed=3), tmp_path / "new", 70, source={"x": 1},
                        fmt=SampleFormat(size, channels), workers=2)
     assert new == old and _files(tmp_path / "new") == _files(tmp_path / "old")
@@ -204,7 +206,7 @@ def test_fashion_mnist_refs_write_the_same_bytes_as_the_array_path(fake_idx_root
 
 def test_stats_match_numpy_float64(fake_idx_root, tmp_path):
     """The exact integer sums give the mean/std the float64 copy of the pretrain split gave."""
-    train, test = sources.fashion_mnist(str(fake_idx_root), 28, 1, download=False)
+    train, test = fashion_mnist(str(fake_idx_root), 28, 1, download=False)
     splits = make_splits(train, test, DataParams(val_size=50, pretrain_size=None, train_size=None), seed=0)
     m = write_image_shards(splits, tmp_path, 1000, source={})
     pre = splits["pretrain"].images.astype(np.float64) / 255.0
@@ -215,10 +217,10 @@ def test_stats_match_numpy_float64(fake_idx_root, tmp_path):
 @pytest.mark.skipif(not FMNIST.is_dir(), reason="dataset-fashion-mnist not installed")
 def test_real_fashion_mnist_default_splits_are_the_same_images():
     params = DataParams()  # the defaults: params.yaml's data section
-    train_r, test_r = sources.fashion_mnist_refs(str(FMNIST), download=False)
+    train_r, test_r = fashion_mnist_refs(str(FMNIST), download=False)
     refs = make_splits(train_r, test_r, params, seed=0)
     assert {k: len(v) for k, v in refs.items()} == {"pretrain": 20000, "train": 10000, "val": 5000, "test": 10000}
-    train_a, test_a = sources.fashion_mnist(str(FMNIST), 28, 1, download=False)
+    train_a, test_a = fashion_mnist(str(FMNIST), 28, 1, download=False)
     arrays = make_splits(train_a, test_a, params, seed=0)
     for name in refs:
         np.testing.assert_array_equal(refs[name].labels, arrays[name].labels)

@@ -11,7 +11,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.modalities.image import sources
+from pipeline.modalities.image.datasets.fashion_mnist import fashion_mnist
+from pipeline.modalities.image.datasets.imagefolder import image_folder
+from pipeline.modalities.image.datasets.torchvision_datasets import torchvision_dataset
+from pipeline.modalities.image.datasets.transfer import digits, mnist_sample
 from pipeline.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,7 +36,7 @@ def fake_idx_root(tmp_path):
 
 
 def test_idx_files_read_exactly(fake_idx_root):
-    train, test = sources.fashion_mnist(str(fake_idx_root), 28, 1, download=False)
+    train, test = fashion_mnist(str(fake_idx_root), 28, 1, download=False)
     assert train.images.shape == (30, 28, 28, 1) and test.images.shape == (10, 28, 28, 1)
     with gzip.open(fake_idx_root / "train-images-idx3-ubyte.gz") as f:
         raw = np.frombuffer(f.read()[16:], np.uint8).reshape(30, 28, 28)
@@ -49,11 +52,11 @@ def test_real_fashion_mnist(fmnist):
 
 def test_missing_idx_files_say_how_to_fix(tmp_path):
     with pytest.raises(UserError, match="apt-get install dataset-fashion-mnist"):
-        sources.fashion_mnist(str(tmp_path), 28, 1, download=False)
+        fashion_mnist(str(tmp_path), 28, 1, download=False)
 
 
 def test_resize_and_channels(fake_idx_root):
-    train, _ = sources.fashion_mnist(str(fake_idx_root), 32, 3, download=False)
+    train, _ = fashion_mnist(str(fake_idx_root), 32, 3, download=False)
     assert train.images.shape == (30, 32, 32, 3) and train.images.dtype == np.uint8
 
 
@@ -72,26 +75,26 @@ def _make_folder(root, n_per_class=4):
 
 def test_image_folder_any_mode_and_size(tmp_path):
     _make_folder(tmp_path / "imgs", n_per_class=10)
-    train, test = sources.image_folder(str(tmp_path / "imgs"), 28, 3, test_fraction=0.2, seed=0)
+    train, test = image_folder(str(tmp_path / "imgs"), 28, 3, test_fraction=0.2, seed=0)
     assert train.images.shape[1:] == (28, 28, 3) and len(train) + len(test) == 20
     assert train.classes == ["cat", "dog"] and np.bincount(test.labels).tolist() == [2, 2]
-    gray, _ = sources.image_folder(str(tmp_path / "imgs"), 16, 1, test_fraction=0.2, seed=0)
+    gray, _ = image_folder(str(tmp_path / "imgs"), 16, 1, test_fraction=0.2, seed=0)
     assert gray.images.shape[1:] == (16, 16, 1)
 
 
 def test_image_folder_with_train_test_subfolders(tmp_path):
     _make_folder(tmp_path / "d" / "train")
     _make_folder(tmp_path / "d" / "test", n_per_class=2)
-    train, test = sources.image_folder(str(tmp_path / "d"), 28, 1, 0.2, 0)
+    train, test = image_folder(str(tmp_path / "d"), 28, 1, 0.2, 0)
     assert len(train) == 8 and len(test) == 4
 
 
 def test_image_folder_errors(tmp_path):
     with pytest.raises(UserError, match="not a directory"):
-        sources.image_folder(str(tmp_path / "missing"), 28, 1, 0.2, 0)
+        image_folder(str(tmp_path / "missing"), 28, 1, 0.2, 0)
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="sub-folder"):
-        sources.image_folder(str(tmp_path / "empty"), 28, 1, 0.2, 0)
+        image_folder(str(tmp_path / "empty"), 28, 1, 0.2, 0)
 
 
 def test_torchvision_source_offline_with_local_files(fake_idx_root):
@@ -101,21 +104,21 @@ def test_torchvision_source_offline_with_local_files(fake_idx_root):
     for f in fake_idx_root.glob("*.gz"):
         with gzip.open(f) as src:
             (raw / f.name.removesuffix(".gz")).write_bytes(src.read())
-    train, test = sources.torchvision_dataset("FashionMNIST", str(fake_idx_root / "tv"), 28, 1, download=False)
-    ours, _ = sources.fashion_mnist(str(fake_idx_root), 28, 1, download=False)
+    train, test = torchvision_dataset("FashionMNIST", str(fake_idx_root / "tv"), 28, 1, download=False)
+    ours, _ = fashion_mnist(str(fake_idx_root), 28, 1, download=False)
     np.testing.assert_array_equal(train.images, ours.images)
     assert len(test) == 10
 
 
 def test_torchvision_unknown_name():
     with pytest.raises(UserError, match="no dataset named"):
-        sources.torchvision_dataset("NotADataset", "/tmp", 28, 1, download=False)
+        torchvision_dataset("NotADataset", "/tmp", 28, 1, download=False)
 
 
 def test_offline_transfer_sets():
-    d = sources.digits(28, 1)
+    d = digits(28, 1)
     assert d.images.shape == (1797, 28, 28, 1) and d.images.max() == 255
-    m = sources.mnist_sample(28, 3)
+    m = mnist_sample(28, 3)
     assert m.images.shape == (5000, 28, 28, 3) and sorted(set(m.labels)) == list(range(10))
 
 
@@ -123,7 +126,7 @@ def test_stray_non_image_files_are_skipped_with_a_warning(tmp_path, capsys):
     _make_folder(tmp_path / "imgs", n_per_class=5)
     (tmp_path / "imgs" / "cat" / "notes.txt").write_text("not an image")
     (tmp_path / "imgs" / "dog" / ".DS_Store").write_bytes(b"\0\1")
-    train, test = sources.image_folder(str(tmp_path / "imgs"), 28, 1, test_fraction=0.2, seed=0)
+    train, test = image_folder(str(tmp_path / "imgs"), 28, 1, test_fraction=0.2, seed=0)
     assert len(train) + len(test) == 10
     assert train.skipped == test.skipped == ("cat/notes.txt", "dog/.DS_Store")
     err = capsys.readouterr().err
@@ -135,14 +138,14 @@ def test_stray_files_with_train_test_subfolders_keep_their_folder(tmp_path, caps
     _make_folder(tmp_path / "d" / "train")
     _make_folder(tmp_path / "d" / "test", n_per_class=2)
     (tmp_path / "d" / "test" / "dog" / "readme.md").write_text("x")
-    train, test = sources.image_folder(str(tmp_path / "d"), 28, 1, 0.2, 0)
+    train, test = image_folder(str(tmp_path / "d"), 28, 1, 0.2, 0)
     assert train.skipped == () and test.skipped == ("test/dog/readme.md",)
     assert "skipped 1 non-image file(s)" in capsys.readouterr().err
 
 
 def test_no_warning_without_stray_files(tmp_path, capsys):
     _make_folder(tmp_path / "imgs", n_per_class=5)
-    train, _ = sources.image_folder(str(tmp_path / "imgs"), 28, 1, 0.2, 0)
+    train, _ = image_folder(str(tmp_path / "imgs"), 28, 1, 0.2, 0)
     assert train.skipped == () and capsys.readouterr().err == ""
 
 
@@ -150,14 +153,14 @@ def test_unreadable_image_is_named(tmp_path):
     _make_folder(tmp_path / "imgs")
     (tmp_path / "imgs" / "dog" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(UserError, match=r"cannot read image .*dog/broken.png: .*remove or replace the file"):
-        sources.image_folder(str(tmp_path / "imgs"), 28, 1, 0.2, 0)
+        image_folder(str(tmp_path / "imgs"), 28, 1, 0.2, 0)
 
 
 def test_one_class_folder_is_refused(tmp_path):
     _make_folder(tmp_path / "imgs")
     shutil.rmtree(tmp_path / "imgs" / "dog")
     with pytest.raises(UserError, match=rf"ImageFolder {tmp_path}/imgs needs at least two classes but has 1 \(\['cat'\]\)"):
-        sources.image_folder(str(tmp_path / "imgs"), 28, 1, 0.2, 0)
+        image_folder(str(tmp_path / "imgs"), 28, 1, 0.2, 0)
 
 
 @pytest.mark.parametrize("leftover", [None, "notes.txt"])
@@ -167,7 +170,7 @@ def test_empty_class_folder_is_named(tmp_path, leftover):
     if leftover:  # a folder holding only non-images is empty too
         (tmp_path / "imgs" / "bird" / leftover).write_text("x")
     with pytest.raises(UserError, match=rf"class folder\(s\) {tmp_path}/imgs/bird hold no images \(.jpg .*add images or remove"):
-        sources.image_folder(str(tmp_path / "imgs"), 28, 1, 0.2, 0)
+        image_folder(str(tmp_path / "imgs"), 28, 1, 0.2, 0)
 
 
 def test_too_few_images_to_stratify_names_the_key(tmp_path):
@@ -175,7 +178,7 @@ def test_too_few_images_to_stratify_names_the_key(tmp_path):
     for f in sorted((tmp_path / "imgs" / "dog").iterdir())[1:]:
         f.unlink()  # one dog left: it cannot be in both train and test
     with pytest.raises(UserError, match=r"per class: \{'cat': 4, 'dog': 1\}.*data.test_fraction"):
-        sources.image_folder(str(tmp_path / "imgs"), 28, 1, 0.2, 0)
+        image_folder(str(tmp_path / "imgs"), 28, 1, 0.2, 0)
 
 
 # The shard stage end to end on ImageFolders: exit 2 with one clear line, or exit 0 with a warning.

@@ -12,9 +12,10 @@ from __future__ import annotations
 import sys
 
 from pipeline import dist
-from pipeline.modalities.image import sources
 from pipeline.modalities.image.codec import SampleFormat, write_image_shards
+from pipeline.modalities.image.datasets.imagefolder import image_tree_refs
 from pipeline.modalities.image.fidelity import information_loss
+from pipeline.modalities.image.sources import limit_pixels
 from pipeline.outputs import write_resumable
 from pipeline.shards.splits import make_splits
 
@@ -39,12 +40,12 @@ def write_shards(params, train, test, out: str) -> dict:
     """``train``/``test`` references of the source (plus ``data.pretrain_root``'s unlabelled
     images, if set) -> the four splits' shards and manifest in ``out``; returns the manifest."""
     d = params.data
-    pretrain = sources.image_tree_refs(d.pretrain_root, train.classes) if d.pretrain_root else None
+    pretrain = image_tree_refs(d.pretrain_root, train.classes) if d.pretrain_root else None
     # a look at the images that make most of the shards: the unlabelled tree when there is one
     for warning in information_loss(train if pretrain is None else pretrain, d.image_size, d.channels, d.store_size):
         print(f"warning: {warning}", file=sys.stderr)
     if pretrain is not None:
-        sources.limit_pixels((pretrain,), d.max_image_pixels)
+        limit_pixels((pretrain,), d.max_image_pixels)
     splits = make_splits(train, test, d, params.seed, pretrain)
     fmt = SampleFormat(d.image_size, d.channels, d.store_size, d.image_format, d.jpeg_quality, d.store_aspect)
     return write_resumable(out, lambda tmp: write_image_shards(
