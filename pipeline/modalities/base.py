@@ -96,8 +96,9 @@ class Modality:
         """The width of the features-only baseline's features (at most), known before featurizing."""
         raise NotImplementedError
 
-    def views(self, params, seed: int, device: torch.device) -> Callable[..., torch.Tensor]:
-        """The diagnostics' two-view maker: ``views(x, view=i)`` -> a random view of the batch ``x``."""
+    def views(self, params, augment, seed: int, device: torch.device) -> Callable[..., torch.Tensor]:
+        """The diagnostics' two-view maker: ``views(x, view=i)`` -> a random view of the batch ``x``
+        (``augment``: the diagnostics' ``AugmentParams``, for modalities that augment as images do)."""
         raise NotImplementedError
 
     def views_note(self, params) -> str | None:

@@ -330,29 +330,75 @@ class NearestMean(Protocol):
 '''
 
 
+TOY_SOURCE = '''"""Data source ``stripes`` (a toy for the extension test): synthetic 28x28 grey images of four
+classes, stripes of a class-specific orientation and period at a random phase, with noise;
+deterministic from ``seed``. 1000 train and 400 test images."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.modalities.base import register_source
+from pipeline.modalities.image.sources import ArrayReader, SampleRefs
+
+CLASSES = ["horizontal", "vertical", "diagonal", "anti-diagonal"]
+ANGLES = [90.0, 0.0, 45.0, 135.0]  # direction the brightness varies in, degrees from the x axis
+PERIODS = [7.0, 7.0, 4.0, 4.0]  # pixels
+
+
+def _images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """uint8 ``[N, 28, 28, 1]``: the stripes of each label, random phase, Gaussian noise."""
+    yy, xx = np.mgrid[0:28, 0:28].astype(np.float64)
+    theta = np.deg2rad(np.array(ANGLES)[labels])[:, None, None]
+    period = np.array(PERIODS)[labels][:, None, None]
+    phase = rng.uniform(0, 2 * np.pi, len(labels))[:, None, None]
+    wave = np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / period + phase)
+    pixels = 128 + 90 * wave + rng.normal(0, 25, wave.shape)
+    return np.clip(pixels, 0, 255).astype(np.uint8)[..., None]
+
+
+def _refs(n: int, rng: np.random.Generator) -> SampleRefs:
+    labels = np.arange(n) % len(CLASSES)
+    rng.shuffle(labels)
+    return SampleRefs(ArrayReader(_images(labels, rng)), np.arange(n), labels.astype(np.int64), list(CLASSES))
+
+
+@register_source("stripes", "image")
+def load(params) -> tuple[SampleRefs, SampleRefs]:
+    """``(train, test)`` references: 1000 and 400 images, balanced."""
+    rng = np.random.default_rng(params.seed)
+    return _refs(1000, rng), _refs(400, rng)
+'''
+
+
 def test_a_new_method_and_protocol_are_one_module_and_one_params_section_each(repo_copy, tmp_path):
-    """Adding a method and a protocol touches no other file: the registries find the modules,
-    dvc.yaml's matrices take the names from params.yaml, the report takes the columns."""
+    """Adding a method, a protocol and a data source touches no other file: the registries find
+    the modules, dvc.yaml's matrices take the names from params.yaml, the report takes the columns."""
     toy = tmp_path / "toy"
     results = {"metrics", "reports", "dvclive", "models", "dvc.lock", ".dvc"}  # at the top level only
     shutil.copytree(repo_copy, toy, ignore=lambda d, names: [n for n in names if Path(d) == repo_copy and n in results])
     shutil.copytree(repo_copy / ".dvc", toy / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp"))
     (toy / "pipeline" / "methods" / "upside_down.py").write_text(TOY_METHOD)
     (toy / "pipeline" / "eval" / "protocols" / "nearest_mean.py").write_text(TOY_PROTOCOL)
+    (toy / "pipeline" / "modalities" / "image" / "datasets" / "stripes.py").write_text(TOY_SOURCE)
     params = yaml.safe_load((toy / "params.yaml").read_text())
     params.update(methods=["upside_down"], protocols=["nearest_mean", "linear_eval"], baselines=["raw_pixels"])
     params["upside_down"] = {"hidden_dim": 8}
     params["nearest_mean"] = {"normalise": True}
+    params["data"]["source"] = "stripes"
     (toy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = [line for line in _run(["git", "status", "--porcelain"], toy).split("\n") if line.strip()]
     changed = [line for line in changed if not line.startswith(" D")]  # results left out of the copy
     assert sorted(line[3:] for line in changed) == sorted(
-        ["params.yaml", "pipeline/eval/protocols/nearest_mean.py", "pipeline/methods/upside_down.py"])
+        ["params.yaml", "pipeline/eval/protocols/nearest_mean.py", "pipeline/methods/upside_down.py",
+         "pipeline/modalities/image/datasets/stripes.py"])
     out = _run(["dvc", "repro", "report"], toy)  # the image pipeline (text-* would run the text preset's methods)
-    assert {"pretrain@upside_down", "evaluate@upside_down-nearest_mean", "baseline@raw_pixels-nearest_mean",
+    assert {"shard", "pretrain@upside_down", "evaluate@upside_down-nearest_mean", "baseline@raw_pixels-nearest_mean",
             "evaluate@upside_down-linear_eval", "report"} <= _ran(out)
+    manifest = json.loads((toy / "data" / "shards" / "manifest.json").read_text())
+    assert manifest["classes"] == ["horizontal", "vertical", "diagonal", "anti-diagonal"], manifest["classes"]
     top1 = json.loads((toy / "metrics" / "nearest_mean" / "upside_down.json").read_text())["top1"]
-    assert 0.15 < top1 <= 1  # chance 0.1
+    assert 0.5 < top1 <= 1, f"nearest_mean top-1 {top1} on the toy source (chance 0.25)"
     assert "nearest mean top-1" in (toy / "reports" / "report.md").read_text()
 
 
